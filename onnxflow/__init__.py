@@ -1,0 +1,1 @@
+"""onnxflow: framework-agnostic SynFlow pruning of ONNX models."""

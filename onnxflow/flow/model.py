@@ -1,0 +1,195 @@
+"""Build the flow model: one ONNX graph that computes every prunable weight's SynFlow score.
+
+Walking the analysis graph in topological order, each node's flow rule emits the forward
+flow (ones pushed from the inputs through |W|); walking back, the rules emit the transposed
+flow (ones pulled from the outputs). At each prunable weight the two meet:
+score = |W| * dR/d|W|, returned as a float32 tensor with a float64 log-unit. Masked weights
+are fed in at run time, so one flow model serves every pruning iteration.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto, helper
+
+from onnxflow.dag import WeightDag
+from onnxflow.errors import OnnxflowError, UnsupportedOpError
+from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Weight
+from onnxflow.flow.registry import FlowRule, get_flow_rule
+
+MIN_OPSET = 17
+
+
+@dataclass
+class FlowModel:
+    model: onnx.ModelProto
+    weight_inputs: dict[str, str]
+    """Weight name -> flow-model input fed with |W| * mask."""
+    scores: dict[str, tuple[str, str | None]]
+    """Weight name -> (score tensor, its float64 log-unit or None for unit 1); absent: no
+    path from the weight to an output."""
+    output_flows: list[tuple[str, str | None]] = field(default_factory=list)
+    """(float64 sum, log-unit) of each model output: R = sum of exp(log(sum) + unit)."""
+
+
+@dataclass
+class _Step:
+    node: gs.Node
+    rule: FlowRule
+    ctx: NodeContext
+    inputs: list[Any]
+    attrs: dict[str, Any]
+    is_weight_layer: bool
+
+
+def _is_float(dtype: Any) -> bool:
+    try:
+        return np.issubdtype(np.dtype(dtype), np.floating)
+    except TypeError:
+        return False
+
+
+def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
+    """The flow model of a normalized (static-shaped, toposorted) graph."""
+    opset = max(MIN_OPSET, int(graph.opset))
+    g = FlowBuilder(opset)
+    values: dict[str, Flow | Const] = {}
+
+    for t in graph.inputs:
+        shape = tuple(int(d) for d in t.shape)
+        if _is_float(t.dtype):
+            values[t.name] = Flow(g.ones(shape), g.zero_scale, shape, needs_grad=False)
+        else:  # integer inputs (token ids, indices) get ones
+            values[t.name] = Const(t.name, shape, gs.Constant(t.name, np.ones(shape, t.dtype)))
+
+    def value_of(t: gs.Tensor) -> Flow | Const | None:
+        if t is None or t.name == "":
+            return None
+        if t.name in values:
+            return values[t.name]
+        if isinstance(t, gs.Constant):
+            return Const(t.name, tuple(t.shape), t)
+        raise OnnxflowError(f"tensor {t.name!r} is used before it is produced")
+
+    steps: list[_Step] = []
+    for node in graph.nodes:
+        inputs = [value_of(t) for t in node.inputs]
+        if not any(isinstance(v, Flow) for v in inputs):
+            _copy_verbatim(g, node, inputs, values)
+            continue
+        rule = get_flow_rule(node.op, node.domain or "", opset)
+        if rule is None:
+            raise UnsupportedOpError(node.op, node.domain or "", node.name)
+        pos = dag.weight_inputs.get(node.name)
+        if pos is not None:
+            w = inputs[pos]
+            assert isinstance(w, Const)
+            inputs[pos] = Weight(w.name, w.shape, w.source)
+        ctx = NodeContext(node.name, node.op, [_shape(t) for t in node.outputs])
+        attrs = dict(node.attrs)
+        outs = _as_list(rule.forward(g, ctx, *inputs, **attrs))
+        needs = pos is not None or any(isinstance(v, Flow) and v.needs_grad for v in inputs)
+        for t, shape, out in zip(node.outputs, ctx.out_shapes, outs, strict=False):
+            if isinstance(out, Flow):
+                if rule.rescales:
+                    out = g.rescale(out)
+                values[t.name] = replace(out, shape=shape, needs_grad=needs)
+            elif isinstance(out, Const):
+                values[t.name] = out
+        steps.append(_Step(node, rule, ctx, inputs, attrs, pos is not None))
+
+    grads: dict[str, list[Flow]] = defaultdict(list)
+    output_flows = []
+    for t in graph.outputs:
+        v = values.get(t.name)
+        if isinstance(v, Flow) and _is_float(t.dtype if t.dtype is not None else np.float32):
+            grads[t.name].append(Flow(g.ones(v.shape), g.zero_scale, v.shape))
+            total = g.node("ReduceSum", [g.node("Cast", [v.tensor], to=TensorProto.DOUBLE)],
+                           keepdims=0)
+            output_flows.append((total, v.scale))
+
+    weight_grads: dict[str, list[Flow]] = defaultdict(list)
+    for step in reversed(steps):
+        out_grads = [g.add(grads[t.name]) if grads.get(t.name) else None
+                     for t in step.node.outputs]
+        if all(x is None for x in out_grads):
+            continue
+        if not step.is_weight_layer and not any(
+            isinstance(v, Flow) and v.needs_grad for v in step.inputs
+        ):
+            continue
+        results = step.rule.backward(g, step.ctx, out_grads, *step.inputs, **step.attrs)
+        for t, v, r in zip(step.node.inputs, step.inputs, results, strict=False):
+            if r is None:
+                continue
+            if isinstance(v, Weight):
+                weight_grads[v.name].append(r)
+            elif isinstance(v, Flow) and v.needs_grad:
+                grads[t.name].append(g.rescale(r) if step.rule.rescales else r)
+
+    scores = {}
+    for layer in dag.layers:
+        if layer.name not in weight_grads:
+            continue
+        total = g.add(weight_grads[layer.name])
+        score = g.node("Mul", [g.weights[layer.name], total.tensor])
+        scores[layer.name] = (score, _unit(g, total.scale))
+        g.add_output(score, TensorProto.FLOAT)
+    output_flows = [(total, _unit(g, scale)) for total, scale in output_flows]
+    for total, _ in output_flows:
+        g.add_output(total, TensorProto.DOUBLE)
+    for name in dict.fromkeys(s for _, s in [*scores.values(), *output_flows] if s is not None):
+        g.add_output(name, TensorProto.DOUBLE)
+
+    opsets = [helper.make_opsetid("", opset)] + [
+        helper.make_opsetid(d.domain, d.version)
+        for d in graph.import_domains or []
+        if d.domain not in ("", "ai.onnx")
+    ]
+    model = helper.make_model(
+        helper.make_graph(g.nodes, "synflow", g.inputs, g.outputs, g.initializers),
+        opset_imports=opsets,
+        producer_name="onnxflow",
+    )
+    model.ir_version = helper.find_min_ir_version_for(opsets, True)
+    return FlowModel(model, dict(g.weights), scores, output_flows)
+
+
+def _shape(t: gs.Tensor) -> tuple[int, ...]:
+    return tuple(int(d) for d in t.shape) if t.shape is not None else ()
+
+
+def _as_list(out: Any) -> list[Any]:
+    if out is None or isinstance(out, Flow | Const):
+        return [out]
+    return list(out)
+
+
+def _copy_verbatim(g: FlowBuilder, node: gs.Node, inputs: list[Any], values: dict) -> None:
+    """A node no flow reaches (e.g. index arithmetic on integer inputs) runs as it is."""
+    names = ["" if v is None else g.const_input(v) for v in inputs]
+    outs = [g.fresh(node.op) for _ in node.outputs]
+    g.nodes.append(helper.make_node(node.op, names, outs, domain=node.domain or None,
+                                    **_plain_attrs(node.attrs)))
+    for t, name in zip(node.outputs, outs, strict=True):
+        values[t.name] = Const(name, _shape(t))
+
+
+def _plain_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, gs.Constant):
+            v = onnx.numpy_helper.from_array(np.asarray(v.values), v.name)
+        out[k] = v
+    return out
+
+
+def _unit(g: FlowBuilder, scale: str) -> str | None:
+    """The log-unit as a model output, or None where it is the constant 0."""
+    return None if scale == g.zero_scale else scale

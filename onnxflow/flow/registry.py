@@ -1,0 +1,119 @@
+"""Registry of flow rules, keyed by `(domain, op_type)` with an opset range.
+
+A flow rule says how synaptic flow crosses one op of the *positive linearization* of the
+graph (../docs/flow_rules.md): `forward` pushes the all-ones flow from inputs to outputs,
+`backward` pulls flow from outputs back to inputs (the transposed op). For a node that uses a
+prunable weight, `backward` also returns the flow arriving at the weight, `dR/d|W|`.
+
+Adding an op is adding one small class:
+
+    @flow_rule("Relu")
+    class Relu(FlowRule):
+        def forward(self, g, node, x):
+            return x
+        def backward(self, g, node, grads, x):
+            return [grads[0]]
+
+Handlers get the node's inputs positionally (a `Flow`, a `Const`, a `Weight` or None for
+an absent optional input) and its attributes as keyword arguments with the ONNX defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+if TYPE_CHECKING:
+    from onnxflow.flow.builder import Flow, FlowBuilder, NodeContext
+
+
+
+class FlowRule:
+    """Forward and transposed flow of one op. Subclass and register with `@flow_rule`."""
+
+    rescales: ClassVar[bool] = False
+    """True for ops that multiply magnitudes (weight layers, products): their outputs are
+    renormalized so flows stay inside float32 range whatever the depth."""
+
+    def forward(self, g: FlowBuilder, node: NodeContext, *inputs: Any, **attrs: Any) -> Any:
+        """Flow at the outputs, given flow (or constants) at the inputs."""
+        raise NotImplementedError
+
+    def backward(
+        self,
+        g: FlowBuilder,
+        node: NodeContext,
+        grads: Sequence[Flow | None],
+        *inputs: Any,
+        **attrs: Any,
+    ) -> Sequence[Flow | None]:
+        """Flow at each input (dR/d input), given flow at each output (None: no flow there).
+
+        Only inputs whose `needs_grad` is true, and `Weight` inputs, need an answer; return
+        None for the rest.
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Entry:
+    rule: FlowRule
+    since: int
+    until: int | None
+
+
+_REGISTRY: dict[tuple[str, str], list[_Entry]] = {}
+
+R = TypeVar("R", bound=type[FlowRule])
+
+
+def _domain(domain: str) -> str:
+    return "" if domain == "ai.onnx" else domain
+
+
+def register_flow_rule(
+    op_type: str,
+    rule: FlowRule | type[FlowRule],
+    *,
+    domain: str = "",
+    since: int = 1,
+    until: int | None = None,
+) -> None:
+    """Register a flow rule for `op_type` in `domain`, valid for opsets `since..until`.
+
+    The public way to teach onnxflow a custom op without editing the package. A later
+    registration for an overlapping opset range takes precedence.
+    """
+    instance = rule() if isinstance(rule, type) else rule
+    if not isinstance(instance, FlowRule):
+        raise TypeError(f"a flow rule must subclass onnxflow.FlowRule, got {type(instance)}")
+    _REGISTRY.setdefault((_domain(domain), op_type), []).insert(0, _Entry(instance, since, until))
+
+
+def flow_rule(
+    *op_types: str, domain: str = "", since: int = 1, until: int | None = None
+) -> Callable[[R], R]:
+    """Class decorator: register the rule for each of `op_types`."""
+
+    def register(cls: R) -> R:
+        for op in op_types:
+            register_flow_rule(op, cls, domain=domain, since=since, until=until)
+        return cls
+
+    return register
+
+
+def get_flow_rule(op_type: str, domain: str = "", opset: int | None = None) -> FlowRule | None:
+    """The rule for an op at an opset version, or None if there is none."""
+    for entry in _REGISTRY.get((_domain(domain), op_type), []):
+        if opset is None or (
+            entry.since <= opset and (entry.until is None or opset <= entry.until)
+        ):
+            return entry.rule
+    return None
+
+
+def registered_ops() -> list[tuple[str, str]]:
+    """All (domain, op_type) pairs that have a rule."""
+    return sorted(_REGISTRY)

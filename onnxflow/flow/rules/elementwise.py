@@ -1,0 +1,131 @@
+"""Pointwise ops on the positive linearization.
+
+Activations (and Softmax) pass flow unchanged: the paper's R is the sum over input-output
+paths of products of |weights|, which no activation enters. Constant addends are biases and
+are dropped; signs are dropped (Sub adds); a constant factor acts as its absolute value;
+BatchNormalization is its positive per-channel scale |gamma| / sqrt(var + eps).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxflow.errors import OnnxflowError
+from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
+from onnxflow.flow.registry import FlowRule, flow_rule
+
+
+@flow_rule(
+    "Identity", "Dropout", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid",
+    "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Clip", "Softmax", "LogSoftmax",
+    "Gelu", "Mish", "ThresholdedRelu", "Erf", "Abs", "Neg",
+)
+class PassThrough(FlowRule):
+    """Output 0 carries the flow of input 0; extra outputs (Dropout's mask) carry none."""
+
+    def forward(self, g, node, x, *rest, **attrs):
+        return [x] + [None] * (len(node.out_shapes) - 1)
+
+    def backward(self, g, node, grads, x, *rest, **attrs):
+        return [grads[0]] + [None] * len(rest)
+
+
+def _flows(inputs: tuple) -> list[tuple[int, Flow]]:
+    return [(i, v) for i, v in enumerate(inputs) if isinstance(v, Flow)]
+
+
+@flow_rule("Add", "Sub", "Sum", "Max", "Min", "Mean")
+class Sum(FlowRule):
+    """Flows add up (Max/Min/Mean of flows: their sum bounds them; they are rare on weight
+    paths); constant operands are biases and carry no flow."""
+
+    def forward(self, g, node, *inputs, **attrs):
+        out_shape = node.out_shapes[0]
+        flows = [v for _, v in _flows(inputs)]
+        total = g.add(flows)
+        shape = np.broadcast_shapes(*(f.shape for f in flows))
+        return g.map(total, lambda t: g.expand_to(t, shape, out_shape))
+
+    def backward(self, g, node, grads, *inputs, **attrs):
+        (gy,) = grads
+        out = node.out_shapes[0]
+        return [
+            g.map(gy, lambda t, v=v: g.reduce_to(t, out, v.shape))
+            if isinstance(v, Flow) and v.needs_grad else None
+            for v in inputs
+        ]
+
+
+def _abs_factor(g: FlowBuilder, c: Const, invert: bool = False) -> str:
+    if c.values is None:
+        raise OnnxflowError(f"factor {c.name!r} is computed at run time; not supported yet")
+    v = np.abs(np.asarray(c.values, dtype=np.float64))
+    if invert:
+        with np.errstate(divide="ignore"):
+            v = 1.0 / v
+    return g.f32(v, "factor")
+
+
+@flow_rule("Mul", "Div")
+class Mul(FlowRule):
+    """x * c -> x * |c|, x / c -> x / |c|; the product of two flows multiplies their units."""
+
+    def forward(self, g, node, a, b):
+        out = node.out_shapes[0]
+        if isinstance(a, Flow) and isinstance(b, Flow):
+            if node.op_type == "Div":
+                raise OnnxflowError(f"node {node.name!r}: Div of two flows has no rule yet")
+            t = g.node("Mul", [a.tensor, b.tensor])
+            return g.rescale(Flow(t, g.scale_sum(a.scale, b.scale)))
+        x, c = (a, b) if isinstance(a, Flow) else (b, a)
+        if node.op_type == "Div" and x is not a:
+            raise OnnxflowError(f"node {node.name!r}: division by a flow has no rule yet")
+        node.saved["factor"] = f = _abs_factor(g, c, invert=node.op_type == "Div")
+        return g.map(x, lambda t: g.node("Mul", [t, f]))
+
+    def backward(self, g, node, grads, a, b):
+        (gy,) = grads
+        out = node.out_shapes[0]
+        if isinstance(a, Flow) and isinstance(b, Flow):
+            res = []
+            for me, other in ((a, b), (b, a)):
+                if not me.needs_grad:
+                    res.append(None)
+                    continue
+                t = g.reduce_to(g.node("Mul", [gy.tensor, other.tensor]), out, me.shape)
+                res.append(g.rescale(Flow(t, g.scale_sum(gy.scale, other.scale))))
+            return res
+        f = node.saved["factor"]
+        return [
+            g.map(gy, lambda t, v=v: g.reduce_to(g.node("Mul", [t, f]), out, v.shape))
+            if isinstance(v, Flow) and v.needs_grad else None
+            for v in (a, b)
+        ]
+
+
+@flow_rule("BatchNormalization")
+class BatchNormalization(FlowRule):
+    """Positive per-channel scale |gamma| / sqrt(var + eps); mean and beta are shifts."""
+
+    def _scale(self, g: FlowBuilder, node: NodeContext, x: Flow, gamma, var, epsilon: float):
+        if "scale" not in node.saved:
+            if not isinstance(gamma, Const) or gamma.values is None or \
+                    not isinstance(var, Const) or var.values is None:
+                raise OnnxflowError(
+                    f"node {node.name!r}: BatchNormalization needs constant scale and variance"
+                )
+            s = np.abs(np.asarray(gamma.values, np.float64)) / np.sqrt(
+                np.asarray(var.values, np.float64) + epsilon
+            )
+            shape = [1, -1] + [1] * (len(x.shape) - 2)
+            node.saved["scale"] = g.f32(s.reshape(shape), "bn_scale")
+        return node.saved["scale"]
+
+    def forward(self, g, node, x, gamma, beta, mean, var, *, epsilon=1e-5, momentum=0.9,
+                spatial=1, training_mode=0):
+        s = self._scale(g, node, x, gamma, var, epsilon)
+        return [g.map(x, lambda t: g.node("Mul", [t, s]))] + [None] * (len(node.out_shapes) - 1)
+
+    def backward(self, g, node, grads, x, gamma, beta, mean, var, **attrs):
+        s = node.saved["scale"]
+        return [g.map(grads[0], lambda t: g.node("Mul", [t, s])), None, None, None, None]

@@ -1,0 +1,303 @@
+"""Weight layers: Conv, ConvTranspose, Gemm, MatMul, on |W| and without bias.
+
+Backward flow through a weight layer is its transpose (Conv <-> ConvTranspose, MatMul with
+the transposed weight); the flow at the weight, dR/d|W|, is the weight-gradient of the layer
+evaluated with the forward flow `f` at its input and the backward flow `b` at its output.
+For convolutions that is itself a convolution of `f` by `b` with stride and dilation swapped
+(one per group), or a plain matrix product for 1x1 convolutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from onnxflow.errors import OnnxflowError
+from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Shape, Weight
+from onnxflow.flow.registry import FlowRule, flow_rule
+
+
+def _operand(g: FlowBuilder, node: NodeContext, v: Flow | Const) -> str:
+    """Flow-model name of a weight-layer operand: a flow, |W|*mask, or |constant|."""
+    if isinstance(v, Flow):
+        return v.tensor
+    if isinstance(v, Weight):
+        return g.weight_input(v)
+    if isinstance(v, Const) and v.values is not None:
+        return g.const_input(v, absolute=True)
+    raise OnnxflowError(f"node {node.name!r} ({node.op_type}): operand {v.name!r} is not supported")
+
+
+def _perm_swap01(nd: int) -> list[int]:
+    return [1, 0, *range(2, nd + 2)]
+
+
+def _fit(g: FlowBuilder, x: str, have: Sequence[int], want: Sequence[int]) -> str:
+    """Crop or zero-pad the trailing spatial dims of `x` (N, C, *have) to `want`."""
+    if list(have) == list(want):
+        return x
+    nd = len(want)
+    axes = list(range(2, nd + 2))
+    if any(h > w for h, w in zip(have, want, strict=True)):
+        x = g.node(
+            "Slice", [x, g.i64([0] * nd), g.i64([min(h, w) for h, w in zip(have, want, strict=True)]),
+                      g.i64(axes)]
+        )
+    if any(h < w for h, w in zip(have, want, strict=True)):
+        extra = [max(0, w - h) for h, w in zip(have, want, strict=True)]
+        x = g.node("Pad", [x, g.i64([0, 0] + [0] * nd + [0, 0] + extra)])
+    return x
+
+
+def conv_pads(
+    in_sp: Shape, k: Shape, strides: Sequence[int], dilations: Sequence[int],
+    pads: Sequence[int] | None, auto_pad: str,
+) -> list[int]:
+    """Explicit `[begins..., ends...]` pads of a Conv, resolving auto_pad."""
+    nd = len(k)
+    if auto_pad in ("NOTSET", ""):
+        return list(pads) if pads else [0] * 2 * nd
+    if auto_pad == "VALID":
+        return [0] * 2 * nd
+    begins, ends = [], []
+    for i in range(nd):
+        out = -(-in_sp[i] // strides[i])
+        total = max(0, (out - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - in_sp[i])
+        small, large = total // 2, total - total // 2
+        begins.append(small if auto_pad == "SAME_UPPER" else large)
+        ends.append(large if auto_pad == "SAME_UPPER" else small)
+    return begins + ends
+
+
+def _conv_full(
+    g: FlowBuilder, x: str, w: str, *, group: int, strides: Sequence[int],
+    dilations: Sequence[int], pads: Sequence[int], in_sp: Shape, k: Shape, want: Shape,
+) -> str:
+    """Conv whose output is cropped/padded to spatial size `want`; end pads as needed."""
+    nd = len(k)
+    begins = list(pads[:nd])
+    ends = [
+        max(0, (want[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - in_sp[i] - begins[i])
+        for i in range(nd)
+    ]
+    y = g.node("Conv", [x, w], group=group, strides=list(strides), dilations=list(dilations),
+               pads=begins + ends, kernel_shape=list(k))
+    have = [
+        (in_sp[i] + begins[i] + ends[i] - ((k[i] - 1) * dilations[i] + 1)) // strides[i] + 1
+        for i in range(nd)
+    ]
+    return _fit(g, y, have, want)
+
+
+def _conv_transpose_full(
+    g: FlowBuilder, y: str, w: str, *, group: int, strides: Sequence[int],
+    dilations: Sequence[int], begins: Sequence[int], in_sp: Shape, k: Shape, want: Shape,
+) -> str:
+    """ConvTranspose with head pads `begins`, cropped/padded to spatial size `want`."""
+    nd = len(k)
+    x = g.node("ConvTranspose", [y, w], group=group, strides=list(strides),
+               dilations=list(dilations), pads=list(begins) + [0] * nd, kernel_shape=list(k))
+    have = [strides[i] * (in_sp[i] - 1) + (k[i] - 1) * dilations[i] + 1 - begins[i]
+            for i in range(nd)]
+    return _fit(g, x, have, want)
+
+
+def _correlate(
+    g: FlowBuilder, data: str, data_shape: Shape, kern: str, kern_shape: Shape, *, group: int,
+    strides: Sequence[int], dilations: Sequence[int], begins: Sequence[int], k: Shape,
+) -> str:
+    """sum_y kern[n, go, y] * data_pad[n, gi, y*stride + j*dilation] -> (G*Co, Ci, *k).
+
+    The weight-gradient of a (transposed) convolution, as one grouped Conv: the per-group
+    data channels become the batch, the batch folds into the channels, `kern` is the kernel.
+    """
+    n, c = data_shape[:2]
+    sp = data_shape[2:]
+    nd = len(sp)
+    cg = c // group
+    d = g.reshape(data, [n, group, cg, *sp])
+    d = g.node("Transpose", [d], perm=[2, 1, 0, *range(3, nd + 3)])
+    d = g.reshape(d, [cg, group * n, *sp])
+    kt = g.node("Transpose", [kern], perm=_perm_swap01(nd))  # (G*Co, N, *ksp)
+    ksp = kern_shape[2:]
+    out = _conv_full(g, d, kt, group=group, strides=dilations, dilations=strides,
+                     pads=list(begins) + [0] * nd, in_sp=sp, k=ksp, want=k)
+    return g.node("Transpose", [out], perm=_perm_swap01(nd))
+
+
+def _pointwise_grad(g: FlowBuilder, x: str, x_shape: Shape, gy: str, gy_shape: Shape,
+                    strides: Sequence[int]) -> str:
+    """Weight-gradient of an unpadded 1x1 Conv as one matrix product: (Cout, Cin, 1...)."""
+    n, c = x_shape[:2]
+    cout = gy_shape[1]
+    nd = len(x_shape) - 2
+    if any(s != 1 for s in strides):
+        x = g.node("Slice", [x, g.i64([0] * nd), g.i64(list(x_shape[2:])),
+                             g.i64(list(range(2, nd + 2))), g.i64(list(strides))])
+    if n > 1:
+        x = g.node("Transpose", [g.reshape(x, [n, c, -1])], perm=[1, 0, 2])
+        gy = g.node("Transpose", [g.reshape(gy, [n, cout, -1])], perm=[1, 0, 2])
+    dw = g.node("Gemm", [g.reshape(gy, [cout, -1]), g.reshape(x, [c, -1])], transB=1)
+    return g.reshape(dw, [cout, c] + [1] * nd)
+
+
+def _conv_attrs(w: Const, x_shape: Shape, strides, dilations, pads, auto_pad):
+    k = tuple(w.shape[2:])
+    nd = len(k)
+    strides = list(strides or [1] * nd)
+    dilations = list(dilations or [1] * nd)
+    return k, strides, dilations, conv_pads(tuple(x_shape[2:]), k, strides, dilations, pads,
+                                            auto_pad)
+
+
+@flow_rule("Conv")
+class Conv(FlowRule):
+    rescales = True
+
+    def forward(self, g, node, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                kernel_shape=None, pads=None, strides=None):
+        k, strides, dilations, pads = _conv_attrs(w, x.shape, strides, dilations, pads, auto_pad)
+        y = g.node("Conv", [x.tensor, _operand(g, node, w)], group=group, strides=strides,
+                   dilations=dilations, pads=pads, kernel_shape=list(k))
+        return g.like(y, x)
+
+    def backward(self, g, node, grads, x, w, b=None, *, auto_pad="NOTSET", dilations=None,
+                 group=1, kernel_shape=None, pads=None, strides=None):
+        (gy,) = grads
+        k, strides, dilations, pads = _conv_attrs(w, x.shape, strides, dilations, pads, auto_pad)
+        nd = len(k)
+        y_shape = node.out_shapes[0]
+        wt = _operand(g, node, w)
+        dx = dw = None
+        if x.needs_grad:
+            dx = g.like(_conv_transpose_full(
+                g, gy.tensor, wt, group=group, strides=strides, dilations=dilations,
+                begins=pads[:nd], in_sp=y_shape[2:], k=k, want=x.shape[2:]), gy)
+        if isinstance(w, Weight):
+            if all(d == 1 for d in k) and not any(pads) and group == 1:
+                t = _pointwise_grad(g, x.tensor, x.shape, gy.tensor, y_shape, strides)
+            else:
+                t = _correlate(g, x.tensor, x.shape, gy.tensor, y_shape, group=group,
+                               strides=strides, dilations=dilations, begins=pads[:nd], k=k)
+            dw = Flow(t, g.scale_sum(x.scale, gy.scale))
+        return [dx, dw, None]
+
+
+def _conv_transpose_begins(x_shape: Shape, y_shape: Shape, w: Const, strides, dilations, pads,
+                           auto_pad, output_padding, output_shape) -> list[int]:
+    """Head pads of a ConvTranspose, from the attributes and the actual output size."""
+    k = w.shape[2:]
+    nd = len(k)
+    if pads and auto_pad in ("NOTSET", "") and not output_shape:
+        return list(pads[:nd])
+    op = list(output_padding or [0] * nd)
+    begins = []
+    for i in range(nd):
+        total = strides[i] * (x_shape[2 + i] - 1) + op[i] + (k[i] - 1) * dilations[i] + 1 \
+            - y_shape[2 + i]
+        begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+    return begins
+
+
+@flow_rule("ConvTranspose")
+class ConvTranspose(FlowRule):
+    rescales = True
+
+    def forward(self, g, node, x, w, b=None, **attrs):
+        y = g.node("ConvTranspose", [x.tensor, _operand(g, node, w)], **attrs)
+        return g.like(y, x)
+
+    def backward(self, g, node, grads, x, w, b=None, *, auto_pad="NOTSET", dilations=None,
+                 group=1, kernel_shape=None, output_padding=None, output_shape=None, pads=None,
+                 strides=None):
+        (gy,) = grads
+        k = tuple(w.shape[2:])
+        nd = len(k)
+        strides = list(strides or [1] * nd)
+        dilations = list(dilations or [1] * nd)
+        y_shape = node.out_shapes[0]
+        begins = _conv_transpose_begins(x.shape, y_shape, w, strides, dilations, pads, auto_pad,
+                                        output_padding, output_shape)
+        wt = _operand(g, node, w)
+        dx = dw = None
+        if x.needs_grad:
+            dx = g.like(_conv_full(
+                g, gy.tensor, wt, group=group, strides=strides, dilations=dilations,
+                pads=begins + [0] * nd, in_sp=y_shape[2:], k=k, want=x.shape[2:]), gy)
+        if isinstance(w, Weight):
+            t = _correlate(g, gy.tensor, y_shape, x.tensor, x.shape, group=group,
+                           strides=strides, dilations=dilations, begins=begins, k=k)
+            dw = Flow(t, g.scale_sum(x.scale, gy.scale))
+        return [dx, dw, None]
+
+
+@flow_rule("Gemm")
+class Gemm(FlowRule):
+    """Y = alpha * A' B' (+ beta C, dropped: biases carry no synaptic flow)."""
+
+    rescales = True
+
+    def forward(self, g, node, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+        y = g.node("Gemm", [_operand(g, node, a), _operand(g, node, b)], alpha=abs(alpha),
+                   transA=transA, transB=transB)
+        return Flow(y, g.scale_sum(*(v.scale for v in (a, b) if isinstance(v, Flow))))
+
+    def backward(self, g, node, grads, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0,
+                 transB=0):
+        (gy,) = grads
+        ta, tb = _operand(g, node, a), _operand(g, node, b)
+        alpha = abs(alpha)
+        da = db = None
+        if _wants(a):
+            da = (g.node("Gemm", [gy.tensor, tb], alpha=alpha, transB=1 - transB) if not transA
+                  else g.node("Gemm", [tb, gy.tensor], alpha=alpha, transA=transB, transB=1))
+            da = Flow(da, g.scale_sum(gy.scale, *_scales(b)))
+        if _wants(b):
+            db = (g.node("Gemm", [ta, gy.tensor], alpha=alpha, transA=1 - transA) if not transB
+                  else g.node("Gemm", [gy.tensor, ta], alpha=alpha, transA=1, transB=transA))
+            db = Flow(db, g.scale_sum(gy.scale, *_scales(a)))
+        return [da, db, None]
+
+
+def _wants(v: object) -> bool:
+    return isinstance(v, Weight) or (isinstance(v, Flow) and v.needs_grad)
+
+
+def _scales(v: object) -> list[str]:
+    return [v.scale] if isinstance(v, Flow) else []
+
+
+def _swap_last(g: FlowBuilder, t: str, rank: int) -> str:
+    return g.node("Transpose", [t], perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+@flow_rule("MatMul")
+class MatMul(FlowRule):
+    """Y = A @ B with numpy broadcasting; either operand may be the weight, or neither."""
+
+    rescales = True
+
+    def forward(self, g, node, a, b):
+        if len(a.shape) < 2 or len(b.shape) < 2:
+            raise OnnxflowError(f"node {node.name!r}: MatMul with a 1-D operand is not supported")
+        y = g.node("MatMul", [_operand(g, node, a), _operand(g, node, b)])
+        return Flow(y, g.scale_sum(*(v.scale for v in (a, b) if isinstance(v, Flow))))
+
+    def backward(self, g, node, grads, a, b):
+        (gy,) = grads
+        y_shape = node.out_shapes[0]
+        ta, tb = _operand(g, node, a), _operand(g, node, b)
+        da = db = None
+        if _wants(a):
+            t = g.node("MatMul", [gy.tensor, _swap_last(g, tb, len(b.shape))])
+            full = (*y_shape[:-1], a.shape[-1])
+            da = Flow(g.reduce_to(t, full, a.shape), g.scale_sum(gy.scale, *_scales(b)))
+        if _wants(b):
+            if len(b.shape) == 2 and len(y_shape) > 2:  # fold the batch into the contraction
+                k = a.shape[-1]
+                t = g.node("Gemm", [g.reshape(ta, [-1, k]), g.reshape(gy.tensor, [-1, b.shape[1]])],
+                           transA=1)
+            else:
+                t = g.node("MatMul", [_swap_last(g, ta, len(a.shape)), gy.tensor])
+                t = g.reduce_to(t, (*y_shape[:-2], b.shape[-2], b.shape[-1]), b.shape)
+            db = Flow(t, g.scale_sum(gy.scale, *_scales(a)))
+        return [da, db]

@@ -1,0 +1,119 @@
+"""Pooling and reductions act as they are; their transposes route flow back.
+
+MaxPool's transpose sends each output's flow to the input that won the max (the first one on
+ties, as onnxruntime's indices and PyTorch's autograd both do). Average pools and means are
+linear: their transpose spreads flow uniformly over each window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxflow.flow.builder import Const, Flow, FlowBuilder
+from onnxflow.flow.registry import FlowRule, flow_rule
+from onnxflow.flow.rules.linear import conv_pads
+
+
+@flow_rule("MaxPool")
+class MaxPool(FlowRule):
+    def forward(self, g, node, x, **attrs):
+        if not x.needs_grad:
+            return [g.like(g.node("MaxPool", [x.tensor], **attrs), x), None]
+        y, idx = g.node("MaxPool", [x.tensor], n_out=2, **attrs)
+        node.saved["indices"] = idx
+        return [g.like(y, x), None]
+
+    def backward(self, g, node, grads, x, **attrs):
+        gy = grads[0]
+        size = int(np.prod(x.shape))
+        flat = g.node("ScatterElements", [
+            g.zeros((size,)), g.reshape(node.saved["indices"], [-1]), g.reshape(gy.tensor, [-1])
+        ], reduction="add")
+        return [g.like(g.reshape(flat, list(x.shape)), gy)]
+
+
+def _inverse_divisor(in_len: int, out_len: int, k: int, s: int, d: int, pb: int, pe: int,
+                     include_pad: bool) -> np.ndarray:
+    """1 / (number of elements averaged) for each output position along one axis."""
+    starts = np.arange(out_len) * s - pb
+    taps = starts[:, None] + np.arange(k)[None, :] * d
+    if include_pad:
+        count = ((taps < in_len + pe)).sum(axis=1)
+    else:
+        count = ((taps >= 0) & (taps < in_len)).sum(axis=1)
+    return 1.0 / np.maximum(count, 1)
+
+
+@flow_rule("AveragePool")
+class AveragePool(FlowRule):
+    def forward(self, g, node, x, **attrs):
+        return g.like(g.node("AveragePool", [x.tensor], **attrs), x)
+
+    def backward(self, g, node, grads, x, *, auto_pad="NOTSET", ceil_mode=0,
+                 count_include_pad=0, dilations=None, kernel_shape=(), pads=None, strides=None):
+        from onnxflow.flow.rules.linear import _conv_transpose_full
+
+        (gy,) = grads
+        k = tuple(kernel_shape)
+        nd = len(k)
+        strides = list(strides or [1] * nd)
+        dilations = list(dilations or [1] * nd)
+        in_sp, out_sp = x.shape[2:], node.out_shapes[0][2:]
+        p = conv_pads(in_sp, k, strides, dilations, pads, auto_pad)
+        inv = np.ones((), np.float64)
+        for i in range(nd):
+            axis = _inverse_divisor(in_sp[i], out_sp[i], k[i], strides[i], dilations[i], p[i],
+                                    p[nd + i], bool(count_include_pad))
+            inv = np.multiply.outer(inv, axis)
+        scaled = g.node("Mul", [gy.tensor, g.f32(inv.reshape((1, 1, *out_sp)), "inv_count")])
+        c = x.shape[1]
+        ones = g.f32(np.ones((c, 1, *k)), "ones_kernel")
+        t = _conv_transpose_full(g, scaled, ones, group=c, strides=strides, dilations=dilations,
+                                 begins=p[:nd], in_sp=out_sp, k=k, want=in_sp)
+        return [g.like(t, gy)]
+
+
+def _spread(g: FlowBuilder, gy: Flow, kept_shape: tuple[int, ...], x: Flow, mean: bool) -> Flow:
+    """Transpose of a sum/mean reduction: broadcast back to the input shape."""
+    t = g.expand_to(g.reshape(gy.tensor, list(kept_shape)), kept_shape, x.shape)
+    if mean:
+        count = int(np.prod(x.shape)) // max(1, int(np.prod(kept_shape)))
+        t = g.node("Mul", [t, g.f32(1.0 / count)])
+    return g.like(t, gy)
+
+
+@flow_rule("GlobalAveragePool")
+class GlobalAveragePool(FlowRule):
+    def forward(self, g, node, x):
+        return g.like(g.node("GlobalAveragePool", [x.tensor]), x)
+
+    def backward(self, g, node, grads, x):
+        kept = (*x.shape[:2], *[1] * (len(x.shape) - 2))
+        return [_spread(g, grads[0], kept, x, mean=True)]
+
+
+def _reduce_axes(x: Flow, axes, noop_with_empty_axes: int) -> list[int]:
+    """Axes as an input (opset 18+) or an attribute (before)."""
+    if isinstance(axes, Const):
+        axes = [] if axes.values is None else np.asarray(axes.values).reshape(-1).tolist()
+    axes = [int(a) for a in (axes or [])]
+    if not axes:
+        return [] if noop_with_empty_axes else list(range(len(x.shape)))
+    return sorted(a % len(x.shape) for a in axes)
+
+
+@flow_rule("ReduceMean", "ReduceSum")
+class Reduce(FlowRule):
+    def forward(self, g, node, x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+        ax = _reduce_axes(x, axes, noop_with_empty_axes)
+        node.saved["axes"] = ax
+        if not ax:
+            return x
+        return g.like(g.reduce(node.op_type, x.tensor, ax, keepdims), x)
+
+    def backward(self, g, node, grads, x, axes=None, **attrs):
+        ax = node.saved["axes"]
+        if not ax:
+            return [grads[0], None]
+        kept = tuple(1 if i in ax else d for i, d in enumerate(x.shape))
+        return [_spread(g, grads[0], kept, x, mean=node.op_type == "ReduceMean"), None]

@@ -1,0 +1,84 @@
+"""Pruning options: one frozen dataclass, validated once, shared by the API and the CLI."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from onnxflow.errors import OnnxflowError
+
+Schedule = Literal["exponential", "linear"]
+Scope = Literal["global", "local"]
+Provider = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """What to prune and how.
+
+    Attributes:
+        sparsity: fraction of prunable weights set to zero, in [0, 1).
+        iterations: number of score/prune rounds (the paper uses 100).
+        schedule: how the kept fraction shrinks over the rounds.
+        scope: one threshold over all layers (`global`) or the same fraction per layer (`local`).
+        input_shapes: concrete shapes for graph inputs, by input name; a free batch dimension
+            defaults to 1, any other free dimension must be given here.
+        provider: onnxruntime execution provider for the flow computation.
+    """
+
+    sparsity: float
+    iterations: int = 100
+    schedule: Schedule = "exponential"
+    scope: Scope = "global"
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    provider: Provider = "auto"
+
+    def __post_init__(self) -> None:
+        s = self.sparsity
+        if isinstance(s, bool) or not isinstance(s, int | float) or not (0.0 <= s < 1.0):
+            raise OnnxflowError(f"sparsity must be a number in [0, 1), got {s!r}")
+        it = self.iterations
+        if isinstance(it, bool) or not isinstance(it, int) or it < 1:
+            raise OnnxflowError(f"iterations must be an integer >= 1, got {it!r}")
+        if self.schedule not in ("exponential", "linear"):
+            raise OnnxflowError(f"schedule must be 'exponential' or 'linear', got {self.schedule!r}")
+        if self.scope not in ("global", "local"):
+            raise OnnxflowError(f"scope must be 'global' or 'local', got {self.scope!r}")
+        if self.provider not in ("auto", "cpu", "cuda"):
+            raise OnnxflowError(f"provider must be 'auto', 'cpu' or 'cuda', got {self.provider!r}")
+        for name, shape in self.input_shapes.items():
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+                raise OnnxflowError(f"input shape for {name!r} must be positive integers, got {shape}")
+        object.__setattr__(self, "input_shapes", dict(self.input_shapes))
+
+    @property
+    def density(self) -> float:
+        """Fraction of prunable weights kept at the end."""
+        return 1.0 - self.sparsity
+
+    @staticmethod
+    def sparsity_from_compression(compression: float) -> float:
+        """The paper's compression C keeps 10^-C of the weights."""
+        if isinstance(compression, bool) or not isinstance(compression, int | float):
+            raise OnnxflowError(f"compression must be a number >= 0, got {compression!r}")
+        if not math.isfinite(compression) or compression < 0:
+            raise OnnxflowError(f"compression must be a finite number >= 0, got {compression!r}")
+        return 1.0 - 10.0 ** (-compression)
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse `NAME=1x3x224x224` (the CLI's --input-shape)."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name or not dims:
+        raise OnnxflowError(f"--input-shape must look like NAME=1x3x224x224, got {text!r}")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        raise OnnxflowError(
+            f"--input-shape {text!r}: dimensions must be positive integers separated by 'x'"
+        ) from None
+    if not shape or any(d < 1 for d in shape):
+        raise OnnxflowError(f"--input-shape {text!r}: dimensions must be positive integers")
+    return name, shape

@@ -1,0 +1,17 @@
+"""The passes of the pruning pipeline, one per module, in pipeline order."""
+
+from onnxflow.passes.apply_masks import ApplyMasksPass
+from onnxflow.passes.build_dag import BuildDagPass
+from onnxflow.passes.load import LoadPass
+from onnxflow.passes.normalize import NormalizePass
+from onnxflow.passes.report import ReportPass
+from onnxflow.passes.synflow import SynFlowPass
+
+__all__ = [
+    "ApplyMasksPass",
+    "BuildDagPass",
+    "LoadPass",
+    "NormalizePass",
+    "ReportPass",
+    "SynFlowPass",
+]

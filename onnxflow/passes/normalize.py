@@ -1,0 +1,153 @@
+"""NormalizePass: a static-shaped analysis copy of the graph.
+
+The flow computation needs every tensor's shape: the all-ones input has to be built, and
+transposed ops (Conv's backward, Concat's split) are sized statically. This pass fixes the
+input shapes (free batch dimension -> 1, anything else from `--input-shape`), folds constant
+subgraphs so weights and shape operands become plain constants, and infers the shape of every
+remaining tensor, falling back to one onnxruntime run for the tensors shape inference misses.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxflow.errors import OnnxflowError
+from onnxflow.pipeline import Pass, PruneState
+from onnxflow.runtime import ort_session
+
+logger = logging.getLogger(__name__)
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
+
+def resolve_input_shapes(
+    inputs: list[gs.Variable], given: dict[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """Concrete shape of each graph input: declared dims, batch 1, or the user's shape."""
+    names = {t.name for t in inputs}
+    for name in given:
+        if name not in names:
+            raise OnnxflowError(
+                f"--input-shape names {name!r}, but the model's inputs are {sorted(names)}"
+            )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for t in inputs:
+        declared = t.shape
+        if declared is None:
+            if t.name not in given:
+                raise OnnxflowError(
+                    f"input {t.name!r} has no declared shape; give --input-shape {t.name}=..."
+                )
+            shapes[t.name] = given[t.name]
+            continue
+        if t.name in given:
+            shape = given[t.name]
+            if len(shape) != len(declared):
+                raise OnnxflowError(
+                    f"--input-shape for {t.name!r} has rank {len(shape)}, "
+                    f"but the input has rank {len(declared)}"
+                )
+            for i, (want, have) in enumerate(zip(shape, declared, strict=True)):
+                if isinstance(have, int) and have > 0 and have != want:
+                    raise OnnxflowError(
+                        f"--input-shape for {t.name!r}: dimension {i} is fixed to {have} "
+                        f"in the model, not {want}"
+                    )
+            shapes[t.name] = shape
+            continue
+        dims = []
+        for i, d in enumerate(declared):
+            if isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif i == 0:
+                dims.append(1)
+            else:
+                label = f" ({d!r})" if isinstance(d, str) and d else ""
+                hint = "x".join(
+                    str(x) if isinstance(x, int) and x > 0 else ("1" if j == 0 else "?")
+                    for j, x in enumerate(declared)
+                )
+                raise OnnxflowError(
+                    f"input {t.name!r} dimension {i}{label} is dynamic; give its size with "
+                    f"--input-shape {t.name}={hint} (each ? replaced by a size)"
+                )
+        shapes[t.name] = tuple(dims)
+    return shapes
+
+
+def _infer_shapes(graph: gs.Graph) -> None:
+    """Fill in shape and dtype of every variable, with ORT where shape inference falls short."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = min(model.ir_version, 10)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as e:  # noqa: BLE001 - inference is best effort; ORT below is the fallback
+        logger.debug("shape inference failed: %s", e)
+        inferred = model
+    known: dict[str, tuple[tuple[int, ...], int]] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if all(d is not None for d in dims):
+            known[vi.name] = (tuple(int(d) for d in dims if d is not None), tt.elem_type)
+    tensors = graph.tensors()
+    missing = [
+        name
+        for name, t in tensors.items()
+        if isinstance(t, gs.Variable) and name not in known and t.inputs
+    ]
+    if missing:
+        known.update(_shapes_from_runtime(model, graph, missing))
+    for name, t in tensors.items():
+        if isinstance(t, gs.Variable) and name in known:
+            shape, elem = known[name]
+            t.shape = list(shape)
+            t.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem) if elem else t.dtype
+
+
+def _shapes_from_runtime(
+    model: onnx.ModelProto, graph: gs.Graph, names: list[str]
+) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Run the model once on ones and read the shapes of `names` off the results."""
+    del model.graph.output[:]
+    for n in names:
+        model.graph.output.append(onnx.ValueInfoProto(name=n))
+    try:
+        sess = ort_session(model.SerializeToString(), "cpu")
+        feeds = {t.name: np.ones(t.shape, dtype=t.dtype) for t in graph.inputs}
+        values = sess.run(names, feeds)
+    except Exception as e:  # noqa: BLE001 - any ORT failure means the model cannot run
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise OnnxflowError(f"onnxruntime cannot run the model: {msg}") from None
+    out = {}
+    for n, v in zip(names, values, strict=True):
+        arr = np.asarray(v)
+        out[n] = (arr.shape, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype))
+    return out
+
+
+class NormalizePass(Pass):
+    """Fills `state.graph`: the analysis graph with static shapes and folded constants."""
+
+    requires = ("model",)
+    provides = ("graph",)
+
+    def run(self, state: PruneState) -> None:
+        assert state.model is not None
+        graph = gs.import_onnx(state.model)
+        # IR < 4 lists initializers as graph inputs too; they are not inputs to feed.
+        graph.inputs = [t for t in graph.inputs if isinstance(t, gs.Variable)]
+        shapes = resolve_input_shapes(graph.inputs, dict(state.options.input_shapes))
+        for t in graph.inputs:
+            t.shape = list(shapes[t.name])
+            if t.dtype is None:
+                raise OnnxflowError(f"input {t.name!r} has no element type")
+        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        graph.toposort()
+        _infer_shapes(graph)
+        state.graph = graph

@@ -1,0 +1,103 @@
+"""The pruning report: per-layer counts and totals, as a dataclass and as JSON.
+
+The JSON schema (version 1) is documented in docs/report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxflow.dag import WeightDag
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    """Initializer name of the weight (the key in masks and scores)."""
+    nodes: list[str]
+    op: str
+    shape: list[int]
+    params: int
+    kept: int
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.params if self.params else 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    layers: list[LayerReport]
+    options: dict[str, Any] = field(default_factory=dict)
+    provider: str = "cpu"
+    log_flow: float | None = None
+    """Natural log of the dense network's synaptic flow R."""
+    seconds: float = 0.0
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def kept(self) -> int:
+        return sum(layer.kept for layer in self.layers)
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.params if self.params else 0.0
+
+    @property
+    def compression(self) -> float:
+        """log10(params / kept): the paper's compression C; inf if nothing is kept."""
+        return math.log10(self.params / self.kept) if self.kept else math.inf
+
+    @property
+    def emptied(self) -> list[str]:
+        """Layers pruned to nothing (no input-output path survives through them)."""
+        return [layer.name for layer in self.layers if layer.kept == 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "options": self.options,
+            "provider": self.provider,
+            "layers": [
+                {**asdict(layer), "density": layer.density} for layer in self.layers
+            ],
+            "totals": {
+                "params": self.params,
+                "kept": self.kept,
+                "density": self.density,
+                "compression_log10": None if math.isinf(self.compression) else self.compression,
+                "log_flow": self.log_flow,
+                "emptied_layers": self.emptied,
+            },
+            "seconds": self.seconds,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def build_report(
+    dag: WeightDag, masks: dict[str, np.ndarray], **kwargs: Any
+) -> Report:
+    layers = [
+        LayerReport(
+            name=layer.name,
+            nodes=list(layer.nodes),
+            op=layer.op,
+            shape=list(layer.shape),
+            params=layer.size,
+            kept=int(np.count_nonzero(masks[layer.name])),
+        )
+        for layer in dag.layers
+    ]
+    return Report(layers, **kwargs)

@@ -1,0 +1,77 @@
+"""onnxruntime sessions: provider choice and quiet start-up.
+
+`auto` uses CUDA when onnxruntime-gpu is installed and a session on the GPU actually starts
+(the GPU wheel lists the CUDA provider even on machines without a GPU or CUDA libraries, and
+then prints long provider errors); otherwise the CPU. Either wheel, GPU or plain, works.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import onnxruntime as ort
+
+from onnxflow.errors import OnnxflowError
+
+logger = logging.getLogger(__name__)
+
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def _options() -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: provider fallbacks are handled here
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return so
+
+
+@cache
+def _cuda_usable() -> bool:
+    """Whether a CUDA session really starts here (checked once per process)."""
+    if _PROVIDERS["cuda"] not in ort.get_available_providers():
+        return False
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    ort.set_default_logger_severity(4)
+    try:
+        sess = ort.InferenceSession(
+            model.SerializeToString(), _options(), providers=[_PROVIDERS["cuda"]]
+        )
+        return _PROVIDERS["cuda"] in sess.get_providers()
+    except Exception as e:  # noqa: BLE001 - any failure means no usable GPU
+        logger.debug("CUDA provider not usable: %s", e)
+        return False
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+def resolve_provider(provider: str) -> str:
+    """Map `auto|cpu|cuda` to the provider that will run, or explain why it cannot."""
+    if provider == "cpu":
+        return "cpu"
+    usable = _cuda_usable()
+    if provider == "cuda" and not usable:
+        raise OnnxflowError(
+            "--provider cuda: no usable CUDA device "
+            "(needs onnxruntime-gpu, an NVIDIA GPU and the CUDA libraries)"
+        )
+    return "cuda" if usable else "cpu"
+
+
+def ort_session(model: bytes | str, provider: str) -> ort.InferenceSession:
+    """A session on `cpu` or `cuda` (already resolved), CPU as fallback for ops CUDA lacks."""
+    providers = [_PROVIDERS["cpu"]]
+    if provider == "cuda":
+        providers.insert(0, _PROVIDERS["cuda"])
+    ort.set_default_logger_severity(3)
+    return ort.InferenceSession(model, _options(), providers=providers)
