@@ -1,1 +1,34 @@
-"""onnxflow: framework-agnostic SynFlow pruning of ONNX models."""
+"""onnxflow: framework-agnostic SynFlow pruning of ONNX models.
+
+    import onnxflow
+    pruned, masks, log_scores, report = onnxflow.prune("model.onnx", sparsity=0.99)
+    onnxflow.save(onnxflow.prune(...), "model.pruned.onnx", masks="masks.npz")
+"""
+
+from onnxflow.api import PruneResult, build_pipeline, prune, save
+from onnxflow.errors import OnnxflowError, UnsupportedOpError
+from onnxflow.flow import Const, Flow, FlowBuilder, FlowRule, NodeContext, Weight
+from onnxflow.flow.registry import flow_rule, register_flow_rule
+from onnxflow.options import PruneOptions
+from onnxflow.report import Report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Const",
+    "Flow",
+    "FlowBuilder",
+    "FlowRule",
+    "NodeContext",
+    "OnnxflowError",
+    "PruneOptions",
+    "PruneResult",
+    "Report",
+    "UnsupportedOpError",
+    "Weight",
+    "build_pipeline",
+    "flow_rule",
+    "prune",
+    "register_flow_rule",
+    "save",
+]

@@ -1,0 +1,131 @@
+"""The Python API: `prune()` builds the pipeline and runs it; `save()` writes the results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import onnx
+
+from onnxflow.errors import OnnxflowError
+from onnxflow.options import PruneOptions
+from onnxflow.passes import (
+    ApplyMasksPass,
+    BuildDagPass,
+    LoadPass,
+    NormalizePass,
+    ReportPass,
+    SynFlowPass,
+)
+from onnxflow.pipeline import ProgressCallback, PruneState, Sequential
+from onnxflow.report import Report
+from onnxflow.save import (
+    check_output_paths,
+    model_writer,
+    npz_writer,
+    text_writer,
+    write_atomically,
+)
+
+
+class PruneResult(NamedTuple):
+    model: onnx.ModelProto
+    """The pruned model: the input with masked weights zeroed."""
+    masks: dict[str, np.ndarray]
+    """Boolean keep-masks by weight initializer name, shaped like the weight."""
+    log_scores: dict[str, np.ndarray]
+    """Dense-network SynFlow scores as float64 natural logs (-inf where 0)."""
+    report: Report
+
+
+def build_pipeline() -> Sequential:
+    """The one pruning pipeline."""
+    return Sequential(
+        LoadPass(), NormalizePass(), BuildDagPass(), SynFlowPass(), ApplyMasksPass(), ReportPass()
+    )
+
+
+def make_options(
+    *, sparsity: float | None = None, compression: float | None = None, **kwargs: Any
+) -> PruneOptions:
+    """PruneOptions from exactly one of sparsity or compression (keep 10^-C)."""
+    if (sparsity is None) == (compression is None):
+        raise OnnxflowError("give exactly one of sparsity or compression")
+    if compression is not None:
+        sparsity = PruneOptions.sparsity_from_compression(compression)
+    return PruneOptions(sparsity=sparsity, **kwargs)  # type: ignore[arg-type]
+
+
+def prune(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    options: PruneOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    **kwargs: Any,
+) -> PruneResult:
+    """Prune a model with iterative SynFlow.
+
+    Args:
+        model: a path to an .onnx file or a loaded ModelProto (not modified).
+        options: a PruneOptions; or pass its fields as keyword arguments instead, with
+            `sparsity=` or `compression=` (e.g. `prune("m.onnx", sparsity=0.99)`).
+        progress: called as progress(done, total) after each iteration.
+
+    Returns:
+        PruneResult(model, masks, log_scores, report).
+    """
+    if options is None:
+        options = make_options(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either options or keyword options, not both")
+    state = PruneState(options=options, progress=progress)
+    if isinstance(model, onnx.ModelProto):
+        state.model = model
+    else:
+        state.source = os.fspath(model)
+    state = build_pipeline()(state)
+    assert state.pruned is not None and state.masks is not None
+    assert state.log_scores is not None and state.report is not None
+    return PruneResult(state.pruned, state.masks, state.log_scores, state.report)
+
+
+def default_output(source: str | os.PathLike[str]) -> Path:
+    """`<stem>.pruned.onnx` beside the input."""
+    p = Path(source)
+    return p.with_name(f"{p.stem}.pruned.onnx")
+
+
+def output_paths(
+    output: Path, masks: Path | None, scores: Path | None, report: Path | None
+) -> dict[str, Path]:
+    paths = {"output": output, "--masks": masks, "--scores": scores, "--report": report}
+    return {k: v for k, v in paths.items() if v is not None}
+
+
+def save(
+    result: PruneResult,
+    output: str | os.PathLike[str],
+    *,
+    masks: str | os.PathLike[str] | None = None,
+    scores: str | os.PathLike[str] | None = None,
+    report: str | os.PathLike[str] | None = None,
+    source: str | os.PathLike[str] | None = None,
+) -> None:
+    """Write the pruned model and, optionally, masks/scores (.npz) and the report (.json).
+
+    All files are written atomically and together: on failure none of them changes.
+    """
+    paths = output_paths(
+        Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report))
+    )
+    check_output_paths(source, paths)
+    writers = {paths["output"]: model_writer(result.model)}
+    if "--masks" in paths:
+        writers[paths["--masks"]] = npz_writer(result.masks)
+    if "--scores" in paths:
+        writers[paths["--scores"]] = npz_writer(result.log_scores)
+    if "--report" in paths:
+        writers[paths["--report"]] = text_writer(result.report.to_json())
+    write_atomically(writers)

@@ -1,0 +1,128 @@
+"""The `onnxflow` command: parses options, calls the Python API, prints progress and a table.
+
+Exit codes: 0 success; 2 any problem with the input or options (one line on stderr, nothing
+written); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from onnxflow import api
+from onnxflow.errors import OnnxflowError
+from onnxflow.options import parse_input_shape
+from onnxflow.report import Report
+from onnxflow.save import check_output_paths
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxflow")
+def cli() -> None:
+    """onnxflow: prune any ONNX model with SynFlow, without data."""
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Pruned model path [default: <stem>.pruned.onnx beside MODEL].")
+@click.option("--sparsity", type=float, help="Fraction of prunable weights to zero, in [0, 1).")
+@click.option("--compression", type=float, help="Keep 10^-C of the prunable weights.")
+@click.option("--iterations", type=int, default=100, show_default=True,
+              help="Rounds of scoring and pruning.")
+@click.option("--schedule", type=click.Choice(["exponential", "linear"]), default="exponential",
+              show_default=True, help="How the kept fraction shrinks over the rounds.")
+@click.option("--scope", type=click.Choice(["global", "local"]), default="global",
+              show_default=True, help="One threshold for all layers, or the same fraction each.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Shape of an input with dynamic dimensions (repeatable).")
+@click.option("--masks", type=click.Path(path_type=Path), help="Write boolean masks (.npz).")
+@click.option("--scores", type=click.Path(path_type=Path),
+              help="Write the dense network's log-scores (.npz, float64 natural logs).")
+@click.option("--report", type=click.Path(path_type=Path), help="Write the report (.json).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="onnxruntime device for the flow computation.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
+def prune(model: Path, output: Path | None, sparsity: float | None, compression: float | None,
+          iterations: int, schedule: str, scope: str, input_shapes: tuple[str, ...],
+          masks: Path | None, scores: Path | None, report: Path | None, provider: str,
+          quiet: bool) -> None:
+    """Prune MODEL with iterative SynFlow and write the pruned model.
+
+    Exactly one of --sparsity or --compression is required.
+    """
+    if (sparsity is None) == (compression is None):
+        raise OnnxflowError("give exactly one of --sparsity or --compression")
+    options = api.make_options(
+        sparsity=sparsity, compression=compression, iterations=iterations,
+        schedule=schedule, scope=scope, provider=provider,
+        input_shapes=dict(parse_input_shape(s) for s in input_shapes),
+    )
+    output = output or api.default_output(model)
+    check_output_paths(model, api.output_paths(output, masks, scores, report))
+    console = Console(stderr=True)
+    with Progress(TextColumn("pruning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task("prune", total=options.iterations)
+        result = api.prune(
+            model, options, progress=lambda done, total: bar.update(task, completed=done)
+        )
+    api.save(result, output, masks=masks, scores=scores, report=report, source=model)
+    if not quiet:
+        _print_summary(result.report, output)
+
+
+def _print_summary(report: Report, output: Path) -> None:
+    table = Table(title=f"SynFlow pruning -> {output}", title_justify="left")
+    for col in ("layer", "op", "shape", "params", "kept", "density"):
+        table.add_column(col, justify="left" if col in ("layer", "op", "shape") else "right")
+    for layer in report.layers:
+        table.add_row(layer.name, layer.op, "x".join(map(str, layer.shape)),
+                      f"{layer.params:,}", f"{layer.kept:,}", f"{layer.density:.4%}")
+    table.add_section()
+    table.add_row("total", "", "", f"{report.params:,}", f"{report.kept:,}",
+                  f"{report.density:.4%}")
+    console = Console()
+    console.print(table)
+    console.print(f"compression 10^{report.compression:.2f}, {report.seconds:.1f}s "
+                  f"on {report.provider}")
+    if report.emptied:
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] layers pruned to nothing: {', '.join(report.emptied)}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: every failure becomes one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        cli.main(args=argv, prog_name="onnxflow", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return 2
+    except OnnxflowError as e:
+        click.echo(f"error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the user gets one line, never a traceback
+        text = (str(e).strip().splitlines() or [""])[0][:300]
+        click.echo(f"error: internal error ({type(e).__name__}): {text}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Writing results: atomic, all-or-nothing, never over the input.
+
+Every file is first written to a temporary file in its destination folder and flushed to
+disk; only when all of them are complete are they renamed into place. A failure (full disk,
+Ctrl-C) leaves either the previous files or nothing, never a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+
+from onnxflow.errors import OnnxflowError
+
+Writer = Callable[[BinaryIO], None]
+
+
+def check_output_paths(source: str | os.PathLike[str] | None, outputs: Mapping[str, Path]) -> None:
+    """Fail before any work if an output could not be written or would clobber the input."""
+    seen: dict[Path, str] = {}
+    src = Path(source).resolve() if source is not None else None
+    for label, path in outputs.items():
+        resolved = path.resolve()
+        if src is not None and resolved == src:
+            raise OnnxflowError(f"{label} {path} is the input model; it is never overwritten")
+        if resolved in seen:
+            raise OnnxflowError(f"{label} and {seen[resolved]} are the same file: {path}")
+        seen[resolved] = label
+        if path.is_dir():
+            raise OnnxflowError(f"{label} {path} is a directory")
+        parent = resolved.parent
+        if not parent.is_dir():
+            raise OnnxflowError(f"{label} {path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OnnxflowError(f"{label} {path}: folder {parent} is not writable")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise OnnxflowError(f"{label} {path} is not writable")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(files: Mapping[Path, Writer]) -> None:
+    """Write every file through a temporary sibling, then rename them all into place."""
+    temps: list[tuple[str, Path]] = []
+    mode = 0o666 & ~_umask()
+    try:
+        for path, write in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            os.chmod(tmp, mode)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
+        temps.clear()
+    except OSError as e:
+        raise OnnxflowError(f"cannot write {e.filename or 'output'}: {e.strerror or e}") from None
+    finally:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def model_writer(model: onnx.ModelProto) -> Writer:
+    return lambda f: f.write(model.SerializeToString())
+
+
+def npz_writer(arrays: Mapping[str, np.ndarray]) -> Writer:
+    def write(f: BinaryIO) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **dict(arrays))
+        f.write(buf.getvalue())
+
+    return write
+
+
+def text_writer(text: str) -> Writer:
+    return lambda f: f.write(text.encode())
