@@ -1,9 +1,14 @@
 """From scores to masks: the pruning schedule and exact top-k selection.
 
-Selection keeps exactly the requested number of weights. Scores are compared as float64
-natural logs; ties are broken by position (layers in network order, then C order within a
-layer), so the same scores always give the same masks. Already-pruned weights are never
-selected again, and a weight with zero score (flow blocked) ranks below every positive one.
+Selection keeps exactly the requested number of weights. A weight's rank is its score
+`value * exp(unit)` compared as a float64 log; ties are broken by position (layers in network
+order, then C order within a layer), so the same scores always give the same masks. Pruned
+weights are never selected again, and an unpruned weight whose score is 0 (its flow is
+blocked) ranks below every positive one.
+
+The global threshold avoids sorting all N scores: a sample locates it, one pass per layer
+keeps everything clearly above it, and only the weights in a narrow band around it are
+ranked exactly.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Rank of an unpruned weight whose score is 0: below any real log-score, above pruned ones.
-_ZERO_SCORE = -1e300
+from onnxflow.flow.engine import FlowScores
+
+_SAMPLE = 200_000
 
 
 def schedule_counts(total: int, density: float, iterations: int, schedule: str) -> list[int]:
@@ -32,12 +38,10 @@ def schedule_counts(total: int, density: float, iterations: int, schedule: str) 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
     """Boolean mask of the k largest entries of a 1-D array; ties go to lower indices."""
     n = values.size
-    keep = np.zeros(n, dtype=bool)
     if k <= 0:
-        return keep
+        return np.zeros(n, dtype=bool)
     if k >= n:
-        keep[:] = True
-        return keep
+        return np.ones(n, dtype=bool)
     threshold = np.partition(values, n - k)[n - k]
     keep = values > threshold
     need = k - int(np.count_nonzero(keep))
@@ -46,24 +50,21 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def _rank_values(log_scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    v = np.where(np.isneginf(log_scores), _ZERO_SCORE, log_scores)
-    v[~mask] = -np.inf
-    return v.ravel()
+def _ranked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Within one layer: positive scores as they are, blocked (0) above pruned (-1)."""
+    return np.where(mask, values, np.float32(-1)).ravel()
 
 
-def select_global(
-    names: Sequence[str], log_scores: dict[str, np.ndarray], masks: dict[str, np.ndarray], k: int
+def select_local(
+    names: Sequence[str], scores: FlowScores, masks: dict[str, np.ndarray], k: int,
+    sizes: Sequence[int],
 ) -> dict[str, np.ndarray]:
-    """Keep the k best weights over all layers (one threshold)."""
-    flat = np.concatenate([_rank_values(log_scores[n], masks[n]) for n in names])
-    keep = top_k(flat, k)
-    out, start = {}, 0
-    for n in names:
-        size = masks[n].size
-        out[n] = keep[start:start + size].reshape(masks[n].shape)
-        start += size
-    return out
+    """Keep the same fraction of every layer (its share of k), best weights first."""
+    caps = [int(np.count_nonzero(masks[n])) for n in names]
+    return {
+        n: top_k(_ranked(scores.values[n], masks[n]), kn).reshape(masks[n].shape)
+        for n, kn in zip(names, local_counts(sizes, k, caps), strict=True)
+    }
 
 
 def local_counts(sizes: Sequence[int], k: int, caps: Sequence[int]) -> list[int]:
@@ -80,14 +81,84 @@ def local_counts(sizes: Sequence[int], k: int, caps: Sequence[int]) -> list[int]
     return counts
 
 
-def select_local(
-    names: Sequence[str], log_scores: dict[str, np.ndarray], masks: dict[str, np.ndarray],
-    k: int, sizes: Sequence[int],
+def select_global(
+    names: Sequence[str], scores: FlowScores, masks: dict[str, np.ndarray], k: int
 ) -> dict[str, np.ndarray]:
-    """Keep the same fraction of every layer (its share of k), best weights first."""
-    return {
-        n: top_k(_rank_values(log_scores[n], masks[n]), kn).reshape(masks[n].shape)
-        for n, kn in zip(
-            names, local_counts(sizes, k, [int(masks[n].sum()) for n in names]), strict=True
-        )
-    }
+    """Keep the k best weights over all layers (one threshold on the log-scores)."""
+    vals = {n: scores.values[n].ravel() for n in names}
+    positive = sum(int(np.count_nonzero(vals[n] > 0)) for n in names)
+    if k >= positive:
+        return _keep_positive_then_first(names, vals, masks, k - positive)
+    for margin in (4.0, 16.0, math.inf):
+        keep = _select_band(names, vals, scores.units, k, positive, margin)
+        if keep is not None:
+            return {n: keep[n].reshape(masks[n].shape) for n in names}
+    raise AssertionError("unreachable: an infinite band always contains the threshold")
+
+
+def _keep_positive_then_first(
+    names: Sequence[str], vals: dict[str, np.ndarray], masks: dict[str, np.ndarray], extra: int
+) -> dict[str, np.ndarray]:
+    """All positive scores, then `extra` blocked-but-unpruned weights in network order."""
+    out = {}
+    for n in names:
+        keep = vals[n] > 0
+        if extra > 0:
+            blocked = np.flatnonzero(~keep & masks[n].ravel())[:extra]
+            keep[blocked] = True
+            extra -= blocked.size
+        out[n] = keep.reshape(masks[n].shape)
+    return out
+
+
+def _sample_keys(names: Sequence[str], vals: dict[str, np.ndarray], units: dict[str, float],
+                 total: int) -> np.ndarray:
+    step = max(1, total // _SAMPLE)
+    parts = []
+    with np.errstate(divide="ignore"):
+        for n in names:
+            s = vals[n][::step]
+            s = s[s > 0]
+            parts.append(np.log(s, dtype=np.float64) + units[n])
+    return np.sort(np.concatenate(parts))[::-1]
+
+
+def _select_band(
+    names: Sequence[str], vals: dict[str, np.ndarray], units: dict[str, float], k: int,
+    positive: int, margin: float,
+) -> dict[str, np.ndarray] | None:
+    """Keep all scores above a band around the estimated threshold and rank the band exactly.
+    None if the band missed the threshold (then a wider one is tried)."""
+    total = sum(v.size for v in vals.values())
+    sample = _sample_keys(names, vals, units, total)
+    if math.isinf(margin) or sample.size == 0:
+        hi, lo = math.inf, -math.inf
+    else:
+        frac = k / positive
+        rank = frac * sample.size
+        spread = margin * math.sqrt(sample.size * frac * (1 - frac)) + margin * 4
+        hi_rank, lo_rank = int(rank - spread), int(rank + spread)
+        hi = sample[hi_rank] if hi_rank >= 0 else math.inf
+        lo = sample[lo_rank] if lo_rank < sample.size else -math.inf
+    above: dict[str, np.ndarray] = {}
+    band_keys, band_pos = [], []
+    n_above = 0
+    for n in names:
+        v = vals[n]
+        t_hi = np.float32(math.exp(hi - units[n])) if hi < math.inf else np.float32(np.inf)
+        t_lo = np.float32(math.exp(lo - units[n])) if lo > -math.inf else np.float32(0)
+        above[n] = a = v > t_hi
+        n_above += int(np.count_nonzero(a))
+        idx = np.flatnonzero((v > t_lo) & ~a)
+        band_pos.append(np.stack([np.full(idx.size, len(band_pos)), idx]))
+        band_keys.append(np.log(v[idx], dtype=np.float64) + units[n])
+    need = k - n_above
+    keys = np.concatenate(band_keys)
+    if need < 0 or need > keys.size:
+        return None
+    pos = np.concatenate(band_pos, axis=1)
+    # Best first: higher key, then lower (layer, index).
+    order = np.lexsort((pos[1], pos[0], -keys))[:need]
+    for layer_i, idx in zip(pos[0, order], pos[1, order], strict=True):
+        above[names[layer_i]][idx] = True
+    return above

@@ -1,8 +1,9 @@
-"""Run the flow model: masked |W| in, natural-log SynFlow scores out."""
+"""Run the flow model: masked |W| in, SynFlow scores out (float32 values, float64 log-units)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -15,8 +16,30 @@ from onnxflow.runtime import ort_session
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class FlowScores:
+    """Scores of one run: the score of weight `w` is `values[w] * exp(units[w])`.
+
+    Within a layer the float32 values rank the weights exactly; across layers the float64
+    units put them on one scale, whatever the size of R.
+    """
+
+    values: dict[str, np.ndarray]
+    units: dict[str, float]
+    log_flow: float
+    """Natural log of R, the network's total synaptic flow."""
+
+    def log(self) -> dict[str, np.ndarray]:
+        """Natural-log scores in float64, -inf where the score is 0."""
+        out = {}
+        with np.errstate(divide="ignore"):
+            for name, v in self.values.items():
+                out[name] = np.log(v, dtype=np.float64) + self.units[name]
+        return out
+
+
 class FlowEngine:
-    """Holds one onnxruntime session of the flow model and the |W| of every prunable weight."""
+    """One onnxruntime session of the flow model, fed |W| * mask of every prunable weight."""
 
     def __init__(self, graph: gs.Graph, dag: WeightDag, provider: str) -> None:
         self.flow = build_flow_model(graph, dag)
@@ -27,37 +50,38 @@ class FlowEngine:
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise OnnxflowError(f"onnxruntime cannot run the flow model: {msg}") from None
         tensors = graph.tensors()
-        self.abs_weights = {
+        self.weights = {
             layer.name: np.abs(np.asarray(tensors[layer.name].values, dtype=np.float32))
             for layer in dag.layers
         }
+        """|W| with pruned entries set to zero (updated in place by `prune`)."""
         self._outputs = [o.name for o in self.session.get_outputs()]
 
-    def log_scores(
-        self, masks: dict[str, np.ndarray] | None = None
-    ) -> tuple[dict[str, np.ndarray], float]:
-        """Natural-log scores (float64, -inf where 0) of the masked network, and log R."""
-        feeds = {}
-        for name, absw in self.abs_weights.items():
-            m = None if masks is None else masks[name]
-            feeds[self.flow.weight_inputs[name]] = absw if m is None else absw * m
+    def prune(self, masks: dict[str, np.ndarray]) -> None:
+        """Zero the weights whose mask is False, for every later run."""
+        for name, w in self.weights.items():
+            np.multiply(w, masks[name], out=w)
+
+    def run(self) -> FlowScores:
+        feeds = {self.flow.weight_inputs[name]: w for name, w in self.weights.items()}
         results = dict(zip(self._outputs, self.session.run(self._outputs, feeds), strict=True))
 
         def unit(name: str | None) -> float:
             return 0.0 if name is None else float(results[name])
 
-        out: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray] = {}
+        units: dict[str, float] = {}
         for layer in self.dag.layers:
             entry = self.flow.scores.get(layer.name)
-            if entry is None:
-                out[layer.name] = np.full(layer.shape, -np.inf)
+            if entry is None or np.isneginf(unit(entry[1])):
+                values[layer.name] = np.zeros(layer.shape, np.float32)
+                units[layer.name] = 0.0
                 continue
-            score = results[entry[0]]
-            if not np.all(np.isfinite(score)):
+            values[layer.name] = v = results[entry[0]]
+            units[layer.name] = unit(entry[1])
+            if not np.isfinite(v).all():
                 raise OnnxflowError(f"non-finite synaptic flow at weight {layer.name!r}")
-            with np.errstate(divide="ignore"):
-                out[layer.name] = np.log(score, dtype=np.float64) + unit(entry[1])
         parts = [np.log(float(results[t])) + unit(s) for t, s in self.flow.output_flows
                  if float(results[t]) > 0]
-        log_r = float(np.logaddexp.reduce(parts)) if parts else -np.inf
-        return out, log_r
+        log_flow = float(np.logaddexp.reduce(parts)) if parts else -np.inf
+        return FlowScores(values, units, log_flow)

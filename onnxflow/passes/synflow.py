@@ -43,14 +43,15 @@ class SynFlowPass(Pass):
         counts = schedule_counts(total, opts.density, opts.iterations, opts.schedule)
         for step, k in enumerate(counts):
             if step == 0 or k < kept:
-                log_scores, log_r = engine.log_scores(None if step == 0 else masks)
+                scores = engine.run()
                 if step == 0:
-                    state.log_scores, state.log_flow = log_scores, log_r
+                    state.log_scores, state.log_flow = scores.log(), scores.log_flow
                 if opts.scope == "global":
-                    masks = select_global(names, log_scores, masks, k)
+                    masks = select_global(names, scores, masks, k)
                 else:
-                    masks = select_local(names, log_scores, masks, k, sizes)
-                kept = sum(int(m.sum()) for m in masks.values())
+                    masks = select_local(names, scores, masks, k, sizes)
+                engine.prune(masks)
+                kept = sum(int(np.count_nonzero(m)) for m in masks.values())
             logger.debug("step %d/%d: kept %d", step + 1, len(counts), kept)
             if state.progress is not None:
                 state.progress(step + 1, len(counts))

@@ -9,7 +9,10 @@ For convolutions that is itself a convolution of `f` by `b` with stride and dila
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+
+import numpy as np
 
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Shape, Weight
@@ -124,20 +127,50 @@ def _correlate(
     return g.node("Transpose", [out], perm=_perm_swap01(nd))
 
 
-def _pointwise_grad(g: FlowBuilder, x: str, x_shape: Shape, gy: str, gy_shape: Shape,
-                    strides: Sequence[int]) -> str:
-    """Weight-gradient of an unpadded 1x1 Conv as one matrix product: (Cout, Cin, 1...)."""
+# Above this many float32 elements the im2col matrix is not built; a grouped Conv is used.
+_IM2COL_LIMIT = 64 * 2**20
+
+
+def _im2col_grad(g: FlowBuilder, x: str, x_shape: Shape, gy: str, gy_shape: Shape, *, k: Shape,
+                 group: int, strides: Sequence[int], dilations: Sequence[int],
+                 pads: Sequence[int]) -> str | None:
+    """Weight-gradient of a Conv as im2col (one strided Slice per kernel tap) and one matrix
+    product: dW[o, i, k] = sum_p b[o, p] * x_pad[i, p*stride + k*dilation].
+
+    Returns None when the im2col matrix would be too large.
+    """
     n, c = x_shape[:2]
-    cout = gy_shape[1]
-    nd = len(x_shape) - 2
-    if any(s != 1 for s in strides):
-        x = g.node("Slice", [x, g.i64([0] * nd), g.i64(list(x_shape[2:])),
-                             g.i64(list(range(2, nd + 2))), g.i64(list(strides))])
+    sp, out_sp = x_shape[2:], gy_shape[2:]
+    nd, cout, taps = len(k), gy_shape[1], int(np.prod(k))
+    if c * taps * n * int(np.prod(out_sp)) > _IM2COL_LIMIT:
+        return None
+    begins = list(pads[:nd])
+    ends = [max(0, (out_sp[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - sp[i]
+                - begins[i]) for i in range(nd)]
+    if any(begins) or any(ends):
+        x = g.node("Pad", [x, g.i64([0, 0, *begins, 0, 0, *ends])])
     if n > 1:
-        x = g.node("Transpose", [g.reshape(x, [n, c, -1])], perm=[1, 0, 2])
-        gy = g.node("Transpose", [g.reshape(gy, [n, cout, -1])], perm=[1, 0, 2])
-    dw = g.node("Gemm", [g.reshape(gy, [cout, -1]), g.reshape(x, [c, -1])], transB=1)
-    return g.reshape(dw, [cout, c] + [1] * nd)
+        x = g.node("Transpose", [x], perm=_perm_swap01(nd))
+        gy = g.node("Transpose", [gy], perm=_perm_swap01(nd))
+    axes = g.i64(list(range(2, nd + 2)))
+    steps = g.i64(list(strides))
+    cols = []
+    for tap in itertools.product(*(range(d) for d in k)):
+        starts = [tap[i] * dilations[i] for i in range(nd)]
+        stops = [starts[i] + (out_sp[i] - 1) * strides[i] + 1 for i in range(nd)]
+        piece = g.node("Slice", [x, g.i64(starts), g.i64(stops), axes, steps])
+        cols.append(g.reshape(piece, [c, 1, -1]))
+    col = cols[0] if taps == 1 else g.node("Concat", cols, axis=1)  # (C, taps, N*P)
+    b = g.reshape(gy, [cout, -1])
+    if group == 1:
+        dw = g.node("Gemm", [b, g.reshape(col, [c * taps, -1])], transB=1)
+    elif group == c == cout:  # depthwise: one input and one output channel per group
+        dw = g.reduce("ReduceSum", g.node("Mul", [col, g.reshape(b, [c, 1, -1])]), [2], 0)
+    else:
+        cols_g = g.reshape(col, [group, (c // group) * taps, -1])
+        dw = g.node("MatMul", [g.reshape(b, [group, cout // group, -1]),
+                               g.node("Transpose", [cols_g], perm=[0, 2, 1])])
+    return g.reshape(dw, [cout, c // group, *k])
 
 
 def _conv_attrs(w: Const, x_shape: Shape, strides, dilations, pads, auto_pad):
@@ -173,9 +206,9 @@ class Conv(FlowRule):
                 g, gy.tensor, wt, group=group, strides=strides, dilations=dilations,
                 begins=pads[:nd], in_sp=y_shape[2:], k=k, want=x.shape[2:]), gy)
         if isinstance(w, Weight):
-            if all(d == 1 for d in k) and not any(pads) and group == 1:
-                t = _pointwise_grad(g, x.tensor, x.shape, gy.tensor, y_shape, strides)
-            else:
+            t = _im2col_grad(g, x.tensor, x.shape, gy.tensor, y_shape, k=k, group=group,
+                             strides=strides, dilations=dilations, pads=pads)
+            if t is None:
                 t = _correlate(g, x.tensor, x.shape, gy.tensor, y_shape, group=group,
                                strides=strides, dilations=dilations, begins=pads[:nd], k=k)
             dw = Flow(t, g.scale_sum(x.scale, gy.scale))
