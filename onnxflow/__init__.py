@@ -5,7 +5,7 @@
     onnxflow.save(onnxflow.prune(...), "model.pruned.onnx", masks="masks.npz")
 """
 
-from onnxflow.api import PruneResult, build_pipeline, prune, save
+from onnxflow.api import PruneResult, ScoreResult, build_pipeline, prune, save, score
 from onnxflow.errors import OnnxflowError, UnsupportedOpError
 from onnxflow.flow import Const, Flow, FlowBuilder, FlowRule, NodeContext, Weight
 from onnxflow.flow.registry import flow_rule, register_flow_rule
@@ -24,6 +24,7 @@ __all__ = [
     "PruneOptions",
     "PruneResult",
     "Report",
+    "ScoreResult",
     "UnsupportedOpError",
     "Weight",
     "build_pipeline",
@@ -31,4 +32,5 @@ __all__ = [
     "prune",
     "register_flow_rule",
     "save",
+    "score",
 ]

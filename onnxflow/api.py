@@ -9,7 +9,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnx
 
+from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError
+from onnxflow.flow.engine import FlowEngine
 from onnxflow.options import PruneOptions
 from onnxflow.passes import (
     ApplyMasksPass,
@@ -21,6 +23,7 @@ from onnxflow.passes import (
 )
 from onnxflow.pipeline import ProgressCallback, PruneState, Sequential
 from onnxflow.report import Report
+from onnxflow.runtime import resolve_provider
 from onnxflow.save import (
     check_output_paths,
     model_writer,
@@ -89,6 +92,33 @@ def prune(
     assert state.pruned is not None and state.masks is not None
     assert state.log_scores is not None and state.report is not None
     return PruneResult(state.pruned, state.masks, state.log_scores, state.report)
+
+
+class ScoreResult(NamedTuple):
+    log_scores: dict[str, np.ndarray]
+    """Dense-network SynFlow scores as float64 natural logs (-inf where 0)."""
+    log_flow: float
+    """Natural log of R, the total synaptic flow of the dense network."""
+    dag: WeightDag
+
+
+def score(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    *,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    provider: str = "auto",
+) -> ScoreResult:
+    """SynFlow scores of the dense network, without pruning (one flow-model run)."""
+    options = PruneOptions(sparsity=0.0, input_shapes=input_shapes or {}, provider=provider)  # type: ignore[arg-type]
+    state = PruneState(options=options)
+    if isinstance(model, onnx.ModelProto):
+        state.model = model
+    else:
+        state.source = os.fspath(model)
+    state = Sequential(LoadPass(), NormalizePass(), BuildDagPass())(state)
+    assert state.graph is not None and state.dag is not None
+    scores = FlowEngine(state.graph, state.dag, resolve_provider(options.provider)).run()
+    return ScoreResult(scores.log(), scores.log_flow, state.dag)
 
 
 def default_output(source: str | os.PathLike[str]) -> Path:
