@@ -124,6 +124,8 @@ def score(
 def default_output(source: str | os.PathLike[str]) -> Path:
     """`<stem>.pruned.onnx` beside the input."""
     p = Path(source)
+    if p.is_dir() or not p.name:
+        raise OnnxflowError(f"{p} is a directory, not an ONNX model file")
     return p.with_name(f"{p.stem}.pruned.onnx")
 
 

@@ -68,7 +68,8 @@ def prune(model: Path, output: Path | None, sparsity: float | None, compression:
     check_output_paths(model, api.output_paths(output, masks, scores, report))
     console = Console(stderr=True)
     with Progress(TextColumn("pruning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=quiet) as bar:
+                  console=console, transient=True,
+                  disable=quiet or not console.is_terminal) as bar:
         task = bar.add_task("prune", total=options.iterations)
         result = api.prune(
             model, options, progress=lambda done, total: bar.update(task, completed=done)

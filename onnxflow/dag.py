@@ -6,6 +6,7 @@ tensors change), as Torch-Pruning keeps its dependency graph apart from importan
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,12 +58,17 @@ def is_float_constant(t: gs.Tensor | None) -> bool:
     return isinstance(t, gs.Constant) and np.issubdtype(np.dtype(t.dtype), np.floating)
 
 
-def prunable_operand(node: gs.Node) -> int | None:
-    """Position of the node's prunable weight, or None if it has none."""
+def prunable_operand(node: gs.Node, stored: Container[str]) -> int | None:
+    """Position of the node's prunable weight, or None if it has none.
+
+    Only weights stored in the model (`stored`: initializer names) can be masked.
+    """
     if (node.domain or "") not in ("", "ai.onnx"):
         return None
     for pos in PRUNABLE_OPERANDS.get(node.op, ()):
         if pos >= len(node.inputs) or not is_float_constant(node.inputs[pos]):
+            continue
+        if node.inputs[pos].name not in stored:
             continue
         others = [t for i, t in enumerate(node.inputs[:2]) if i != pos]
         if all(isinstance(t, gs.Variable) for t in others):
@@ -70,14 +76,14 @@ def prunable_operand(node: gs.Node) -> int | None:
     return None
 
 
-def build_weight_dag(graph: gs.Graph) -> WeightDag:
+def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
     """Find the prunable weights of a toposorted graph and the layer-to-layer edges."""
     layers: dict[str, WeightLayer] = {}
     weight_inputs: dict[str, int] = {}
     upstream: dict[str, set[str]] = {}  # tensor name -> nearest weight layers before it
     for node in graph.nodes:
         feeding = set().union(*(upstream.get(t.name, set()) for t in node.inputs if t is not None))
-        pos = prunable_operand(node)
+        pos = prunable_operand(node, stored)
         if pos is None:
             for t in node.outputs:
                 upstream[t.name] = feeding

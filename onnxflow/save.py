@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,8 +53,13 @@ def _umask() -> int:
 
 
 def write_atomically(files: Mapping[Path, Writer]) -> None:
-    """Write every file through a temporary sibling, then rename them all into place."""
+    """Write every file through a temporary sibling, then move them all into place.
+
+    Existing files are kept as hard-link backups until every new file is in place, so a
+    failure part-way through the renames restores the previous set.
+    """
     temps: list[tuple[str, Path]] = []
+    placed: list[tuple[Path, str | None]] = []
     mode = 0o666 & ~_umask()
     try:
         for path, write in files.items():
@@ -65,14 +71,44 @@ def write_atomically(files: Mapping[Path, Writer]) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         for tmp, path in temps:
-            os.replace(tmp, path)
+            backup = _backup(path, tmp)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                if backup is not None:
+                    os.unlink(backup)  # the old file is still in place
+                raise
+            placed.append((path, backup))
         temps.clear()
     except OSError as e:
+        for path, backup in reversed(placed):
+            with contextlib.suppress(OSError):
+                if backup is None:
+                    os.unlink(path)
+                else:
+                    os.replace(backup, path)
+        placed.clear()
         raise OnnxflowError(f"cannot write {e.filename or 'output'}: {e.strerror or e}") from None
     finally:
         for tmp, _ in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        for _, backup in placed:
+            if backup is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(backup)
+
+
+def _backup(path: Path, tmp: str) -> str | None:
+    """A hard link (or copy) of the current file, to restore it if a later step fails."""
+    if not path.exists():
+        return None
+    backup = f"{tmp}.bak"
+    try:
+        os.link(path, backup)
+    except OSError:
+        shutil.copy2(path, backup)
+    return backup
 
 
 def model_writer(model: onnx.ModelProto) -> Writer:

@@ -10,12 +10,13 @@ from onnxflow.pipeline import Pass, PruneState
 class BuildDagPass(Pass):
     """Fills `state.dag`; a model with nothing to prune is an error."""
 
-    requires = ("graph",)
+    requires = ("model", "graph")
     provides = ("dag",)
 
     def run(self, state: PruneState) -> None:
-        assert state.graph is not None
-        dag = build_weight_dag(state.graph)
+        assert state.model is not None and state.graph is not None
+        stored = {t.name for t in state.model.graph.initializer}
+        dag = build_weight_dag(state.graph, stored)
         if not dag.layers:
             raise OnnxflowError(
                 f"{state.source or 'model'} has no prunable weights "
