@@ -86,20 +86,13 @@ def select_global(
 ) -> dict[str, np.ndarray]:
     """Keep the k best weights over all layers (one threshold on the log-scores)."""
     vals = {n: scores.values[n].ravel() for n in names}
-    positive = sum(int(np.count_nonzero(vals[n] > 0)) for n in names)
-    if k >= positive:
-        return _keep_positive_then_first(names, vals, masks, k - positive)
+    sample, sampled = _sample_keys(names, vals, scores.units)
     for margin in (4.0, 16.0, math.inf):
-        keep = _select_band(names, vals, scores.units, k, positive, margin)
+        keep = _select_band(names, vals, scores.units, k, sample, sampled, margin)
         if keep is not None:
             return {n: keep[n].reshape(masks[n].shape) for n in names}
-    raise AssertionError("unreachable: an infinite band always contains the threshold")
-
-
-def _keep_positive_then_first(
-    names: Sequence[str], vals: dict[str, np.ndarray], masks: dict[str, np.ndarray], extra: int
-) -> dict[str, np.ndarray]:
-    """All positive scores, then `extra` blocked-but-unpruned weights in network order."""
+    # Fewer positive scores than k: keep them all, then blocked weights in network order.
+    extra = k - sum(int(np.count_nonzero(vals[n] > 0)) for n in names)
     out = {}
     for n in names:
         keep = vals[n] > 0
@@ -111,54 +104,60 @@ def _keep_positive_then_first(
     return out
 
 
-def _sample_keys(names: Sequence[str], vals: dict[str, np.ndarray], units: dict[str, float],
-                 total: int) -> np.ndarray:
+def _sample_keys(
+    names: Sequence[str], vals: dict[str, np.ndarray], units: dict[str, float]
+) -> tuple[np.ndarray, int]:
+    """Log-scores of a regular sample of the positive scores, best first, and the number of
+    entries (positive or not) the sample was drawn from."""
+    total = sum(v.size for v in vals.values())
     step = max(1, total // _SAMPLE)
-    parts = []
-    with np.errstate(divide="ignore"):
-        for n in names:
-            s = vals[n][::step]
-            s = s[s > 0]
-            parts.append(np.log(s, dtype=np.float64) + units[n])
-    return np.sort(np.concatenate(parts))[::-1]
+    parts, sampled = [], 0
+    for n in names:
+        s = vals[n][::step]
+        sampled += s.size
+        s = s[s > 0]
+        parts.append(np.log(s, dtype=np.float64) + units[n])
+    return np.sort(np.concatenate(parts))[::-1], sampled
 
 
 def _select_band(
     names: Sequence[str], vals: dict[str, np.ndarray], units: dict[str, float], k: int,
-    positive: int, margin: float,
+    sample: np.ndarray, sampled: int, margin: float,
 ) -> dict[str, np.ndarray] | None:
     """Keep all scores above a band around the estimated threshold and rank the band exactly.
     None if the band missed the threshold (then a wider one is tried)."""
     total = sum(v.size for v in vals.values())
-    sample = _sample_keys(names, vals, units, total)
-    if math.isinf(margin) or sample.size == 0:
-        hi, lo = math.inf, -math.inf
-    else:
-        frac = k / positive
-        rank = frac * sample.size
-        spread = margin * math.sqrt(sample.size * frac * (1 - frac)) + margin * 4
-        hi_rank, lo_rank = int(rank - spread), int(rank + spread)
-        hi = sample[hi_rank] if hi_rank >= 0 else math.inf
-        lo = sample[lo_rank] if lo_rank < sample.size else -math.inf
+    hi, lo = math.inf, -math.inf
+    if not math.isinf(margin) and sample.size:
+        rank = k / total * sampled  # expected position of the threshold in the sample
+        frac = min(1.0, k / total)
+        spread = margin * (math.sqrt(sampled * frac * (1 - frac)) + 4)
+        if rank - spread >= 0:
+            hi = sample[min(int(rank - spread), sample.size - 1)]
+        if rank + spread < sample.size:
+            lo = sample[int(rank + spread)]
     above: dict[str, np.ndarray] = {}
-    band_keys, band_pos = [], []
+    band_keys, band_layer, band_idx = [], [], []
     n_above = 0
-    for n in names:
-        v = vals[n]
-        t_hi = np.float32(math.exp(hi - units[n])) if hi < math.inf else np.float32(np.inf)
-        t_lo = np.float32(math.exp(lo - units[n])) if lo > -math.inf else np.float32(0)
+    for i, n in enumerate(names):
+        v, u = vals[n], units[n]
+        t_hi = np.float32(math.exp(min(hi - u, 700))) if hi < math.inf else np.float32(np.inf)
+        t_lo = np.float32(math.exp(max(lo - u, -745))) if lo > -math.inf else np.float32(0)
         above[n] = a = v > t_hi
         n_above += int(np.count_nonzero(a))
-        idx = np.flatnonzero((v > t_lo) & ~a)
-        band_pos.append(np.stack([np.full(idx.size, len(band_pos)), idx]))
-        band_keys.append(np.log(v[idx], dtype=np.float64) + units[n])
+        band = v > t_lo
+        np.logical_xor(band, a, out=band)  # above is a subset of v > t_lo
+        idx = np.flatnonzero(band)
+        band_idx.append(idx)
+        band_layer.append(np.full(idx.size, i))
+        band_keys.append(np.log(v[idx], dtype=np.float64) + u)
     need = k - n_above
     keys = np.concatenate(band_keys)
     if need < 0 or need > keys.size:
         return None
-    pos = np.concatenate(band_pos, axis=1)
+    layer, idx = np.concatenate(band_layer), np.concatenate(band_idx)
     # Best first: higher key, then lower (layer, index).
-    order = np.lexsort((pos[1], pos[0], -keys))[:need]
-    for layer_i, idx in zip(pos[0, order], pos[1, order], strict=True):
-        above[names[layer_i]][idx] = True
+    chosen = np.lexsort((idx, layer, -keys))[:need]
+    for i, n in enumerate(names):
+        above[n][idx[chosen[layer[chosen] == i]]] = True
     return above

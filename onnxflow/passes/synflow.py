@@ -51,7 +51,7 @@ class SynFlowPass(Pass):
                 else:
                     masks = select_local(names, scores, masks, k, sizes)
                 engine.prune(masks)
-                kept = sum(int(np.count_nonzero(m)) for m in masks.values())
+                kept = k
             logger.debug("step %d/%d: kept %d", step + 1, len(counts), kept)
             if state.progress is not None:
                 state.progress(step + 1, len(counts))
