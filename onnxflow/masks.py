@@ -69,15 +69,27 @@ def select_local(
 
 def local_counts(sizes: Sequence[int], k: int, caps: Sequence[int]) -> list[int]:
     """Split k over layers in proportion to their sizes, each at most its cap (the weights it
-    still has), by largest remainder: the counts sum to k whenever the caps allow."""
-    total = sum(sizes)
-    exact = [k * s / total for s in sizes]
-    counts = [min(math.floor(e), c) for e, c in zip(exact, caps, strict=True)]
-    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i))
-    while sum(counts) < k and any(c < cap for c, cap in zip(counts, caps, strict=True)):
-        for i in order:
-            if sum(counts) < k and counts[i] < caps[i]:
+    still has): layers that would exceed their cap get it, the rest is split again among the
+    others (water-filling), and the final split rounds by largest remainder. The counts sum
+    to min(k, sum(caps))."""
+    counts = [0] * len(sizes)
+    active = [i for i in range(len(sizes)) if caps[i] > 0]
+    remaining = min(k, sum(caps))
+    while active:
+        total = sum(sizes[i] for i in active)
+        exact = {i: remaining * sizes[i] / total for i in active}
+        full = [i for i in active if exact[i] >= caps[i]]
+        if not full:
+            for i in active:
+                counts[i] = math.floor(exact[i])
+            order = sorted(active, key=lambda i: (-(exact[i] - counts[i]), i))
+            for i in order[: remaining - sum(counts[j] for j in active)]:
                 counts[i] += 1
+            break
+        for i in full:
+            counts[i] = caps[i]
+            remaining -= caps[i]
+        active = [i for i in active if i not in full]
     return counts
 
 
@@ -85,7 +97,10 @@ def select_global(
     names: Sequence[str], scores: FlowScores, masks: dict[str, np.ndarray], k: int
 ) -> dict[str, np.ndarray]:
     """Keep the k best weights over all layers (one threshold on the log-scores)."""
-    vals = {n: scores.values[n].ravel() for n in names}
+    vals = {}
+    for n in names:  # pruned weights score 0 already (the engine feeds them as 0); make sure
+        vals[n] = v = scores.values[n].ravel()
+        np.multiply(v, masks[n].ravel(), out=v)
     sample, sampled = _sample_keys(names, vals, scores.units)
     for margin in (4.0, 16.0, math.inf):
         keep = _select_band(names, vals, scores.units, k, sample, sampled, margin)
@@ -120,6 +135,20 @@ def _sample_keys(
     return np.sort(np.concatenate(parts))[::-1], sampled
 
 
+_LOG_F32_MAX = math.log(float(np.finfo(np.float32).max))
+_LOG_F32_MIN = math.log(float(np.finfo(np.float32).smallest_subnormal))
+
+
+def _linear_threshold(log_value: float) -> np.float32:
+    """exp(log_value) as a float32 threshold; beyond float32 range it saturates to inf or 0,
+    which compares with every float32 value exactly as exp(log_value) would."""
+    if log_value > _LOG_F32_MAX:
+        return np.float32(np.inf)
+    if log_value < _LOG_F32_MIN:
+        return np.float32(0.0)
+    return np.float32(math.exp(log_value))
+
+
 def _select_band(
     names: Sequence[str], vals: dict[str, np.ndarray], units: dict[str, float], k: int,
     sample: np.ndarray, sampled: int, margin: float,
@@ -141,8 +170,7 @@ def _select_band(
     n_above = 0
     for i, n in enumerate(names):
         v, u = vals[n], units[n]
-        t_hi = np.float32(math.exp(min(hi - u, 700))) if hi < math.inf else np.float32(np.inf)
-        t_lo = np.float32(math.exp(max(lo - u, -745))) if lo > -math.inf else np.float32(0)
+        t_hi, t_lo = _linear_threshold(hi - u), _linear_threshold(lo - u)
         above[n] = a = v > t_hi
         n_above += int(np.count_nonzero(a))
         band = v > t_lo

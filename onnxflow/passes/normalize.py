@@ -147,7 +147,24 @@ class NormalizePass(Pass):
             t.shape = list(shapes[t.name])
             if t.dtype is None:
                 raise OnnxflowError(f"input {t.name!r} has no element type")
-        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        graph.fold_constants(fold_shapes=True, error_ok=True)
+        graph.cleanup(remove_unused_graph_inputs=False)
         graph.toposort()
+        _name_nodes(graph)
         _infer_shapes(graph)
         state.graph = graph
+
+
+def _name_nodes(graph: gs.Graph) -> None:
+    """Give unnamed or duplicate-named nodes unique names (names key the weight layers).
+
+    Only the analysis graph is renamed; the pruned model keeps the original nodes.
+    """
+    seen: set[str] = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            name = f"{node.name or node.op}_{i}"
+            while name in seen:
+                name += "_"
+            node.name = name
+        seen.add(node.name)

@@ -265,14 +265,20 @@ class ConvTranspose(FlowRule):
 
 @flow_rule("Gemm")
 class Gemm(FlowRule):
-    """Y = alpha * A' B' (+ beta C, dropped: biases carry no synaptic flow)."""
+    """Y = |alpha| A' B' + |beta| C where C carries flow (a constant C is a bias: dropped)."""
 
     rescales = True
 
     def forward(self, g, node, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
         y = g.node("Gemm", [_operand(g, node, a), _operand(g, node, b)], alpha=abs(alpha),
                    transA=transA, transB=transB)
-        return Flow(y, g.scale_sum(*(v.scale for v in (a, b) if isinstance(v, Flow))))
+        out = Flow(y, g.scale_sum(*(v.scale for v in (a, b) if isinstance(v, Flow))))
+        if isinstance(c, Flow):
+            shape = node.out_shapes[0]
+            cf = g.map(c, lambda t: g.expand_to(g.node("Mul", [t, g.f32(abs(beta))]),
+                                                c.shape, shape))
+            out = g.add([out, cf])
+        return out
 
     def backward(self, g, node, grads, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0,
                  transB=0):
@@ -288,7 +294,11 @@ class Gemm(FlowRule):
             db = (g.node("Gemm", [ta, gy.tensor], alpha=alpha, transA=1 - transA) if not transB
                   else g.node("Gemm", [gy.tensor, ta], alpha=alpha, transA=1, transB=transA))
             db = Flow(db, g.scale_sum(gy.scale, *_scales(a)))
-        return [da, db, None]
+        dc = None
+        if isinstance(c, Flow) and c.needs_grad:
+            dc = g.map(gy, lambda t: g.reduce_to(g.node("Mul", [t, g.f32(abs(beta))]),
+                                                 node.out_shapes[0], c.shape))
+        return [da, db, dc]
 
 
 def _wants(v: object) -> bool:

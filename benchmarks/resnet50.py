@@ -1,0 +1,148 @@
+"""Benchmark: ResNet-50 at 224x224, 100 iterations, sparsity 0.99 (issue 2's targets).
+
+Measures, in one run on this machine:
+  1. onnxflow, whole process: `onnxflow prune resnet50.onnx --sparsity 0.99 -q` in a fresh
+     subprocess; wall time and peak RSS (median of --repeats runs).
+  2. The reference: PyTorch float64 autograd SynFlow (the official algorithm: 100 iterations,
+     global threshold), same weights, in a fresh subprocess (median of --ref-repeats runs).
+  3. One onnxflow iteration (flow-model run + selection + mask update) as a multiple of one
+     onnxruntime forward pass of the original model (medians of 10).
+
+Needs PyTorch for the model and the reference (`pip install torch==2.13.0`); without it,
+the model is generated with tests/netgen.py and the reference is skipped.
+
+    python benchmarks/resnet50.py [--repeats 3] [--ref-repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the reference models live beside the tests
+
+SHAPE = (1, 3, 224, 224)
+SPARSITY = 0.99
+ITERATIONS = 100
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of a child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd} failed")
+    return wall, usage.ru_maxrss / 1024
+
+
+def make_model(path: Path) -> bool:
+    """Write ResNet-50 to `path`; True if it came from PyTorch (reference available)."""
+    try:
+        import torch_reference as ref
+    except ImportError:
+        import netgen
+        import onnx
+
+        onnx.save(netgen.resnet(50), path)
+        return False
+    ref.export_onnx(ref.resnet50(), SHAPE, path)
+    return True
+
+
+def reference_child() -> None:
+    import torch
+    import torch_reference as ref
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    masks = ref.synflow_prune_reference(ref.resnet50(), SHAPE, SPARSITY, ITERATIONS)
+    kept = sum(int(m.sum()) for m in masks.values())
+    print(json.dumps({"kept": kept}))
+
+
+def iteration_ratio(path: Path) -> dict[str, float]:
+    import onnx
+
+    from onnxflow.flow.engine import FlowEngine
+    from onnxflow.masks import select_global
+    from onnxflow.options import PruneOptions
+    from onnxflow.passes import BuildDagPass, LoadPass, NormalizePass
+    from onnxflow.pipeline import PruneState, Sequential
+    from onnxflow.runtime import ort_session
+
+    state = PruneState(PruneOptions(SPARSITY), source=str(path))
+    state = Sequential(LoadPass(), NormalizePass(), BuildDagPass())(state)
+    assert state.graph is not None and state.dag is not None
+    engine = FlowEngine(state.graph, state.dag, "cpu")
+    names = [layer.name for layer in state.dag.layers]
+    masks = {n: np.ones(layer.shape, bool) for n, layer in zip(names, state.dag.layers)}
+    k = int(state.dag.size * SPARSITY ** (1 / ITERATIONS))  # a typical step's count
+
+    def one_iteration() -> None:
+        scores = engine.run()
+        engine.prune(select_global(names, scores, masks, k))
+
+    session = ort_session(onnx.load(path).SerializeToString(), "cpu")
+    x = np.ones(SHAPE, np.float32)
+
+    def median(fn, n: int = 10) -> float:
+        fn()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    fwd = median(lambda: session.run(None, {"input": x}))
+    it = median(one_iteration)
+    return {"forward_s": fwd, "iteration_s": it, "ratio": it / fwd}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ref-repeats", type=int, default=3)
+    ap.add_argument("--reference-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.reference_child:
+        reference_child()
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "resnet50.onnx"
+        has_torch = make_model(model)
+        flow = [run_measured(["onnxflow", "prune", str(model), "--sparsity", str(SPARSITY),
+                              "--iterations", str(ITERATIONS), "-q", "--provider", "cpu",
+                              "-o", str(Path(tmp) / "out.onnx")])
+                for _ in range(args.repeats)]
+        ref = ([run_measured([sys.executable, __file__, "--reference-child"])
+                for _ in range(args.ref_repeats)] if has_torch else [])
+        ratio = iteration_ratio(model)
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "onnxflow_wall_s": statistics.median(w for w, _ in flow),
+        "onnxflow_peak_rss_mib": statistics.median(r for _, r in flow),
+        "onnxflow_runs": [round(w, 1) for w, _ in flow],
+        **({"reference_wall_s": statistics.median(w for w, _ in ref),
+            "reference_runs": [round(w, 1) for w, _ in ref]} if ref else {}),
+        **ratio,
+    }
+    if ref:
+        result["wall_ratio"] = result["onnxflow_wall_s"] / result["reference_wall_s"]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
