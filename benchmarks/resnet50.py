@@ -87,7 +87,7 @@ def iteration_ratio(path: Path) -> dict[str, float]:
     assert state.graph is not None and state.dag is not None
     engine = FlowEngine(state.graph, state.dag, "cpu")
     names = [layer.name for layer in state.dag.layers]
-    masks = {n: np.ones(layer.shape, bool) for n, layer in zip(names, state.dag.layers)}
+    masks = {layer.name: np.ones(layer.shape, bool) for layer in state.dag.layers}
     k = int(state.dag.size * SPARSITY ** (1 / ITERATIONS))  # a typical step's count
 
     def one_iteration() -> None:
@@ -123,20 +123,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "resnet50.onnx"
         has_torch = make_model(model)
-        flow = [run_measured(["onnxflow", "prune", str(model), "--sparsity", str(SPARSITY),
-                              "--iterations", str(ITERATIONS), "-q", "--provider", "cpu",
-                              "-o", str(Path(tmp) / "out.onnx")])
-                for _ in range(args.repeats)]
-        ref = ([run_measured([sys.executable, __file__, "--reference-child"])
-                for _ in range(args.ref_repeats)] if has_torch else [])
+        flow = [
+            run_measured(
+                [
+                    "onnxflow",
+                    "prune",
+                    str(model),
+                    "--sparsity",
+                    str(SPARSITY),
+                    "--iterations",
+                    str(ITERATIONS),
+                    "-q",
+                    "--provider",
+                    "cpu",
+                    "-o",
+                    str(Path(tmp) / "out.onnx"),
+                ]
+            )
+            for _ in range(args.repeats)
+        ]
+        ref = (
+            [
+                run_measured([sys.executable, __file__, "--reference-child"])
+                for _ in range(args.ref_repeats)
+            ]
+            if has_torch
+            else []
+        )
         ratio = iteration_ratio(model)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "onnxflow_wall_s": statistics.median(w for w, _ in flow),
         "onnxflow_peak_rss_mib": statistics.median(r for _, r in flow),
         "onnxflow_runs": [round(w, 1) for w, _ in flow],
-        **({"reference_wall_s": statistics.median(w for w, _ in ref),
-            "reference_runs": [round(w, 1) for w, _ in ref]} if ref else {}),
+        **(
+            {
+                "reference_wall_s": statistics.median(w for w, _ in ref),
+                "reference_runs": [round(w, 1) for w, _ in ref],
+            }
+            if ref
+            else {}
+        ),
         **ratio,
     }
     if ref:

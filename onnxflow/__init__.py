@@ -1,8 +1,8 @@
 """onnxflow: framework-agnostic SynFlow pruning of ONNX models.
 
-    import onnxflow
-    pruned, masks, log_scores, report = onnxflow.prune("model.onnx", sparsity=0.99)
-    onnxflow.save(onnxflow.prune(...), "model.pruned.onnx", masks="masks.npz")
+import onnxflow
+pruned, masks, log_scores, report = onnxflow.prune("model.onnx", sparsity=0.99)
+onnxflow.save(onnxflow.prune(...), "model.pruned.onnx", masks="masks.npz")
 """
 
 from onnxflow.api import PruneResult, ScoreResult, build_pipeline, prune, save, score

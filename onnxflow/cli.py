@@ -30,29 +30,68 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Pruned model path [default: <stem>.pruned.onnx beside MODEL].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Pruned model path [default: <stem>.pruned.onnx beside MODEL].",
+)
 @click.option("--sparsity", type=float, help="Fraction of prunable weights to zero, in [0, 1).")
 @click.option("--compression", type=float, help="Keep 10^-C of the prunable weights.")
-@click.option("--iterations", type=int, default=100, show_default=True,
-              help="Rounds of scoring and pruning.")
-@click.option("--schedule", type=click.Choice(["exponential", "linear"]), default="exponential",
-              show_default=True, help="How the kept fraction shrinks over the rounds.")
-@click.option("--scope", type=click.Choice(["global", "local"]), default="global",
-              show_default=True, help="One threshold for all layers, or the same fraction each.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
-              help="Shape of an input with dynamic dimensions (repeatable).")
+@click.option(
+    "--iterations", type=int, default=100, show_default=True, help="Rounds of scoring and pruning."
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["exponential", "linear"]),
+    default="exponential",
+    show_default=True,
+    help="How the kept fraction shrinks over the rounds.",
+)
+@click.option(
+    "--scope",
+    type=click.Choice(["global", "local"]),
+    default="global",
+    show_default=True,
+    help="One threshold for all layers, or the same fraction each.",
+)
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=1x3x224x224",
+    help="Shape of an input with dynamic dimensions (repeatable).",
+)
 @click.option("--masks", type=click.Path(path_type=Path), help="Write boolean masks (.npz).")
-@click.option("--scores", type=click.Path(path_type=Path),
-              help="Write the dense network's log-scores (.npz, float64 natural logs).")
+@click.option(
+    "--scores",
+    type=click.Path(path_type=Path),
+    help="Write the dense network's log-scores (.npz, float64 natural logs).",
+)
 @click.option("--report", type=click.Path(path_type=Path), help="Write the report (.json).")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="onnxruntime device for the flow computation.")
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="onnxruntime device for the flow computation.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
-def prune(model: Path, output: Path | None, sparsity: float | None, compression: float | None,
-          iterations: int, schedule: str, scope: str, input_shapes: tuple[str, ...],
-          masks: Path | None, scores: Path | None, report: Path | None, provider: str,
-          quiet: bool) -> None:
+def prune(
+    model: Path,
+    output: Path | None,
+    sparsity: float | None,
+    compression: float | None,
+    iterations: int,
+    schedule: str,
+    scope: str,
+    input_shapes: tuple[str, ...],
+    masks: Path | None,
+    scores: Path | None,
+    report: Path | None,
+    provider: str,
+    quiet: bool,
+) -> None:
     """Prune MODEL with iterative SynFlow and write the pruned model.
 
     Exactly one of --sparsity or --compression is required.
@@ -60,16 +99,26 @@ def prune(model: Path, output: Path | None, sparsity: float | None, compression:
     if (sparsity is None) == (compression is None):
         raise OnnxflowError("give exactly one of --sparsity or --compression")
     options = api.make_options(
-        sparsity=sparsity, compression=compression, iterations=iterations,
-        schedule=schedule, scope=scope, provider=provider,
+        sparsity=sparsity,
+        compression=compression,
+        iterations=iterations,
+        schedule=schedule,
+        scope=scope,
+        provider=provider,
         input_shapes=dict(parse_input_shape(s) for s in input_shapes),
     )
     output = output or api.default_output(model)
     check_output_paths(model, api.output_paths(output, masks, scores, report))
     console = Console(stderr=True)
-    with Progress(TextColumn("pruning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True,
-                  disable=quiet or not console.is_terminal) as bar:
+    with Progress(
+        TextColumn("pruning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    ) as bar:
         task = bar.add_task("prune", total=options.iterations)
         result = api.prune(
             model, options, progress=lambda done, total: bar.update(task, completed=done)
@@ -84,15 +133,23 @@ def _print_summary(report: Report, output: Path) -> None:
     for col in ("layer", "op", "shape", "params", "kept", "density"):
         table.add_column(col, justify="left" if col in ("layer", "op", "shape") else "right")
     for layer in report.layers:
-        table.add_row(layer.name, layer.op, "x".join(map(str, layer.shape)),
-                      f"{layer.params:,}", f"{layer.kept:,}", f"{layer.density:.4%}")
+        table.add_row(
+            layer.name,
+            layer.op,
+            "x".join(map(str, layer.shape)),
+            f"{layer.params:,}",
+            f"{layer.kept:,}",
+            f"{layer.density:.4%}",
+        )
     table.add_section()
-    table.add_row("total", "", "", f"{report.params:,}", f"{report.kept:,}",
-                  f"{report.density:.4%}")
+    table.add_row(
+        "total", "", "", f"{report.params:,}", f"{report.kept:,}", f"{report.density:.4%}"
+    )
     console = Console()
     console.print(table)
-    console.print(f"compression 10^{report.compression:.2f}, {report.seconds:.1f}s "
-                  f"on {report.provider}")
+    console.print(
+        f"compression 10^{report.compression:.2f}, {report.seconds:.1f}s on {report.provider}"
+    )
     if report.emptied:
         Console(stderr=True).print(
             f"[yellow]warning:[/] layers pruned to nothing: {', '.join(report.emptied)}"

@@ -27,8 +27,10 @@ def schedule_counts(total: int, density: float, iterations: int, schedule: str) 
     """Number of weights kept after each of the `iterations` steps; the last is round(d*N)."""
     counts = []
     for k in range(1, iterations + 1):
-        frac = density ** (k / iterations) if schedule == "exponential" else (
-            1.0 - (1.0 - density) * k / iterations
+        frac = (
+            density ** (k / iterations)
+            if schedule == "exponential"
+            else (1.0 - (1.0 - density) * k / iterations)
         )
         counts.append(round(frac * total))
     counts[-1] = round(density * total)
@@ -56,7 +58,10 @@ def _ranked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def select_local(
-    names: Sequence[str], scores: FlowScores, masks: dict[str, np.ndarray], k: int,
+    names: Sequence[str],
+    scores: FlowScores,
+    masks: dict[str, np.ndarray],
+    k: int,
     sizes: Sequence[int],
 ) -> dict[str, np.ndarray]:
     """Keep the same fraction of every layer (its share of k), best weights first."""
@@ -103,9 +108,9 @@ def select_global(
         np.multiply(v, masks[n].ravel(), out=v)
     sample, sampled = _sample_keys(names, vals, scores.units)
     for margin in (4.0, 16.0, math.inf):
-        keep = _select_band(names, vals, scores.units, k, sample, sampled, margin)
-        if keep is not None:
-            return {n: keep[n].reshape(masks[n].shape) for n in names}
+        chosen = _select_band(names, vals, scores.units, k, sample, sampled, margin)
+        if chosen is not None:
+            return {n: chosen[n].reshape(masks[n].shape) for n in names}
     # Fewer positive scores than k: keep them all, then blocked weights in network order.
     extra = k - sum(int(np.count_nonzero(vals[n] > 0)) for n in names)
     out = {}
@@ -150,8 +155,13 @@ def _linear_threshold(log_value: float) -> np.float32:
 
 
 def _select_band(
-    names: Sequence[str], vals: dict[str, np.ndarray], units: dict[str, float], k: int,
-    sample: np.ndarray, sampled: int, margin: float,
+    names: Sequence[str],
+    vals: dict[str, np.ndarray],
+    units: dict[str, float],
+    k: int,
+    sample: np.ndarray,
+    sampled: int,
+    margin: float,
 ) -> dict[str, np.ndarray] | None:
     """Keep all scores above a band around the estimated threshold and rank the band exactly.
     None if the band missed the threshold (then a wider one is tried)."""

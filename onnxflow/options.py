@@ -43,14 +43,18 @@ class PruneOptions:
         if isinstance(it, bool) or not isinstance(it, int) or it < 1:
             raise OnnxflowError(f"iterations must be an integer >= 1, got {it!r}")
         if self.schedule not in ("exponential", "linear"):
-            raise OnnxflowError(f"schedule must be 'exponential' or 'linear', got {self.schedule!r}")
+            raise OnnxflowError(
+                f"schedule must be 'exponential' or 'linear', got {self.schedule!r}"
+            )
         if self.scope not in ("global", "local"):
             raise OnnxflowError(f"scope must be 'global' or 'local', got {self.scope!r}")
         if self.provider not in ("auto", "cpu", "cuda"):
             raise OnnxflowError(f"provider must be 'auto', 'cpu' or 'cuda', got {self.provider!r}")
         for name, shape in self.input_shapes.items():
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-                raise OnnxflowError(f"input shape for {name!r} must be positive integers, got {shape}")
+                raise OnnxflowError(
+                    f"input shape for {name!r} must be positive integers, got {shape}"
+                )
         object.__setattr__(self, "input_shapes", dict(self.input_shapes))
 
     @property

@@ -68,9 +68,7 @@ class Report:
             "schema_version": SCHEMA_VERSION,
             "options": self.options,
             "provider": self.provider,
-            "layers": [
-                {**asdict(layer), "density": layer.density} for layer in self.layers
-            ],
+            "layers": [{**asdict(layer), "density": layer.density} for layer in self.layers],
             "totals": {
                 "params": self.params,
                 "kept": self.kept,
@@ -86,9 +84,7 @@ class Report:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
-def build_report(
-    dag: WeightDag, masks: dict[str, np.ndarray], **kwargs: Any
-) -> Report:
+def build_report(dag: WeightDag, masks: dict[str, np.ndarray], **kwargs: Any) -> Report:
     layers = [
         LayerReport(
             name=layer.name,

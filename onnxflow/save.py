@@ -112,17 +112,23 @@ def _backup(path: Path, tmp: str) -> str | None:
 
 
 def model_writer(model: onnx.ModelProto) -> Writer:
-    return lambda f: f.write(model.SerializeToString())
+    def write(f: BinaryIO) -> None:
+        f.write(model.SerializeToString())
+
+    return write
 
 
 def npz_writer(arrays: Mapping[str, np.ndarray]) -> Writer:
     def write(f: BinaryIO) -> None:
         buf = io.BytesIO()
-        np.savez_compressed(buf, **dict(arrays))
+        np.savez_compressed(buf, **dict(arrays))  # type: ignore[arg-type]
         f.write(buf.getvalue())
 
     return write
 
 
 def text_writer(text: str) -> Writer:
-    return lambda f: f.write(text.encode())
+    def write(f: BinaryIO) -> None:
+        f.write(text.encode())
+
+    return write

@@ -35,8 +35,18 @@ runtime_module = importlib.import_module("onnxflow.runtime")
 
 ITERS = "3"
 OPTIONS = [
-    "--output", "--sparsity", "--compression", "--iterations", "--schedule", "--scope",
-    "--input-shape", "--masks", "--scores", "--report", "--provider", "--quiet",
+    "--output",
+    "--sparsity",
+    "--compression",
+    "--iterations",
+    "--schedule",
+    "--scope",
+    "--input-shape",
+    "--masks",
+    "--scores",
+    "--report",
+    "--provider",
+    "--quiet",
 ]
 
 
@@ -101,8 +111,9 @@ def test_default_output_beside_the_input(
 ) -> None:
     before = model.read_bytes()
     monkeypatch.chdir(work.parent)
-    code, out, _ = cli(capsys, "prune", f"{work.name}/tiny.onnx", "--sparsity", 0.9,
-                       "--iterations", ITERS)
+    code, out, _ = cli(
+        capsys, "prune", f"{work.name}/tiny.onnx", "--sparsity", 0.9, "--iterations", ITERS
+    )
     assert code == 0
     assert sorted(snapshot(work)) == ["tiny.onnx", "tiny.pruned.onnx"]
     assert model.read_bytes() == before
@@ -118,14 +129,27 @@ def test_default_output_beside_the_input(
 
 def test_output_option(capsys: pytest.CaptureFixture[str], work: Path, model: Path) -> None:
     (work / "out").mkdir()
-    code, _, _ = cli(capsys, "prune", model, "-o", work / "out" / "small.onnx",
-                     "--compression", 1, "--iterations", ITERS, "-q")
+    code, _, _ = cli(
+        capsys,
+        "prune",
+        model,
+        "-o",
+        work / "out" / "small.onnx",
+        "--compression",
+        1,
+        "--iterations",
+        ITERS,
+        "-q",
+    )
     assert code == 0
     assert sorted(snapshot(work)) == ["out", "out/small.onnx", "tiny.onnx"]
     pruned = onnx.load(work / "out" / "small.onnx")
     n = netgen.param_count(pruned, netgen.prunable_weight_names(pruned))
-    nonzero = sum(int(np.count_nonzero(w)) for name, w in weights(pruned).items()
-                  if name in netgen.prunable_weight_names(pruned))
+    nonzero = sum(
+        int(np.count_nonzero(w))
+        for name, w in weights(pruned).items()
+        if name in netgen.prunable_weight_names(pruned)
+    )
     assert nonzero <= round(n / 10)  # a kept weight may itself be 0.0, never more than kept
 
 
@@ -135,9 +159,25 @@ def test_masks_scores_report_files(
     original = onnx.load(model)
     names = netgen.prunable_weight_names(original)
     shapes = {t.name: tuple(t.dims) for t in original.graph.initializer}
-    code, _, _ = cli(capsys, "prune", model, "--sparsity", 0.8, "--iterations", ITERS,
-                     "--scope", "local", "--schedule", "linear", "--masks", work / "m.npz",
-                     "--scores", work / "s.npz", "--report", work / "r.json")
+    code, _, _ = cli(
+        capsys,
+        "prune",
+        model,
+        "--sparsity",
+        0.8,
+        "--iterations",
+        ITERS,
+        "--scope",
+        "local",
+        "--schedule",
+        "linear",
+        "--masks",
+        work / "m.npz",
+        "--scores",
+        work / "s.npz",
+        "--report",
+        work / "r.json",
+    )
     assert code == 0
     with np.load(work / "m.npz") as f:
         masks = {k: f[k] for k in f.files}
@@ -188,8 +228,9 @@ def test_masks_scores_report_files(
 
 
 def test_quiet_prints_nothing(capsys: pytest.CaptureFixture[str], model: Path) -> None:
-    code, out, err = cli(capsys, "prune", model, "--sparsity", 0.5, "--iterations", ITERS,
-                         "--quiet")
+    code, out, err = cli(
+        capsys, "prune", model, "--sparsity", 0.5, "--iterations", ITERS, "--quiet"
+    )
     assert (code, out, err) == (0, "", "")
 
 
@@ -214,8 +255,18 @@ def test_input_shape_for_a_dynamic_model(
     code, _, err = cli(capsys, "prune", path, "--sparsity", 0.9, "--iterations", ITERS, "-q")
     assert code == 2 and "'input'" in err and "height" in err
     assert not (tmp_path / "dyn.pruned.onnx").exists()
-    code, _, err = cli(capsys, "prune", path, "--sparsity", 0.9, "--iterations", ITERS, "-q",
-                       "--input-shape", "input=1x3x32x32")
+    code, _, err = cli(
+        capsys,
+        "prune",
+        path,
+        "--sparsity",
+        0.9,
+        "--iterations",
+        ITERS,
+        "-q",
+        "--input-shape",
+        "input=1x3x32x32",
+    )
     assert (code, err) == (0, "")
     assert (tmp_path / "dyn.pruned.onnx").is_file()
 
@@ -226,8 +277,18 @@ def test_existing_output_is_replaced(
     out = work / "tiny.pruned.onnx"
     out.write_bytes(b"previous contents")
     (work / "m.npz").write_bytes(b"old masks")
-    code, _, _ = cli(capsys, "prune", model, "--sparsity", 0.5, "--iterations", ITERS,
-                     "--masks", work / "m.npz", "-q")
+    code, _, _ = cli(
+        capsys,
+        "prune",
+        model,
+        "--sparsity",
+        0.5,
+        "--iterations",
+        ITERS,
+        "--masks",
+        work / "m.npz",
+        "-q",
+    )
     assert code == 0
     onnx.checker.check_model(onnx.load(out))
     np.load(work / "m.npz").close()
@@ -242,13 +303,17 @@ def _failing_model_writer(model: onnx.ModelProto) -> Callable[[BinaryIO], None]:
     def write(f: BinaryIO) -> None:
         f.write(model.SerializeToString()[:100])  # a partial file, then the disk is full
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     return write
 
 
 @pytest.mark.parametrize("where", ["rename", "write"])
 def test_write_failure_keeps_previous_files(
-    capsys: pytest.CaptureFixture[str], work: Path, model: Path,
-    monkeypatch: pytest.MonkeyPatch, where: str,
+    capsys: pytest.CaptureFixture[str],
+    work: Path,
+    model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
 ) -> None:
     (work / "tiny.pruned.onnx").write_bytes(b"previous model")
     (work / "m.npz").write_bytes(b"previous masks")
@@ -257,8 +322,18 @@ def test_write_failure_keeps_previous_files(
         monkeypatch.setattr(save_module.os, "replace", _enospc)
     else:
         monkeypatch.setattr(onnxflow.api, "model_writer", _failing_model_writer)
-    code, out, err = cli(capsys, "prune", model, "--sparsity", 0.5, "--iterations", ITERS,
-                         "--masks", work / "m.npz", "-q")
+    code, out, err = cli(
+        capsys,
+        "prune",
+        model,
+        "--sparsity",
+        0.5,
+        "--iterations",
+        ITERS,
+        "--masks",
+        work / "m.npz",
+        "-q",
+    )
     monkeypatch.undo()
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and "No space left on device" in err
@@ -281,8 +356,18 @@ def test_failure_renaming_the_second_file_changes_none(
         real_replace(src, dst)
 
     monkeypatch.setattr(save_module.os, "replace", second_fails)
-    code, _, err = cli(capsys, "prune", model, "--sparsity", 0.5, "--iterations", ITERS,
-                       "--masks", work / "m.npz", "-q")
+    code, _, err = cli(
+        capsys,
+        "prune",
+        model,
+        "--sparsity",
+        0.5,
+        "--iterations",
+        ITERS,
+        "--masks",
+        work / "m.npz",
+        "-q",
+    )
     monkeypatch.undo()
     assert code == 2 and len(err.splitlines()) == 1
     assert temp_files(work) == []
@@ -311,20 +396,27 @@ ERRORS = [
     ("iterations 0", ["{m}", "--sparsity", "0.5", "--iterations", "0"], "iterations"),
     ("bad schedule", ["{m}", "--sparsity", "0.5", "--schedule", "cosine"], "--schedule"),
     ("unknown option", ["{m}", "--sparsity", "0.5", "--frobnicate"], "frobnicate"),
-    ("shape not a number", ["{m}", "--sparsity", "0.5", "--input-shape", "x=1xax3"],
-     "input-shape"),
-    ("shape without =", ["{m}", "--sparsity", "0.5", "--input-shape", "noequals"],
-     "input-shape"),
+    ("shape not a number", ["{m}", "--sparsity", "0.5", "--input-shape", "x=1xax3"], "input-shape"),
+    ("shape without =", ["{m}", "--sparsity", "0.5", "--input-shape", "noequals"], "input-shape"),
     ("shape of no input", ["{m}", "--sparsity", "0.5", "--input-shape", "x=1x3x16x16"], "'x'"),
     ("output is input", ["{m}", "--sparsity", "0.5", "-o", "{m}"], "never overwritten"),
-    ("output is input spelled differently", ["{m}", "--sparsity", "0.5", "-o", "{d}/./tiny.onnx"],
-     "never overwritten"),
+    (
+        "output is input spelled differently",
+        ["{m}", "--sparsity", "0.5", "-o", "{d}/./tiny.onnx"],
+        "never overwritten",
+    ),
     ("masks is input", ["{m}", "--sparsity", "0.5", "--masks", "{m}"], "never overwritten"),
-    ("output folder missing", ["{m}", "--sparsity", "0.5", "-o", "{d}/nope/x.onnx"],
-     "does not exist"),
+    (
+        "output folder missing",
+        ["{m}", "--sparsity", "0.5", "-o", "{d}/nope/x.onnx"],
+        "does not exist",
+    ),
     ("output is a directory", ["{m}", "--sparsity", "0.5", "-o", "{d}/adir"], "directory"),
-    ("masks same as report", ["{m}", "--sparsity", "0.5", "--masks", "{d}/a", "--report", "{d}/a"],
-     "same file"),
+    (
+        "masks same as report",
+        ["{m}", "--sparsity", "0.5", "--masks", "{d}/a", "--report", "{d}/a"],
+        "same file",
+    ),
 ]
 
 
@@ -337,7 +429,8 @@ def bad_inputs(work: Path) -> Path:
     (work / "tensor.onnx").write_bytes(tensor.SerializeToString())
     relu = onnx.helper.make_model(
         onnx.helper.make_graph(
-            [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+            [onnx.helper.make_node("Relu", ["x"], ["y"])],
+            "g",
             [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
             [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
         ),
@@ -354,12 +447,21 @@ def _argv(template: list[str], work: Path) -> list[str]:
 @pytest.mark.parametrize("quiet", [False, True], ids=["loud", "quiet"])
 @pytest.mark.parametrize(("argv", "words"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
 def test_bad_input_exits_2_and_writes_nothing(
-    capsys: pytest.CaptureFixture[str], bad_inputs: Path, argv: list[str], words: str,
+    capsys: pytest.CaptureFixture[str],
+    bad_inputs: Path,
+    argv: list[str],
+    words: str,
     quiet: bool,
 ) -> None:
     before = snapshot(bad_inputs)
-    code, out, err = cli(capsys, "prune", "--iterations", ITERS, *(["--quiet"] if quiet else []),
-                         *_argv(argv, bad_inputs))
+    code, out, err = cli(
+        capsys,
+        "prune",
+        "--iterations",
+        ITERS,
+        *(["--quiet"] if quiet else []),
+        *_argv(argv, bad_inputs),
+    )
     assert code == 2
     assert out == ""
     message = [line for line in err.splitlines() if line.strip()]
@@ -405,8 +507,9 @@ def test_current_directory_as_model(
 @pytest.mark.skipif(runtime_module._cuda_usable(), reason="a CUDA device is available")
 def test_provider_cuda_without_a_gpu(capsys: pytest.CaptureFixture[str], work: Path) -> None:
     before = snapshot(work)
-    code, _, err = cli(capsys, "prune", work / "tiny.onnx", "--sparsity", 0.5, "--provider",
-                       "cuda", "-q")
+    code, _, err = cli(
+        capsys, "prune", work / "tiny.onnx", "--sparsity", 0.5, "--provider", "cuda", "-q"
+    )
     assert code == 2 and len(err.splitlines()) == 1 and "cuda" in err.lower()
     assert snapshot(work) == before
 
@@ -439,13 +542,20 @@ def _script() -> str:
 
 def _run_script(*argv: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
-    return subprocess.run([_script(), *map(str, argv)], capture_output=True, text=True,
-                          timeout=120, env=env, check=False)
+    return subprocess.run(
+        [_script(), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
 
 
 def test_script_success(work: Path, model: Path) -> None:
-    proc = _run_script("prune", model, "--sparsity", 0.9, "--iterations", ITERS,
-                       "--report", work / "r.json")
+    proc = _run_script(
+        "prune", model, "--sparsity", 0.9, "--iterations", ITERS, "--report", work / "r.json"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "total" in proc.stdout

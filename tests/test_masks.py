@@ -28,7 +28,7 @@ def reference_top_k(values: np.ndarray, k: int) -> np.ndarray:
     """The k largest by a stable sort: equal values go to the lower index."""
     order = np.lexsort((np.arange(values.size), -values))
     keep = np.zeros(values.size, dtype=bool)
-    keep[order[:max(k, 0)]] = True
+    keep[order[: max(k, 0)]] = True
     return keep
 
 
@@ -110,8 +110,11 @@ def test_top_k_everything(k: int) -> None:
 
 @props
 @given(
-    values=st.lists(st.sampled_from([NINF, -1e300, -3.0, 0.0, 0.5, 0.5000000000000001, 2.0]),
-                    min_size=1, max_size=60),
+    values=st.lists(
+        st.sampled_from([NINF, -1e300, -3.0, 0.0, 0.5, 0.5000000000000001, 2.0]),
+        min_size=1,
+        max_size=60,
+    ),
     data=st.data(),
 )
 def test_top_k_matches_stable_sort(values: list[float], data: st.DataObject) -> None:
@@ -142,8 +145,9 @@ def flow_scores(values: dict[str, np.ndarray], units: dict[str, float]) -> FlowS
     return FlowScores({n: np.asarray(v, np.float32) for n, v in values.items()}, dict(units), 0.0)
 
 
-def reference_select(names: list[str], scores: FlowScores, masks: dict[str, np.ndarray],
-                     k: int) -> dict[str, np.ndarray]:
+def reference_select(
+    names: list[str], scores: FlowScores, masks: dict[str, np.ndarray], k: int
+) -> dict[str, np.ndarray]:
     """Sort everything: (unpruned positive > unpruned zero > pruned), log-score, position."""
     vals = np.concatenate([scores.values[n].ravel().astype(np.float64) for n in names])
     unit = np.concatenate([np.full(scores.values[n].size, scores.units[n]) for n in names])
@@ -157,14 +161,19 @@ def reference_select(names: list[str], scores: FlowScores, masks: dict[str, np.n
     out, start = {}, 0
     for n in names:
         size = masks[n].size
-        out[n] = keep[start:start + size].reshape(masks[n].shape)
+        out[n] = keep[start : start + size].reshape(masks[n].shape)
         start += size
     return out
 
 
 def random_layers(
-    rng: np.random.Generator, shapes: list[tuple[int, ...]], *, p_pruned: float,
-    p_blocked: float, levels: int | None = None, unit_range: float = 30.0,
+    rng: np.random.Generator,
+    shapes: list[tuple[int, ...]],
+    *,
+    p_pruned: float,
+    p_blocked: float,
+    levels: int | None = None,
+    unit_range: float = 30.0,
 ) -> tuple[list[str], FlowScores, dict[str, np.ndarray]]:
     """Scores as the engine gives them: value 0 wherever the mask is False. `levels`
     quantizes the values so that many of them tie."""
@@ -181,8 +190,13 @@ def random_layers(
     return names, flow_scores(values, units), masks
 
 
-def assert_selection(names: list[str], got: dict[str, np.ndarray],
-                     want: dict[str, np.ndarray], masks: dict[str, np.ndarray], k: int) -> None:
+def assert_selection(
+    names: list[str],
+    got: dict[str, np.ndarray],
+    want: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    k: int,
+) -> None:
     assert sum(int(got[n].sum()) for n in names) == k
     for n in names:
         assert got[n].shape == masks[n].shape and got[n].dtype == bool
@@ -195,8 +209,10 @@ def test_select_global_example() -> None:
     ones; ties go to the earlier layer, then the lower index."""
     names = ["a", "b"]
     masks = {"a": np.array([False, True, True]), "b": np.array([[False, True], [True, True]])}
-    scores = flow_scores({"a": np.array([0.0, 0.0, 1.0]), "b": np.array([[0.0, 2.0], [0.0, 1.0]])},
-                         {"a": 0.0, "b": 0.0})
+    scores = flow_scores(
+        {"a": np.array([0.0, 0.0, 1.0]), "b": np.array([[0.0, 2.0], [0.0, 1.0]])},
+        {"a": 0.0, "b": 0.0},
+    )
     cases = {
         1: ([False, False, False], [[False, True], [False, False]]),
         2: ([False, False, True], [[False, True], [False, False]]),  # tie 1.0/1.0: layer a
@@ -214,8 +230,9 @@ def test_select_global_units_decide_across_layers() -> None:
     """Layer b's values are smaller but its unit is larger: its weights rank first."""
     names = ["a", "b"]
     masks = {"a": np.ones(3, bool), "b": np.ones(3, bool)}
-    scores = flow_scores({"a": np.array([1.0, 0.9, 0.8]), "b": np.array([1e-3, 2e-3, 3e-3])},
-                         {"a": 0.0, "b": 10.0})
+    scores = flow_scores(
+        {"a": np.array([1.0, 0.9, 0.8]), "b": np.array([1e-3, 2e-3, 3e-3])}, {"a": 0.0, "b": 10.0}
+    )
     got = select_global(names, scores, masks, 4)
     assert got["a"].tolist() == [True, False, False]
     assert got["b"].tolist() == [True, True, True]
@@ -225,8 +242,12 @@ def test_select_global_units_decide_across_layers() -> None:
 def test_select_global_matches_full_sort(seed: int) -> None:
     rng = np.random.default_rng(seed)
     names, scores, masks = random_layers(
-        rng, [(4, 3, 3, 3), (10, 4), (7,), (2, 5, 1, 1)], p_pruned=0.3, p_blocked=0.2,
-        levels=8 if seed % 2 else None, unit_range=0.0 if seed % 4 == 1 else 30.0,
+        rng,
+        [(4, 3, 3, 3), (10, 4), (7,), (2, 5, 1, 1)],
+        p_pruned=0.3,
+        p_blocked=0.2,
+        levels=8 if seed % 2 else None,
+        unit_range=0.0 if seed % 4 == 1 else 30.0,
     )
     kept = sum(int(m.sum()) for m in masks.values())
     before = {n: (scores.values[n].copy(), masks[n].copy()) for n in names}
@@ -244,8 +265,12 @@ def test_select_global_large(levels: int | None) -> None:
     without heavy ties at the threshold."""
     rng = np.random.default_rng(7)
     names, scores, masks = random_layers(
-        rng, [(300, 1000), (64, 32, 3, 3), (60_000,)], p_pruned=0.4, p_blocked=0.05,
-        levels=levels, unit_range=3.0,
+        rng,
+        [(300, 1000), (64, 32, 3, 3), (60_000,)],
+        p_pruned=0.4,
+        p_blocked=0.05,
+        levels=levels,
+        unit_range=3.0,
     )
     kept = sum(int(m.sum()) for m in masks.values())
     positive = sum(int(np.count_nonzero(scores.values[n] > 0)) for n in names)
@@ -272,8 +297,9 @@ def test_select_global_respects_masks_whatever_the_scores() -> None:
     """`masks` says which weights are already pruned: they are never selected again, even
     when the scores given for them are positive (e.g. dense-network scores)."""
     names = ["a", "b"]
-    scores = flow_scores({"a": np.array([9.0, 1.0, 2.0]), "b": np.array([8.0, 3.0])},
-                         {"a": 0.0, "b": 0.0})
+    scores = flow_scores(
+        {"a": np.array([9.0, 1.0, 2.0]), "b": np.array([8.0, 3.0])}, {"a": 0.0, "b": 0.0}
+    )
     masks = {"a": np.array([False, True, True]), "b": np.array([False, True])}
     for k in (1, 2, 3):
         got = select_global(names, scores, masks, k)
@@ -284,8 +310,9 @@ def test_select_global_respects_masks_whatever_the_scores() -> None:
 
 def test_select_global_is_deterministic() -> None:
     rng = np.random.default_rng(42)
-    names, scores, masks = random_layers(rng, [(50,), (20, 3)], p_pruned=0.1, p_blocked=0.3,
-                                         levels=4)
+    names, scores, masks = random_layers(
+        rng, [(50,), (20, 3)], p_pruned=0.1, p_blocked=0.3, levels=4
+    )
     a = select_global(names, scores, masks, 60)
     copy = flow_scores({n: v.copy() for n, v in scores.values.items()}, scores.units)
     b = select_global(list(names), copy, {n: m.copy() for n, m in masks.items()}, 60)
@@ -316,8 +343,9 @@ def test_local_counts_examples(sizes: list[int], k: int, caps: list[int], want: 
     sizes=st.lists(st.integers(1, 500), min_size=1, max_size=8),
     data=st.data(),
 )
-def test_local_counts_proportional_when_caps_do_not_bind(sizes: list[int],
-                                                         data: st.DataObject) -> None:
+def test_local_counts_proportional_when_caps_do_not_bind(
+    sizes: list[int], data: st.DataObject
+) -> None:
     total = sum(sizes)
     k = data.draw(st.integers(0, total))
     counts = local_counts(sizes, k, sizes)
@@ -329,12 +357,12 @@ def test_local_counts_proportional_when_caps_do_not_bind(sizes: list[int],
 
 @props
 @given(
-    layers=st.lists(st.tuples(st.integers(1, 300), st.floats(0.0, 1.0)), min_size=1,
-                    max_size=8),
+    layers=st.lists(st.tuples(st.integers(1, 300), st.floats(0.0, 1.0)), min_size=1, max_size=8),
     data=st.data(),
 )
-def test_local_counts_exact_and_capped(layers: list[tuple[int, float]],
-                                       data: st.DataObject) -> None:
+def test_local_counts_exact_and_capped(
+    layers: list[tuple[int, float]], data: st.DataObject
+) -> None:
     sizes = [s for s, _ in layers]
     caps = [math.floor(s * f) for s, f in layers]
     k = data.draw(st.integers(0, sum(sizes)))
@@ -354,24 +382,26 @@ def test_local_counts_redistribution_stays_proportional() -> None:
     assert abs(counts[1] - 50) < 1 and abs(counts[2] - 500) < 1, counts
 
 
-def reference_select_local(names: list[str], scores: FlowScores, masks: dict[str, np.ndarray],
-                           counts: list[int]) -> dict[str, np.ndarray]:
-    return {n: reference_select([n], scores, masks, c)[n]
-            for n, c in zip(names, counts, strict=True)}
+def reference_select_local(
+    names: list[str], scores: FlowScores, masks: dict[str, np.ndarray], counts: list[int]
+) -> dict[str, np.ndarray]:
+    return {
+        n: reference_select([n], scores, masks, c)[n] for n, c in zip(names, counts, strict=True)
+    }
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_select_local_properties(seed: int) -> None:
     rng = np.random.default_rng(seed)
     shapes = [(6, 3, 3, 3), (12, 5), (9,)]
-    names, scores, masks = random_layers(rng, shapes, p_pruned=0.0, p_blocked=0.2,
-                                         levels=6 if seed % 2 else None)
+    names, scores, masks = random_layers(
+        rng, shapes, p_pruned=0.0, p_blocked=0.2, levels=6 if seed % 2 else None
+    )
     sizes = [int(np.prod(s)) for s in shapes]
     # a previous local step kept the same fraction of every layer; the engine then zeroes
     # the scores of what it pruned
     masks = select_local(names, scores, masks, sum(sizes) // 2, sizes)
-    scores = flow_scores({n: np.where(masks[n], scores.values[n], 0) for n in names},
-                         scores.units)
+    scores = flow_scores({n: np.where(masks[n], scores.values[n], 0) for n in names}, scores.units)
     caps = [int(masks[n].sum()) for n in names]
     assert all(abs(c - s / 2) < 1 for c, s in zip(caps, sizes, strict=True))
     for k in (0, 1, 17, sum(caps) // 3, sum(caps) - 1, sum(caps)):
@@ -379,8 +409,7 @@ def test_select_local_properties(seed: int) -> None:
         counts = [int(got[n].sum()) for n in names]
         assert counts == local_counts(sizes, k, caps)
         assert all(abs(c - k * s / sum(sizes)) < 1 for c, s in zip(counts, sizes, strict=True))
-        assert_selection(names, got, reference_select_local(names, scores, masks, counts),
-                         masks, k)
+        assert_selection(names, got, reference_select_local(names, scores, masks, counts), masks, k)
 
 
 def test_select_local_zero_scores_rank_between() -> None:

@@ -89,8 +89,10 @@ def feeds(model: onnx.ModelProto, batch: int = 1, seed: int = 0) -> dict[str, np
     rng = np.random.default_rng(seed)
     out = {}
     for inp in model.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else batch
-                for d in inp.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else batch
+            for d in inp.type.tensor_type.shape.dim
+        ]
         out[inp.name] = rng.standard_normal(dims).astype(np.float32)
     return out
 
@@ -258,6 +260,7 @@ def test_pruned_weights_stay_pruned(monkeypatch: pytest.MonkeyPatch) -> None:
         def wrapper(*args: object, **kwargs: object) -> dict[str, np.ndarray]:
             rounds.append(select(*args, **kwargs))
             return rounds[-1]
+
         return wrapper
 
     monkeypatch.setattr(synflow_pass, "select_global", recording(synflow_pass.select_global))

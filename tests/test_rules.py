@@ -106,8 +106,10 @@ class Net:
             self.nodes,
             "g",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(self.x_shape))],
-            [helper.make_tensor_value_info(o, TensorProto.FLOAT, s)
-             for o, s in zip(outputs, shapes, strict=True)],
+            [
+                helper.make_tensor_value_info(o, TensorProto.FLOAT, s)
+                for o, s in zip(outputs, shapes, strict=True)
+            ],
             [numpy_helper.from_array(v, k) for k, v in self.inits.items()],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -123,8 +125,16 @@ class Net:
         return tuple(self.value(name).shape)
 
     # weight layers -----------------------------------------------------------------------
-    def conv(self, x: str, cout: int, kernel: Sequence[int], *, group: int = 1,
-             bias: bool = False, **attrs: Any) -> str:
+    def conv(
+        self,
+        x: str,
+        cout: int,
+        kernel: Sequence[int],
+        *,
+        group: int = 1,
+        bias: bool = False,
+        **attrs: Any,
+    ) -> str:
         cin = self.shape(x)[1]
         w = self.weight((cout, cin // group, *kernel))
         inputs = [x, w, self.bias((cout,))] if bias else [x, w]
@@ -150,9 +160,7 @@ Build = Callable[[Net], onnx.ModelProto]
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def run(model: onnx.ModelProto) -> list[np.ndarray]:
@@ -231,7 +239,10 @@ CONV_CASES = {
     "stride_2x1_kernel_2x3": ((1, 2, 7, 6), 3, (2, 3), dict(strides=[2, 1], pads=[0, 1, 1, 0])),
     "dilation2": ((1, 2, 7, 7), 3, (3, 3), dict(dilations=[2, 2])),
     "dilation2_pad2_stride2": (
-        (1, 2, 8, 8), 3, (3, 3), dict(dilations=[2, 2], pads=[2, 2, 2, 2], strides=[2, 2])
+        (1, 2, 8, 8),
+        3,
+        (3, 3),
+        dict(dilations=[2, 2], pads=[2, 2, 2, 2], strides=[2, 2]),
     ),
     "asymmetric_pads": ((1, 2, 6, 6), 3, (3, 3), dict(pads=[0, 1, 1, 0])),
     "same_upper": ((1, 2, 8, 8), 3, (3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
@@ -242,7 +253,10 @@ CONV_CASES = {
     "group2": ((1, 4, 6, 6), 6, (3, 3), dict(group=2, pads=[1, 1, 1, 1])),
     "depthwise": ((1, 3, 6, 6), 3, (3, 3), dict(group=3, pads=[1, 1, 1, 1])),
     "depthwise_stride2_multiplier2": (
-        (1, 3, 7, 7), 6, (3, 3), dict(group=3, pads=[1, 1, 1, 1], strides=[2, 2])
+        (1, 3, 7, 7),
+        6,
+        (3, 3),
+        dict(group=3, pads=[1, 1, 1, 1], strides=[2, 2]),
     ),
     "1x1": ((1, 3, 5, 5), 4, (1, 1), {}),
     "1x1_stride2": ((1, 3, 7, 7), 4, (1, 1), dict(strides=[2, 2])),
@@ -281,8 +295,10 @@ def test_conv(case: str, conv_grad_path: str) -> None:
 
 def test_conv_first_layer_batch2(conv_grad_path: str) -> None:
     """The weight-gradient folds the batch: no pre-layer, so the input is the all-ones batch."""
-    check(lambda net: net.model(net.conv("x", 3, (3, 3), strides=[2, 2], pads=[0, 1, 1, 0])),
-          (2, 2, 7, 7))
+    check(
+        lambda net: net.model(net.conv("x", 3, (3, 3), strides=[2, 2], pads=[0, 1, 1, 0])),
+        (2, 2, 7, 7),
+    )
 
 
 def test_conv_output_is_plain_sum_of_kernel() -> None:
@@ -300,16 +316,18 @@ def test_conv_output_is_plain_sum_of_kernel() -> None:
 CONV_TRANSPOSE_CASES = {
     # id: (x shape, cout per group, kernel, attrs); weight shape (cin, cout/group, *kernel)
     "plain": ((1, 2, 4, 4), 3, (3, 3), {}),
-    "stride2_output_padding1": ((1, 2, 4, 4), 3, (3, 3), dict(strides=[2, 2],
-                                                               output_padding=[1, 1])),
+    "stride2_output_padding1": (
+        (1, 2, 4, 4),
+        3,
+        (3, 3),
+        dict(strides=[2, 2], output_padding=[1, 1]),
+    ),
     "pads": ((1, 2, 4, 4), 3, (3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     "asymmetric_pads": ((1, 2, 4, 4), 3, (3, 3), dict(strides=[2, 2], pads=[0, 1, 1, 0])),
     "dilation2": ((1, 2, 4, 4), 3, (3, 3), dict(dilations=[2, 2], pads=[1, 1, 1, 1])),
     "group2": ((1, 4, 4, 4), 2, (3, 3), dict(group=2, strides=[2, 2], pads=[1, 1, 1, 1])),
-    "output_shape_even_total": ((1, 2, 4, 4), 3, (3, 3), dict(strides=[2, 2],
-                                                               output_shape=[7, 7])),
-    "output_shape_odd_total": ((1, 2, 4, 4), 3, (3, 3), dict(strides=[2, 2],
-                                                              output_shape=[8, 8])),
+    "output_shape_even_total": ((1, 2, 4, 4), 3, (3, 3), dict(strides=[2, 2], output_shape=[7, 7])),
+    "output_shape_odd_total": ((1, 2, 4, 4), 3, (3, 3), dict(strides=[2, 2], output_shape=[8, 8])),
     "same_upper": ((1, 2, 4, 4), 3, (3, 3), dict(strides=[2, 2], auto_pad="SAME_UPPER")),
     "same_lower": ((1, 2, 4, 4), 3, (3, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     "1d_stride3": ((1, 2, 4), 3, (2,), dict(strides=[3])),
@@ -332,8 +350,12 @@ def test_conv_transpose(case: str) -> None:
 
 def test_conv_transpose_output_shape_matches_runtime() -> None:
     """Sanity for the cases above: the attributes give the output size they were meant to."""
-    for case, size in [("output_shape_even_total", 7), ("output_shape_odd_total", 8),
-                       ("stride2_output_padding1", 10), ("same_upper", 8)]:
+    for case, size in [
+        ("output_shape_even_total", 7),
+        ("output_shape_odd_total", 8),
+        ("stride2_output_padding1", 10),
+        ("same_upper", 8),
+    ]:
         x_shape, cout_g, kernel, attrs = CONV_TRANSPOSE_CASES[case]
         net = Net(x_shape, ref=True)
         y = net.op("ConvTranspose", "x", net.weight((x_shape[1], cout_g, *kernel)), **attrs)
@@ -354,8 +376,16 @@ def test_gemm_weight_b(trans_a: int, trans_b: int, alpha: float) -> None:
         a = net.op("Transpose", h, perm=[1, 0]) if trans_a else h
         w = net.weight((5, 4) if trans_b else (4, 5))
         c = net.bias((5,))
-        y = net.op("Gemm", a, w, c, alpha=abs(alpha) if net.ref else alpha, beta=0.5,
-                   transA=trans_a, transB=trans_b)
+        y = net.op(
+            "Gemm",
+            a,
+            w,
+            c,
+            alpha=abs(alpha) if net.ref else alpha,
+            beta=0.5,
+            transA=trans_a,
+            transB=trans_b,
+        )
         return net.model(net.post(y))
 
     check(build, (2, 3))
@@ -370,8 +400,7 @@ def test_gemm_weight_a(trans_a: int, trans_b: int) -> None:
         h = net.op("MatMul", net.weight((4, 3)), "x")  # weight on the left: (4, 1)
         b = net.op("Transpose", h, perm=[1, 0]) if trans_b else h
         w = net.weight((4, 5) if trans_a else (5, 4))  # A' is (5, 4)
-        y = net.op("Gemm", w, b, alpha=-1.5 if not net.ref else 1.5, transA=trans_a,
-                   transB=trans_b)
+        y = net.op("Gemm", w, b, alpha=-1.5 if not net.ref else 1.5, transA=trans_a, transB=trans_b)
         return net.model(net.op("MatMul", net.weight((2, 5)), y))
 
     check(build, (3, 1))
@@ -533,13 +562,15 @@ def _batchnorm(net: Net, y: str) -> str:
     if net.ref:
         s = np.abs(gamma) / np.sqrt(var + 1e-3)
         return net.op("Mul", y, net.const(s.reshape(1, 3, 1, 1)))
-    return net.op("BatchNormalization", y, *(net.const(v) for v in (gamma, beta, mean, var)),
-                  epsilon=1e-3)
+    return net.op(
+        "BatchNormalization", y, *(net.const(v) for v in (gamma, beta, mean, var)), epsilon=1e-3
+    )
 
 
 def _concat(axis: int) -> Op:
-    return lambda net, y: net.op("Concat", y, net.conv("x", 2 if axis == 1 else 3, (3, 3),
-                                                       pads=[1, 1, 1, 1]), axis=axis)
+    return lambda net, y: net.op(
+        "Concat", y, net.conv("x", 2 if axis == 1 else 3, (3, 3), pads=[1, 1, 1, 1]), axis=axis
+    )
 
 
 def _reduce_sum(axes: Sequence[int] | None, keepdims: int, noop: int = 0) -> Op:
@@ -554,29 +585,35 @@ OP_CASES: dict[str, Op] = {
     # pooling and reductions
     "avgpool_2x2_s2": _avgpool(kernel_shape=[2, 2], strides=[2, 2]),
     "avgpool_3x3_pad1_exclude_pad": _avgpool(kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-    "avgpool_3x3_pad1_include_pad": _avgpool(kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                                             count_include_pad=1),
-    "avgpool_s2_pad1_exclude_pad": _avgpool(kernel_shape=[3, 3], strides=[2, 2],
-                                            pads=[1, 1, 1, 1]),
-    "avgpool_s2_pad1_include_pad": _avgpool(kernel_shape=[3, 3], strides=[2, 2],
-                                            pads=[1, 1, 1, 1], count_include_pad=1),
+    "avgpool_3x3_pad1_include_pad": _avgpool(
+        kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1
+    ),
+    "avgpool_s2_pad1_exclude_pad": _avgpool(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    "avgpool_s2_pad1_include_pad": _avgpool(
+        kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1
+    ),
     "avgpool_ceil_exclude_pad": _avgpool(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
-    "avgpool_ceil_include_pad": _avgpool(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1,
-                                         count_include_pad=1),
-    "avgpool_ceil_pad1_exclude_pad": _avgpool(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1,
-                                              pads=[1, 1, 1, 1]),
-    "avgpool_ceil_pad1_include_pad": _avgpool(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1,
-                                              pads=[1, 1, 1, 1], count_include_pad=1),
-    "avgpool_asym_pads_include_pad": _avgpool(kernel_shape=[2, 3], pads=[0, 1, 1, 0],
-                                              count_include_pad=1),
+    "avgpool_ceil_include_pad": _avgpool(
+        kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, count_include_pad=1
+    ),
+    "avgpool_ceil_pad1_exclude_pad": _avgpool(
+        kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1, pads=[1, 1, 1, 1]
+    ),
+    "avgpool_ceil_pad1_include_pad": _avgpool(
+        kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1, pads=[1, 1, 1, 1], count_include_pad=1
+    ),
+    "avgpool_asym_pads_include_pad": _avgpool(
+        kernel_shape=[2, 3], pads=[0, 1, 1, 0], count_include_pad=1
+    ),
     "avgpool_same_upper": _avgpool(kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_UPPER"),
-    "avgpool_same_upper_k2_include_pad": _avgpool(kernel_shape=[2, 2], auto_pad="SAME_UPPER",
-                                                  count_include_pad=1),
+    "avgpool_same_upper_k2_include_pad": _avgpool(
+        kernel_shape=[2, 2], auto_pad="SAME_UPPER", count_include_pad=1
+    ),
     "avgpool_same_lower_k2_exclude_pad": _avgpool(kernel_shape=[2, 2], auto_pad="SAME_LOWER"),
-    "avgpool_same_lower_k2_include_pad": _avgpool(kernel_shape=[2, 2], auto_pad="SAME_LOWER",
-                                                  count_include_pad=1),
-    "global_avgpool_flatten": lambda net, y: net.op(
-        "Flatten", net.op("GlobalAveragePool", y)),
+    "avgpool_same_lower_k2_include_pad": _avgpool(
+        kernel_shape=[2, 2], auto_pad="SAME_LOWER", count_include_pad=1
+    ),
+    "global_avgpool_flatten": lambda net, y: net.op("Flatten", net.op("GlobalAveragePool", y)),
     "reducemean_keepdims1": lambda net, y: net.op("ReduceMean", y, axes=[2, 3], keepdims=1),
     "reducemean_keepdims0": lambda net, y: net.op("ReduceMean", y, axes=[2, 3], keepdims=0),
     "reducemean_axis1_keepdims0": lambda net, y: net.op("ReduceMean", y, axes=[1], keepdims=0),
@@ -613,17 +650,20 @@ OP_CASES: dict[str, Op] = {
     "add_branches": _branch_add,
     "add_self": lambda net, y: net.op("Add", y, y),
     "sum_of_three_with_bias": lambda net, y: net.op(
-        "Sum", y, net.bias((1, 3, 1, 1)), net.pad_conv("x", 3)),
+        "Sum", y, net.bias((1, 3, 1, 1)), net.pad_conv("x", 3)
+    ),
     "add_broadcast_branch": _broadcast_add,
     "add_bias_scalar": _bias_add(()),
     "add_bias_per_channel": _bias_add((1, 3, 1, 1)),
     "add_bias_broadcasts_output": lambda net, y: net.op(
-        "Add", net.op("GlobalAveragePool", y), net.bias((1, 3, 2, 5))),
+        "Add", net.op("GlobalAveragePool", y), net.bias((1, 3, 2, 5))
+    ),
     "sub_branches": _sub,
     "mul_negative_scalar": _const_factor("Mul", ()),
     "mul_per_channel": _const_factor("Mul", (1, 3, 1, 1)),
     "mul_broadcasts_output": lambda net, y: _const_factor("Mul", (1, 3, 2, 5))(
-        net, net.op("GlobalAveragePool", y)),
+        net, net.op("GlobalAveragePool", y)
+    ),
     "div_scalar": _const_factor("Div", ()),
     "div_per_position": _const_factor("Div", (1, 1, 6, 6)),
     "mul_two_flows": _flow_times_flow,
@@ -761,27 +801,40 @@ def test_maxpool_4x4_by_hand() -> None:
     assert_log_scores_equal(prune_scores(model)["W0"], want, "W0")
 
 
-def _maxpool_as_selection(net: Net, y: str, kernel: Sequence[int], strides: Sequence[int],
-                          pads: Sequence[int], out_shape: Shape) -> str:
+def _maxpool_as_selection(
+    net: Net,
+    y: str,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[int],
+    out_shape: Shape,
+) -> str:
     """The reference of MaxPool on the linearized graph: a fixed 0/1 selection of the first
     maximal input of each window (row-major), chosen on the flow at |W|, as a MatMul."""
     f = net.value(y).astype(np.float64)
     n, c, h, w = f.shape
     ho, wo = out_shape[2:]
-    big = np.full((n, c, h + pads[0] + pads[2] + kernel[0], w + pads[1] + pads[3] + kernel[1]),
-                  -np.inf)
-    big[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w] = f
+    big = np.full(
+        (n, c, h + pads[0] + pads[2] + kernel[0], w + pads[1] + pads[3] + kernel[1]), -np.inf
+    )
+    big[:, :, pads[0] : pads[0] + h, pads[1] : pads[1] + w] = f
     sel = np.zeros((n * c * h * w, n * c * ho * wo), np.float32)
     for b, ch, i, j in np.ndindex(n, c, ho, wo):
-        win = big[b, ch, i * strides[0]:i * strides[0] + kernel[0],
-                  j * strides[1]:j * strides[1] + kernel[1]]
+        win = big[
+            b,
+            ch,
+            i * strides[0] : i * strides[0] + kernel[0],
+            j * strides[1] : j * strides[1] + kernel[1],
+        ]
         di, dj = np.unravel_index(int(np.argmax(win)), win.shape)
         src = np.ravel_multi_index(
-            (b, ch, i * strides[0] + di - pads[0], j * strides[1] + dj - pads[1]), f.shape)
+            (b, ch, i * strides[0] + di - pads[0], j * strides[1] + dj - pads[1]), f.shape
+        )
         sel[src, np.ravel_multi_index((b, ch, i, j), (n, c, ho, wo))] = 1.0
     flat = net.op("Reshape", y, net.ints([1, -1]))
-    return net.op("Reshape", net.op("MatMul", flat, net.const(sel, "sel")),
-                  net.ints(list(out_shape)))
+    return net.op(
+        "Reshape", net.op("MatMul", flat, net.const(sel, "sel")), net.ints(list(out_shape))
+    )
 
 
 MAXPOOL_CASES = {
@@ -804,8 +857,13 @@ def test_maxpool_after_weight(case: str, batch: int) -> None:
         pooled = net.op("MaxPool", y, **attrs)
         if net.ref:
             pooled = _maxpool_as_selection(
-                net, y, attrs["kernel_shape"], attrs.get("strides", [1, 1]),
-                attrs.get("pads", [0, 0, 0, 0]), net.shape(pooled))
+                net,
+                y,
+                attrs["kernel_shape"],
+                attrs.get("strides", [1, 1]),
+                attrs.get("pads", [0, 0, 0, 0]),
+                net.shape(pooled),
+            )
         return net.model(net.post(pooled))
 
     net = Net((batch, 2, 7, 7), ref=False, seed=1)

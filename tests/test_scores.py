@@ -8,6 +8,7 @@ weights that cuts every input-output path sum to R (Tanaka et al. 2020, theorem 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import netgen
@@ -77,7 +78,7 @@ def test_flow_into_a_neuron_equals_flow_out_of_it() -> None:
     model = netgen.mlp(4, 16, 8, 5, seed=1)
     scores = onnxflow.score(model).log_scores
     names = netgen.prunable_weight_names(model)
-    for w_in, w_out in zip(names, names[1:], strict=False):
+    for w_in, w_out in itertools.pairwise(names):
         # Gemm weights are (out, in): neuron j's inputs are row j, its outputs column j.
         incoming = np.logaddexp.reduce(scores[w_in], axis=1)
         outgoing = np.logaddexp.reduce(scores[w_out], axis=0)
@@ -157,8 +158,9 @@ def reference_mlp_log_scores(weights: list[np.ndarray]) -> tuple[list[np.ndarray
     for i in reversed(range(len(weights))):
         fi, log_fi = forward[i]
         with np.errstate(divide="ignore"):
-            scores[i] = (np.log(weights[i]) + np.log(b)[:, None] + np.log(fi)[None, :]
-                         + log_b + log_fi)
+            scores[i] = (
+                np.log(weights[i]) + np.log(b)[:, None] + np.log(fi)[None, :] + log_b + log_fi
+            )
         b = weights[i].T @ b
         log_b += np.log(b.max())
         b = b / b.max()

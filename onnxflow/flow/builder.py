@@ -90,9 +90,7 @@ class FlowBuilder:
         """Append a node; returns its output name, or a list of names when `n_out > 1`."""
         outs = [self.fresh(op_type) for _ in range(n_out)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), outs, name=outs[0], **attrs)
-        )
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=outs[0], **attrs))
         return outs[0] if n_out == 1 else outs
 
     def const(self, value: np.ndarray | float | Sequence[int], hint: str = "const") -> str:
@@ -168,9 +166,7 @@ class FlowBuilder:
             return x
         lead = len(from_shape) - len(to_shape)
         axes = list(range(lead)) + [
-            lead + i
-            for i, d in enumerate(to_shape)
-            if d == 1 and from_shape[lead + i] != 1
+            lead + i for i, d in enumerate(to_shape) if d == 1 and from_shape[lead + i] != 1
         ]
         if axes:
             x = self.reduce("ReduceSum", x, axes, keepdims=1)
@@ -226,7 +222,8 @@ class FlowBuilder:
         tensors = []
         for f in flows:
             ratio = self.node(
-                "Cast", [self.node("Exp", [self.node("Sub", [f.scale, safe])])],
+                "Cast",
+                [self.node("Exp", [self.node("Sub", [f.scale, safe])])],
                 to=TensorProto.FLOAT,
             )
             tensors.append(self.node("Mul", [f.tensor, ratio]))

@@ -81,7 +81,10 @@ class FlowEngine:
             units[layer.name] = unit(entry[1])
             if not np.isfinite(v).all():
                 raise OnnxflowError(f"non-finite synaptic flow at weight {layer.name!r}")
-        parts = [np.log(float(results[t])) + unit(s) for t, s in self.flow.output_flows
-                 if float(results[t]) > 0]
+        parts = [
+            np.log(float(results[t])) + unit(s)
+            for t, s in self.flow.output_flows
+            if float(results[t]) > 0
+        ]
         log_flow = float(np.logaddexp.reduce(parts)) if parts else -np.inf
         return FlowScores(values, units, log_flow)

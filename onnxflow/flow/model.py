@@ -105,19 +105,19 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
         steps.append(_Step(node, rule, ctx, inputs, attrs, pos is not None))
 
     grads: dict[str, list[Flow]] = defaultdict(list)
-    output_flows = []
+    outputs: list[tuple[str, str]] = []
     for t in graph.outputs:
         v = values.get(t.name)
         if isinstance(v, Flow) and _is_float(t.dtype if t.dtype is not None else np.float32):
             grads[t.name].append(Flow(g.ones(v.shape), g.zero_scale, v.shape))
-            total = g.node("ReduceSum", [g.node("Cast", [v.tensor], to=TensorProto.DOUBLE)],
-                           keepdims=0)
-            output_flows.append((total, v.scale))
+            total = g.node(
+                "ReduceSum", [g.node("Cast", [v.tensor], to=TensorProto.DOUBLE)], keepdims=0
+            )
+            outputs.append((total, v.scale))
 
     weight_grads: dict[str, list[Flow]] = defaultdict(list)
     for step in reversed(steps):
-        out_grads = [g.add(grads[t.name]) if grads.get(t.name) else None
-                     for t in step.node.outputs]
+        out_grads = [g.add(grads[t.name]) if grads.get(t.name) else None for t in step.node.outputs]
         if all(x is None for x in out_grads):
             continue
         if not step.is_weight_layer and not any(
@@ -141,7 +141,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
         score = g.node("Mul", [g.weights[layer.name], total.tensor])
         scores[layer.name] = (score, _unit(g, total.scale))
         g.add_output(score, TensorProto.FLOAT)
-    output_flows = [(total, _unit(g, scale)) for total, scale in output_flows]
+    output_flows = [(total, _unit(g, scale)) for total, scale in outputs]
     for total, _ in output_flows:
         g.add_output(total, TensorProto.DOUBLE)
     for name in dict.fromkeys(s for _, s in [*scores.values(), *output_flows] if s is not None):
@@ -175,8 +175,11 @@ def _copy_verbatim(g: FlowBuilder, node: gs.Node, inputs: list[Any], values: dic
     """A node no flow reaches (e.g. index arithmetic on integer inputs) runs as it is."""
     names = ["" if v is None else g.const_input(v) for v in inputs]
     outs = [g.fresh(node.op) for _ in node.outputs]
-    g.nodes.append(helper.make_node(node.op, names, outs, domain=node.domain or None,
-                                    **_plain_attrs(node.attrs)))
+    g.nodes.append(
+        helper.make_node(
+            node.op, names, outs, domain=node.domain or None, **_plain_attrs(node.attrs)
+        )
+    )
     for t, name in zip(node.outputs, outs, strict=True):
         values[t.name] = Const(name, _shape(t))
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from onnxflow.flow.builder import Flow, FlowBuilder, NodeContext
 
 
-
 class FlowRule:
     """Forward and transposed flow of one op. Subclass and register with `@flow_rule`."""
 

@@ -124,7 +124,7 @@ def _shapes_from_runtime(
     except Exception as e:  # noqa: BLE001 - any ORT failure means the model cannot run
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise OnnxflowError(f"onnxruntime cannot run the model: {msg}") from None
-    out = {}
+    out: dict[str, tuple[tuple[int, ...], int]] = {}
     for n, v in zip(names, values, strict=True):
         arr = np.asarray(v)
         out[n] = (arr.shape, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype))

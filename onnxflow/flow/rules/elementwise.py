@@ -16,9 +16,29 @@ from onnxflow.flow.registry import FlowRule, flow_rule
 
 
 @flow_rule(
-    "Identity", "Dropout", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid",
-    "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Clip", "Softmax", "LogSoftmax",
-    "Gelu", "Mish", "ThresholdedRelu", "Erf", "Abs", "Neg",
+    "Identity",
+    "Dropout",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Softplus",
+    "Softsign",
+    "Clip",
+    "Softmax",
+    "LogSoftmax",
+    "Gelu",
+    "Mish",
+    "ThresholdedRelu",
+    "Erf",
+    "Abs",
+    "Neg",
 )
 class PassThrough(FlowRule):
     """Output 0 carries the flow of input 0; extra outputs (Dropout's mask) carry none."""
@@ -51,7 +71,8 @@ class Sum(FlowRule):
         out = node.out_shapes[0]
         return [
             g.map(gy, lambda t, v=v: g.reduce_to(t, out, v.shape))
-            if isinstance(v, Flow) and v.needs_grad else None
+            if isinstance(v, Flow) and v.needs_grad
+            else None
             for v in inputs
         ]
 
@@ -71,7 +92,6 @@ class Mul(FlowRule):
     """x * c -> x * |c|, x / c -> x / |c|; the product of two flows multiplies their units."""
 
     def forward(self, g, node, a, b):
-        out = node.out_shapes[0]
         if isinstance(a, Flow) and isinstance(b, Flow):
             if node.op_type == "Div":
                 raise OnnxflowError(f"node {node.name!r}: Div of two flows has no rule yet")
@@ -87,7 +107,7 @@ class Mul(FlowRule):
         (gy,) = grads
         out = node.out_shapes[0]
         if isinstance(a, Flow) and isinstance(b, Flow):
-            res = []
+            res: list[Flow | None] = []
             for me, other in ((a, b), (b, a)):
                 if not me.needs_grad:
                     res.append(None)
@@ -98,7 +118,8 @@ class Mul(FlowRule):
         f = node.saved["factor"]
         return [
             g.map(gy, lambda t, v=v: g.reduce_to(g.node("Mul", [t, f]), out, v.shape))
-            if isinstance(v, Flow) and v.needs_grad else None
+            if isinstance(v, Flow) and v.needs_grad
+            else None
             for v in (a, b)
         ]
 
@@ -109,8 +130,12 @@ class BatchNormalization(FlowRule):
 
     def _scale(self, g: FlowBuilder, node: NodeContext, x: Flow, gamma, var, epsilon: float):
         if "scale" not in node.saved:
-            if not isinstance(gamma, Const) or gamma.values is None or \
-                    not isinstance(var, Const) or var.values is None:
+            if (
+                not isinstance(gamma, Const)
+                or gamma.values is None
+                or not isinstance(var, Const)
+                or var.values is None
+            ):
                 raise OnnxflowError(
                     f"node {node.name!r}: BatchNormalization needs constant scale and variance"
                 )
@@ -121,8 +146,21 @@ class BatchNormalization(FlowRule):
             node.saved["scale"] = g.f32(s.reshape(shape), "bn_scale")
         return node.saved["scale"]
 
-    def forward(self, g, node, x, gamma, beta, mean, var, *, epsilon=1e-5, momentum=0.9,
-                spatial=1, training_mode=0):
+    def forward(
+        self,
+        g,
+        node,
+        x,
+        gamma,
+        beta,
+        mean,
+        var,
+        *,
+        epsilon=1e-5,
+        momentum=0.9,
+        spatial=1,
+        training_mode=0,
+    ):
         s = self._scale(g, node, x, gamma, var, epsilon)
         return [g.map(x, lambda t: g.node("Mul", [t, s]))] + [None] * (len(node.out_shapes) - 1)
 

@@ -41,10 +41,8 @@ def _fit(g: FlowBuilder, x: str, have: Sequence[int], want: Sequence[int]) -> st
     nd = len(want)
     axes = list(range(2, nd + 2))
     if any(h > w for h, w in zip(have, want, strict=True)):
-        x = g.node(
-            "Slice", [x, g.i64([0] * nd), g.i64([min(h, w) for h, w in zip(have, want, strict=True)]),
-                      g.i64(axes)]
-        )
+        stops = [min(h, w) for h, w in zip(have, want, strict=True)]
+        x = g.node("Slice", [x, g.i64([0] * nd), g.i64(stops), g.i64(axes)])
     if any(h < w for h, w in zip(have, want, strict=True)):
         extra = [max(0, w - h) for h, w in zip(have, want, strict=True)]
         x = g.node("Pad", [x, g.i64([0, 0] + [0] * nd + [0, 0] + extra)])
@@ -52,8 +50,12 @@ def _fit(g: FlowBuilder, x: str, have: Sequence[int], want: Sequence[int]) -> st
 
 
 def conv_pads(
-    in_sp: Shape, k: Shape, strides: Sequence[int], dilations: Sequence[int],
-    pads: Sequence[int] | None, auto_pad: str,
+    in_sp: Shape,
+    k: Shape,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int] | None,
+    auto_pad: str,
 ) -> list[int]:
     """Explicit `[begins..., ends...]` pads of a Conv, resolving auto_pad."""
     nd = len(k)
@@ -72,8 +74,17 @@ def conv_pads(
 
 
 def _conv_full(
-    g: FlowBuilder, x: str, w: str, *, group: int, strides: Sequence[int],
-    dilations: Sequence[int], pads: Sequence[int], in_sp: Shape, k: Shape, want: Shape,
+    g: FlowBuilder,
+    x: str,
+    w: str,
+    *,
+    group: int,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    in_sp: Shape,
+    k: Shape,
+    want: Shape,
 ) -> str:
     """Conv whose output is cropped/padded to spatial size `want`; end pads as needed."""
     nd = len(k)
@@ -82,8 +93,15 @@ def _conv_full(
         max(0, (want[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - in_sp[i] - begins[i])
         for i in range(nd)
     ]
-    y = g.node("Conv", [x, w], group=group, strides=list(strides), dilations=list(dilations),
-               pads=begins + ends, kernel_shape=list(k))
+    y = g.node(
+        "Conv",
+        [x, w],
+        group=group,
+        strides=list(strides),
+        dilations=list(dilations),
+        pads=begins + ends,
+        kernel_shape=list(k),
+    )
     have = [
         (in_sp[i] + begins[i] + ends[i] - ((k[i] - 1) * dilations[i] + 1)) // strides[i] + 1
         for i in range(nd)
@@ -92,21 +110,47 @@ def _conv_full(
 
 
 def _conv_transpose_full(
-    g: FlowBuilder, y: str, w: str, *, group: int, strides: Sequence[int],
-    dilations: Sequence[int], begins: Sequence[int], in_sp: Shape, k: Shape, want: Shape,
+    g: FlowBuilder,
+    y: str,
+    w: str,
+    *,
+    group: int,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    begins: Sequence[int],
+    in_sp: Shape,
+    k: Shape,
+    want: Shape,
 ) -> str:
     """ConvTranspose with head pads `begins`, cropped/padded to spatial size `want`."""
     nd = len(k)
-    x = g.node("ConvTranspose", [y, w], group=group, strides=list(strides),
-               dilations=list(dilations), pads=list(begins) + [0] * nd, kernel_shape=list(k))
-    have = [strides[i] * (in_sp[i] - 1) + (k[i] - 1) * dilations[i] + 1 - begins[i]
-            for i in range(nd)]
+    x = g.node(
+        "ConvTranspose",
+        [y, w],
+        group=group,
+        strides=list(strides),
+        dilations=list(dilations),
+        pads=list(begins) + [0] * nd,
+        kernel_shape=list(k),
+    )
+    have = [
+        strides[i] * (in_sp[i] - 1) + (k[i] - 1) * dilations[i] + 1 - begins[i] for i in range(nd)
+    ]
     return _fit(g, x, have, want)
 
 
 def _correlate(
-    g: FlowBuilder, data: str, data_shape: Shape, kern: str, kern_shape: Shape, *, group: int,
-    strides: Sequence[int], dilations: Sequence[int], begins: Sequence[int], k: Shape,
+    g: FlowBuilder,
+    data: str,
+    data_shape: Shape,
+    kern: str,
+    kern_shape: Shape,
+    *,
+    group: int,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    begins: Sequence[int],
+    k: Shape,
 ) -> str:
     """sum_y kern[n, go, y] * data_pad[n, gi, y*stride + j*dilation] -> (G*Co, Ci, *k).
 
@@ -122,8 +166,18 @@ def _correlate(
     d = g.reshape(d, [cg, group * n, *sp])
     kt = g.node("Transpose", [kern], perm=_perm_swap01(nd))  # (G*Co, N, *ksp)
     ksp = kern_shape[2:]
-    out = _conv_full(g, d, kt, group=group, strides=dilations, dilations=strides,
-                     pads=list(begins) + [0] * nd, in_sp=sp, k=ksp, want=k)
+    out = _conv_full(
+        g,
+        d,
+        kt,
+        group=group,
+        strides=dilations,
+        dilations=strides,
+        pads=list(begins) + [0] * nd,
+        in_sp=sp,
+        k=ksp,
+        want=k,
+    )
     return g.node("Transpose", [out], perm=_perm_swap01(nd))
 
 
@@ -131,9 +185,19 @@ def _correlate(
 _IM2COL_LIMIT = 64 * 2**20
 
 
-def _im2col_grad(g: FlowBuilder, x: str, x_shape: Shape, gy: str, gy_shape: Shape, *, k: Shape,
-                 group: int, strides: Sequence[int], dilations: Sequence[int],
-                 pads: Sequence[int]) -> str | None:
+def _im2col_grad(
+    g: FlowBuilder,
+    x: str,
+    x_shape: Shape,
+    gy: str,
+    gy_shape: Shape,
+    *,
+    k: Shape,
+    group: int,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+) -> str | None:
     """Weight-gradient of a Conv as im2col (one strided Slice per kernel tap) and one matrix
     product: dW[o, i, k] = sum_p b[o, p] * x_pad[i, p*stride + k*dilation].
 
@@ -145,8 +209,10 @@ def _im2col_grad(g: FlowBuilder, x: str, x_shape: Shape, gy: str, gy_shape: Shap
     if c * taps * n * int(np.prod(out_sp)) > _IM2COL_LIMIT:
         return None
     begins = list(pads[:nd])
-    ends = [max(0, (out_sp[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - sp[i]
-                - begins[i]) for i in range(nd)]
+    ends = [
+        max(0, (out_sp[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - sp[i] - begins[i])
+        for i in range(nd)
+    ]
     if any(begins) or any(ends):
         x = g.node("Pad", [x, g.i64([0, 0, *begins, 0, 0, *ends])])
     if n > 1:
@@ -168,8 +234,13 @@ def _im2col_grad(g: FlowBuilder, x: str, x_shape: Shape, gy: str, gy_shape: Shap
         dw = g.reduce("ReduceSum", g.node("Mul", [col, g.reshape(b, [c, 1, -1])]), [2], 0)
     else:
         cols_g = g.reshape(col, [group, (c // group) * taps, -1])
-        dw = g.node("MatMul", [g.reshape(b, [group, cout // group, -1]),
-                               g.node("Transpose", [cols_g], perm=[0, 2, 1])])
+        dw = g.node(
+            "MatMul",
+            [
+                g.reshape(b, [group, cout // group, -1]),
+                g.node("Transpose", [cols_g], perm=[0, 2, 1]),
+            ],
+        )
     return g.reshape(dw, [cout, c // group, *k])
 
 
@@ -178,23 +249,61 @@ def _conv_attrs(w: Const, x_shape: Shape, strides, dilations, pads, auto_pad):
     nd = len(k)
     strides = list(strides or [1] * nd)
     dilations = list(dilations or [1] * nd)
-    return k, strides, dilations, conv_pads(tuple(x_shape[2:]), k, strides, dilations, pads,
-                                            auto_pad)
+    return (
+        k,
+        strides,
+        dilations,
+        conv_pads(tuple(x_shape[2:]), k, strides, dilations, pads, auto_pad),
+    )
 
 
 @flow_rule("Conv")
 class Conv(FlowRule):
     rescales = True
 
-    def forward(self, g, node, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
-                kernel_shape=None, pads=None, strides=None):
+    def forward(
+        self,
+        g,
+        node,
+        x,
+        w,
+        b=None,
+        *,
+        auto_pad="NOTSET",
+        dilations=None,
+        group=1,
+        kernel_shape=None,
+        pads=None,
+        strides=None,
+    ):
         k, strides, dilations, pads = _conv_attrs(w, x.shape, strides, dilations, pads, auto_pad)
-        y = g.node("Conv", [x.tensor, _operand(g, node, w)], group=group, strides=strides,
-                   dilations=dilations, pads=pads, kernel_shape=list(k))
+        y = g.node(
+            "Conv",
+            [x.tensor, _operand(g, node, w)],
+            group=group,
+            strides=strides,
+            dilations=dilations,
+            pads=pads,
+            kernel_shape=list(k),
+        )
         return g.like(y, x)
 
-    def backward(self, g, node, grads, x, w, b=None, *, auto_pad="NOTSET", dilations=None,
-                 group=1, kernel_shape=None, pads=None, strides=None):
+    def backward(
+        self,
+        g,
+        node,
+        grads,
+        x,
+        w,
+        b=None,
+        *,
+        auto_pad="NOTSET",
+        dilations=None,
+        group=1,
+        kernel_shape=None,
+        pads=None,
+        strides=None,
+    ):
         (gy,) = grads
         k, strides, dilations, pads = _conv_attrs(w, x.shape, strides, dilations, pads, auto_pad)
         nd = len(k)
@@ -202,21 +311,62 @@ class Conv(FlowRule):
         wt = _operand(g, node, w)
         dx = dw = None
         if x.needs_grad:
-            dx = g.like(_conv_transpose_full(
-                g, gy.tensor, wt, group=group, strides=strides, dilations=dilations,
-                begins=pads[:nd], in_sp=y_shape[2:], k=k, want=x.shape[2:]), gy)
+            dx = g.like(
+                _conv_transpose_full(
+                    g,
+                    gy.tensor,
+                    wt,
+                    group=group,
+                    strides=strides,
+                    dilations=dilations,
+                    begins=pads[:nd],
+                    in_sp=y_shape[2:],
+                    k=k,
+                    want=x.shape[2:],
+                ),
+                gy,
+            )
         if isinstance(w, Weight):
-            t = _im2col_grad(g, x.tensor, x.shape, gy.tensor, y_shape, k=k, group=group,
-                             strides=strides, dilations=dilations, pads=pads)
+            t = _im2col_grad(
+                g,
+                x.tensor,
+                x.shape,
+                gy.tensor,
+                y_shape,
+                k=k,
+                group=group,
+                strides=strides,
+                dilations=dilations,
+                pads=pads,
+            )
             if t is None:
-                t = _correlate(g, x.tensor, x.shape, gy.tensor, y_shape, group=group,
-                               strides=strides, dilations=dilations, begins=pads[:nd], k=k)
+                t = _correlate(
+                    g,
+                    x.tensor,
+                    x.shape,
+                    gy.tensor,
+                    y_shape,
+                    group=group,
+                    strides=strides,
+                    dilations=dilations,
+                    begins=pads[:nd],
+                    k=k,
+                )
             dw = Flow(t, g.scale_sum(x.scale, gy.scale))
         return [dx, dw, None]
 
 
-def _conv_transpose_begins(x_shape: Shape, y_shape: Shape, w: Const, strides, dilations, pads,
-                           auto_pad, output_padding, output_shape) -> list[int]:
+def _conv_transpose_begins(
+    x_shape: Shape,
+    y_shape: Shape,
+    w: Const,
+    strides,
+    dilations,
+    pads,
+    auto_pad,
+    output_padding,
+    output_shape,
+) -> list[int]:
     """Head pads of a ConvTranspose, from the attributes and the actual output size."""
     k = w.shape[2:]
     nd = len(k)
@@ -225,8 +375,13 @@ def _conv_transpose_begins(x_shape: Shape, y_shape: Shape, w: Const, strides, di
     op = list(output_padding or [0] * nd)
     begins = []
     for i in range(nd):
-        total = strides[i] * (x_shape[2 + i] - 1) + op[i] + (k[i] - 1) * dilations[i] + 1 \
+        total = (
+            strides[i] * (x_shape[2 + i] - 1)
+            + op[i]
+            + (k[i] - 1) * dilations[i]
+            + 1
             - y_shape[2 + i]
+        )
         begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
     return begins
 
@@ -239,26 +394,64 @@ class ConvTranspose(FlowRule):
         y = g.node("ConvTranspose", [x.tensor, _operand(g, node, w)], **attrs)
         return g.like(y, x)
 
-    def backward(self, g, node, grads, x, w, b=None, *, auto_pad="NOTSET", dilations=None,
-                 group=1, kernel_shape=None, output_padding=None, output_shape=None, pads=None,
-                 strides=None):
+    def backward(
+        self,
+        g,
+        node,
+        grads,
+        x,
+        w,
+        b=None,
+        *,
+        auto_pad="NOTSET",
+        dilations=None,
+        group=1,
+        kernel_shape=None,
+        output_padding=None,
+        output_shape=None,
+        pads=None,
+        strides=None,
+    ):
         (gy,) = grads
         k = tuple(w.shape[2:])
         nd = len(k)
         strides = list(strides or [1] * nd)
         dilations = list(dilations or [1] * nd)
         y_shape = node.out_shapes[0]
-        begins = _conv_transpose_begins(x.shape, y_shape, w, strides, dilations, pads, auto_pad,
-                                        output_padding, output_shape)
+        begins = _conv_transpose_begins(
+            x.shape, y_shape, w, strides, dilations, pads, auto_pad, output_padding, output_shape
+        )
         wt = _operand(g, node, w)
         dx = dw = None
         if x.needs_grad:
-            dx = g.like(_conv_full(
-                g, gy.tensor, wt, group=group, strides=strides, dilations=dilations,
-                pads=begins + [0] * nd, in_sp=y_shape[2:], k=k, want=x.shape[2:]), gy)
+            dx = g.like(
+                _conv_full(
+                    g,
+                    gy.tensor,
+                    wt,
+                    group=group,
+                    strides=strides,
+                    dilations=dilations,
+                    pads=begins + [0] * nd,
+                    in_sp=y_shape[2:],
+                    k=k,
+                    want=x.shape[2:],
+                ),
+                gy,
+            )
         if isinstance(w, Weight):
-            t = _correlate(g, gy.tensor, y_shape, x.tensor, x.shape, group=group,
-                           strides=strides, dilations=dilations, begins=begins, k=k)
+            t = _correlate(
+                g,
+                gy.tensor,
+                y_shape,
+                x.tensor,
+                x.shape,
+                group=group,
+                strides=strides,
+                dilations=dilations,
+                begins=begins,
+                k=k,
+            )
             dw = Flow(t, g.scale_sum(x.scale, gy.scale))
         return [dx, dw, None]
 
@@ -270,34 +463,49 @@ class Gemm(FlowRule):
     rescales = True
 
     def forward(self, g, node, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
-        y = g.node("Gemm", [_operand(g, node, a), _operand(g, node, b)], alpha=abs(alpha),
-                   transA=transA, transB=transB)
+        y = g.node(
+            "Gemm",
+            [_operand(g, node, a), _operand(g, node, b)],
+            alpha=abs(alpha),
+            transA=transA,
+            transB=transB,
+        )
         out = Flow(y, g.scale_sum(*(v.scale for v in (a, b) if isinstance(v, Flow))))
         if isinstance(c, Flow):
             shape = node.out_shapes[0]
-            cf = g.map(c, lambda t: g.expand_to(g.node("Mul", [t, g.f32(abs(beta))]),
-                                                c.shape, shape))
+            cf = g.map(
+                c, lambda t: g.expand_to(g.node("Mul", [t, g.f32(abs(beta))]), c.shape, shape)
+            )
             out = g.add([out, cf])
         return out
 
-    def backward(self, g, node, grads, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0,
-                 transB=0):
+    def backward(self, g, node, grads, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
         (gy,) = grads
         ta, tb = _operand(g, node, a), _operand(g, node, b)
         alpha = abs(alpha)
         da = db = None
         if _wants(a):
-            da = (g.node("Gemm", [gy.tensor, tb], alpha=alpha, transB=1 - transB) if not transA
-                  else g.node("Gemm", [tb, gy.tensor], alpha=alpha, transA=transB, transB=1))
+            da = (
+                g.node("Gemm", [gy.tensor, tb], alpha=alpha, transB=1 - transB)
+                if not transA
+                else g.node("Gemm", [tb, gy.tensor], alpha=alpha, transA=transB, transB=1)
+            )
             da = Flow(da, g.scale_sum(gy.scale, *_scales(b)))
         if _wants(b):
-            db = (g.node("Gemm", [ta, gy.tensor], alpha=alpha, transA=1 - transA) if not transB
-                  else g.node("Gemm", [gy.tensor, ta], alpha=alpha, transA=1, transB=transA))
+            db = (
+                g.node("Gemm", [ta, gy.tensor], alpha=alpha, transA=1 - transA)
+                if not transB
+                else g.node("Gemm", [gy.tensor, ta], alpha=alpha, transA=1, transB=transA)
+            )
             db = Flow(db, g.scale_sum(gy.scale, *_scales(a)))
         dc = None
         if isinstance(c, Flow) and c.needs_grad:
-            dc = g.map(gy, lambda t: g.reduce_to(g.node("Mul", [t, g.f32(abs(beta))]),
-                                                 node.out_shapes[0], c.shape))
+            dc = g.map(
+                gy,
+                lambda t: g.reduce_to(
+                    g.node("Mul", [t, g.f32(abs(beta))]), node.out_shapes[0], c.shape
+                ),
+            )
         return [da, db, dc]
 
 
@@ -337,8 +545,11 @@ class MatMul(FlowRule):
         if _wants(b):
             if len(b.shape) == 2 and len(y_shape) > 2:  # fold the batch into the contraction
                 k = a.shape[-1]
-                t = g.node("Gemm", [g.reshape(ta, [-1, k]), g.reshape(gy.tensor, [-1, b.shape[1]])],
-                           transA=1)
+                t = g.node(
+                    "Gemm",
+                    [g.reshape(ta, [-1, k]), g.reshape(gy.tensor, [-1, b.shape[1]])],
+                    transA=1,
+                )
             else:
                 t = g.node("MatMul", [_swap_last(g, ta, len(a.shape)), gy.tensor])
                 t = g.reduce_to(t, (*y_shape[:-2], b.shape[-2], b.shape[-1]), b.shape)

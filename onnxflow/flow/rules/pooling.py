@@ -26,19 +26,22 @@ class MaxPool(FlowRule):
     def backward(self, g, node, grads, x, **attrs):
         gy = grads[0]
         size = int(np.prod(x.shape))
-        flat = g.node("ScatterElements", [
-            g.zeros((size,)), g.reshape(node.saved["indices"], [-1]), g.reshape(gy.tensor, [-1])
-        ], reduction="add")
+        flat = g.node(
+            "ScatterElements",
+            [g.zeros((size,)), g.reshape(node.saved["indices"], [-1]), g.reshape(gy.tensor, [-1])],
+            reduction="add",
+        )
         return [g.like(g.reshape(flat, list(x.shape)), gy)]
 
 
-def _inverse_divisor(in_len: int, out_len: int, k: int, s: int, d: int, pb: int, pe: int,
-                     include_pad: bool) -> np.ndarray:
+def _inverse_divisor(
+    in_len: int, out_len: int, k: int, s: int, d: int, pb: int, pe: int, include_pad: bool
+) -> np.ndarray:
     """1 / (number of elements averaged) for each output position along one axis."""
     starts = np.arange(out_len) * s - pb
     taps = starts[:, None] + np.arange(k)[None, :] * d
     if include_pad:
-        count = ((taps < in_len + pe)).sum(axis=1)
+        count = (taps < in_len + pe).sum(axis=1)
     else:
         count = ((taps >= 0) & (taps < in_len)).sum(axis=1)
     return 1.0 / np.maximum(count, 1)
@@ -49,8 +52,21 @@ class AveragePool(FlowRule):
     def forward(self, g, node, x, **attrs):
         return g.like(g.node("AveragePool", [x.tensor], **attrs), x)
 
-    def backward(self, g, node, grads, x, *, auto_pad="NOTSET", ceil_mode=0,
-                 count_include_pad=0, dilations=None, kernel_shape=(), pads=None, strides=None):
+    def backward(
+        self,
+        g,
+        node,
+        grads,
+        x,
+        *,
+        auto_pad="NOTSET",
+        ceil_mode=0,
+        count_include_pad=0,
+        dilations=None,
+        kernel_shape=(),
+        pads=None,
+        strides=None,
+    ):
         from onnxflow.flow.rules.linear import _conv_transpose_full
 
         (gy,) = grads
@@ -62,14 +78,32 @@ class AveragePool(FlowRule):
         p = conv_pads(in_sp, k, strides, dilations, pads, auto_pad)
         inv = np.ones((), np.float64)
         for i in range(nd):
-            axis = _inverse_divisor(in_sp[i], out_sp[i], k[i], strides[i], dilations[i], p[i],
-                                    p[nd + i], bool(count_include_pad))
+            axis = _inverse_divisor(
+                in_sp[i],
+                out_sp[i],
+                k[i],
+                strides[i],
+                dilations[i],
+                p[i],
+                p[nd + i],
+                bool(count_include_pad),
+            )
             inv = np.multiply.outer(inv, axis)
         scaled = g.node("Mul", [gy.tensor, g.f32(inv.reshape((1, 1, *out_sp)), "inv_count")])
         c = x.shape[1]
         ones = g.f32(np.ones((c, 1, *k)), "ones_kernel")
-        t = _conv_transpose_full(g, scaled, ones, group=c, strides=strides, dilations=dilations,
-                                 begins=p[:nd], in_sp=out_sp, k=k, want=in_sp)
+        t = _conv_transpose_full(
+            g,
+            scaled,
+            ones,
+            group=c,
+            strides=strides,
+            dilations=dilations,
+            begins=p[:nd],
+            in_sp=out_sp,
+            k=k,
+            want=in_sp,
+        )
         return [g.like(t, gy)]
 
 
