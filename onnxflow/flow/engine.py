@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError
@@ -56,6 +57,29 @@ class FlowEngine:
         }
         """|W| with pruned entries set to zero (updated in place by `prune`)."""
         self._outputs = [o.name for o in self.session.get_outputs()]
+        self._results = self._bind_buffers()
+
+    def _bind_buffers(self) -> dict[str, np.ndarray]:
+        """Bind the weights and preallocated output buffers once: each run then writes its
+        scores in place, with no per-run allocation or copy of N floats."""
+        shapes = {
+            score: layer.shape
+            for layer in self.dag.layers
+            if (score := self.flow.scores.get(layer.name, ("",))[0])
+        }
+        results = {
+            name: np.empty(shapes.get(name, ()), np.float32 if name in shapes else np.float64)
+            for name in self._outputs
+        }
+        io = self.session.io_binding()
+        for name, w in self.weights.items():
+            io.bind_ortvalue_input(
+                self.flow.weight_inputs[name], ort.OrtValue.ortvalue_from_numpy(w)
+            )
+        for name, buf in results.items():
+            io.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buf))
+        self._io = io
+        return results
 
     def prune(self, masks: dict[str, np.ndarray]) -> None:
         """Zero the weights whose mask is False, for every later run."""
@@ -63,8 +87,10 @@ class FlowEngine:
             np.multiply(w, masks[name], out=w)
 
     def run(self) -> FlowScores:
-        feeds = {self.flow.weight_inputs[name]: w for name, w in self.weights.items()}
-        results = dict(zip(self._outputs, self.session.run(self._outputs, feeds), strict=True))
+        """Scores of the current (masked) network. The returned arrays are buffers that the
+        next run overwrites."""
+        self.session.run_with_iobinding(self._io)
+        results = self._results
 
         def unit(name: str | None) -> float:
             return 0.0 if name is None else float(results[name])
@@ -79,7 +105,7 @@ class FlowEngine:
                 continue
             values[layer.name] = v = results[entry[0]]
             units[layer.name] = unit(entry[1])
-            if not np.isfinite(v).all():
+            if not np.isfinite(v.max(initial=0.0)):  # NaN and inf propagate through max
                 raise OnnxflowError(f"non-finite synaptic flow at weight {layer.name!r}")
         parts = [
             np.log(float(results[t])) + unit(s)
