@@ -176,9 +176,9 @@ def _select_band(
         if rank + spread < sample.size:
             lo = sample[int(rank + spread)]
     above: dict[str, np.ndarray] = {}
-    band_keys, band_layer, band_idx = [], [], []
+    band_keys, band_idx = [], []
     n_above = 0
-    for i, n in enumerate(names):
+    for n in names:
         v, u = vals[n], units[n]
         t_hi, t_lo = _linear_threshold(hi - u), _linear_threshold(lo - u)
         above[n] = a = v > t_hi
@@ -187,15 +187,15 @@ def _select_band(
         np.logical_xor(band, a, out=band)  # above is a subset of v > t_lo
         idx = np.flatnonzero(band)
         band_idx.append(idx)
-        band_layer.append(np.full(idx.size, i))
         band_keys.append(np.log(v[idx], dtype=np.float64) + u)
     need = k - n_above
     keys = np.concatenate(band_keys)
     if need < 0 or need > keys.size:
         return None
-    layer, idx = np.concatenate(band_layer), np.concatenate(band_idx)
-    # Best first: higher key, then lower (layer, index).
-    chosen = np.lexsort((idx, layer, -keys))[:need]
-    for i, n in enumerate(names):
-        above[n][idx[chosen[layer[chosen] == i]]] = True
+    # The band is in (layer, index) order, so top_k's tie-break by position is ours.
+    chosen = top_k(keys, need)
+    start = 0
+    for n, idx in zip(names, band_idx, strict=True):
+        above[n][idx[chosen[start : start + idx.size]]] = True
+        start += idx.size
     return above
