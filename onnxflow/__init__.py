@@ -7,7 +7,7 @@ onnxflow.save(onnxflow.prune(...), "model.pruned.onnx", masks="masks.npz")
 
 from onnxflow.api import PruneResult, ScoreResult, build_pipeline, prune, save, score
 from onnxflow.errors import OnnxflowError, UnsupportedOpError
-from onnxflow.flow import Const, Flow, FlowBuilder, FlowRule, NodeContext, Weight
+from onnxflow.flow import Const, Flow, FlowBuilder, FlowRule, NodeContext
 from onnxflow.flow.registry import flow_rule, register_flow_rule
 from onnxflow.options import PruneOptions
 from onnxflow.report import Report
@@ -26,7 +26,6 @@ __all__ = [
     "Report",
     "ScoreResult",
     "UnsupportedOpError",
-    "Weight",
     "build_pipeline",
     "flow_rule",
     "prune",

@@ -6,6 +6,7 @@ written); 130 interrupted.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from onnxflow import api
 from onnxflow.errors import OnnxflowError
+from onnxflow.inspect import inspect_model
 from onnxflow.options import parse_input_shape
 from onnxflow.report import Report
 from onnxflow.save import check_output_paths
@@ -128,6 +130,49 @@ def prune(
         _print_summary(result.report, output)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=1x3x224x224",
+    help="Shape of an input with dynamic dimensions (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool) -> None:
+    """List MODEL's prunable weights and the ops that lack a flow rule, without pruning.
+
+    Shows the weight-layer DAG (layer, op, weight shape, params, current density, the layers
+    that feed it) and flags every op on the flow path without a rule.
+    """
+    result = inspect_model(model, input_shapes=dict(parse_input_shape(s) for s in input_shapes))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    table = Table(title=f"prunable weights of {model}", title_justify="left")
+    for col in ("layer", "op", "shape", "params", "density", "fed by"):
+        table.add_column(col, justify="right" if col in ("params", "density") else "left")
+    for row in result.to_dict()["layers"]:
+        table.add_row(
+            row["name"],
+            row["op"],
+            "x".join(map(str, row["shape"])),
+            f"{row['params']:,}",
+            f"{row['density']:.4%}",
+            ", ".join(row["feeds_from"]) or "input",
+        )
+    console = _stdout()
+    console.print(table)
+    total = sum(layer.size for layer in result.dag.layers)
+    console.print(f"{len(result.dag.layers)} prunable weights, {total:,} parameters")
+    for m in result.missing_rules:
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] no flow rule for {m.op_type!r} (domain "
+            f"{m.domain or 'ai.onnx'!r}, node {m.node!r}); prune will refuse this model"
+        )
+
+
 def _print_summary(report: Report, output: Path) -> None:
     table = Table(title=f"SynFlow pruning -> {output}", title_justify="left")
     for col in ("layer", "op", "shape", "params", "kept", "density"):
@@ -145,7 +190,7 @@ def _print_summary(report: Report, output: Path) -> None:
     table.add_row(
         "total", "", "", f"{report.params:,}", f"{report.kept:,}", f"{report.density:.4%}"
     )
-    console = Console()
+    console = _stdout()
     console.print(table)
     console.print(
         f"compression 10^{report.compression:.2f}, {report.seconds:.1f}s on {report.provider}"
@@ -154,6 +199,12 @@ def _print_summary(report: Report, output: Path) -> None:
         Console(stderr=True).print(
             f"[yellow]warning:[/] layers pruned to nothing: {', '.join(report.emptied)}"
         )
+
+
+def _stdout() -> Console:
+    """Tables on stdout; when it is not a terminal, wide enough not to cut weight names."""
+    console = Console()
+    return console if console.is_terminal else Console(width=240)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,11 +40,9 @@ class WeightLayer:
 
 @dataclass
 class WeightDag:
-    """Prunable layers in network order, and for each node the weight operand it uses."""
+    """Prunable layers in network order."""
 
     layers: list[WeightLayer]
-    weight_inputs: dict[str, int]
-    """Node name -> position of its prunable weight input."""
 
     @property
     def size(self) -> int:
@@ -54,42 +52,106 @@ class WeightDag:
         return next(layer for layer in self.layers if layer.name == name)
 
 
+# Ops through which a stored weight may reach its layer unchanged in value: exporters write
+# Identity and Cast, TensorFlow exports transpose and reshape weights in the graph.
+WEIGHT_VIEW_OPS = frozenset(
+    {"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+)
+
+
 def is_float_constant(t: gs.Tensor | None) -> bool:
     return isinstance(t, gs.Constant) and np.issubdtype(np.dtype(t.dtype), np.floating)
 
 
-def prunable_operand(node: gs.Node, stored: Container[str]) -> int | None:
-    """Position of the node's prunable weight, or None if it has none.
+def _is_default_domain(node: gs.Node) -> bool:
+    return (node.domain or "") in ("", "ai.onnx")
 
-    Only weights stored in the model (`stored`: initializer names) can be masked.
+
+def weight_source(t: gs.Tensor | None, stored: Container[str]) -> gs.Constant | None:
+    """The stored float constant that `t` is, possibly seen through WEIGHT_VIEW_OPS."""
+    while isinstance(t, gs.Variable) and len(t.inputs) == 1:
+        node = t.inputs[0]
+        if node.op not in WEIGHT_VIEW_OPS or not _is_default_domain(node):
+            return None
+        if any(isinstance(x, gs.Variable) and x.name for x in node.inputs[1:]):
+            return None
+        t = node.inputs[0]
+    if isinstance(t, gs.Constant) and is_float_constant(t) and t.name in stored:
+        return t
+    return None
+
+
+def weight_view_nodes(graph: gs.Graph) -> set[str]:
+    """Names of WEIGHT_VIEW_OPS nodes on the way to a weight operand, which constant folding
+    must keep so the weight is still the stored tensor (its mask keys by that name)."""
+    keep: set[str] = set()
+    for node in graph.nodes:
+        if not _is_default_domain(node):
+            continue
+        for pos in PRUNABLE_OPERANDS.get(node.op, ()):
+            t = node.inputs[pos] if pos < len(node.inputs) else None
+            while isinstance(t, gs.Variable) and len(t.inputs) == 1:
+                producer = t.inputs[0]
+                if producer.op not in WEIGHT_VIEW_OPS or not _is_default_domain(producer):
+                    break
+                keep.add(producer.name)
+                t = producer.inputs[0]
+    return keep
+
+
+def prunable_operand(node: gs.Node, stored: Container[str]) -> tuple[int, gs.Constant] | None:
+    """Position and source of the node's prunable weight, or None if it has none.
+
+    Only weights stored in the model (`stored`: initializers and Constant-node outputs) can
+    be masked; the other operand must be data (not a weight itself).
     """
-    if (node.domain or "") not in ("", "ai.onnx"):
+    if not _is_default_domain(node):
         return None
     for pos in PRUNABLE_OPERANDS.get(node.op, ()):
-        if pos >= len(node.inputs) or not is_float_constant(node.inputs[pos]):
-            continue
-        if node.inputs[pos].name not in stored:
+        src = weight_source(node.inputs[pos], stored) if pos < len(node.inputs) else None
+        if src is None:
             continue
         others = [t for i, t in enumerate(node.inputs[:2]) if i != pos]
-        if all(isinstance(t, gs.Variable) for t in others):
-            return pos
+        if all(isinstance(t, gs.Variable) and weight_source(t, stored) is None for t in others):
+            return pos, src
+    return None
+
+
+QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
+
+
+def quantized_weight_node(graph: gs.Graph) -> gs.Node | None:
+    """A node that uses a quantized weight: a QLinear/Integer op, or a weight layer fed by
+    DequantizeLinear of a constant (QDQ). onnxflow refuses these (docs/quantization.md)."""
+    for node in graph.nodes:
+        if node.op in QUANTIZED_OPS:
+            return node
+        for pos in PRUNABLE_OPERANDS.get(node.op, ()) if _is_default_domain(node) else ():
+            t = node.inputs[pos] if pos < len(node.inputs) else None
+            while isinstance(t, gs.Variable) and len(t.inputs) == 1:
+                producer = t.inputs[0]
+                if producer.op == "DequantizeLinear" and isinstance(
+                    producer.inputs[0], gs.Constant
+                ):
+                    return node
+                if producer.op not in WEIGHT_VIEW_OPS:
+                    break
+                t = producer.inputs[0]
     return None
 
 
 def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
     """Find the prunable weights of a toposorted graph and the layer-to-layer edges."""
     layers: dict[str, WeightLayer] = {}
-    weight_inputs: dict[str, int] = {}
     upstream: dict[str, set[str]] = {}  # tensor name -> nearest weight layers before it
     for node in graph.nodes:
         feeding = set().union(*(upstream.get(t.name, set()) for t in node.inputs if t is not None))
-        pos = prunable_operand(node, stored)
-        if pos is None:
+        found = prunable_operand(node, stored)
+        if found is None:
             for t in node.outputs:
                 upstream[t.name] = feeding
             continue
-        w = node.inputs[pos]
-        weight_inputs[node.name] = pos
+        _, w = found
         layer = layers.get(w.name)
         if layer is None:
             layer = layers[w.name] = WeightLayer(w.name, node.op, [], tuple(w.shape))
@@ -97,4 +159,4 @@ def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
         layer.feeds_from = sorted(set(layer.feeds_from) | feeding - {w.name})
         for t in node.outputs:
             upstream[t.name] = {w.name}
-    return WeightDag(list(layers.values()), weight_inputs)
+    return WeightDag(list(layers.values()))

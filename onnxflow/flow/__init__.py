@@ -8,7 +8,7 @@
 """
 
 from onnxflow.flow import rules as _rules  # noqa: F401  (registers the built-in rules)
-from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Weight
+from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
 from onnxflow.flow.registry import FlowRule, flow_rule, get_flow_rule, register_flow_rule
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "FlowBuilder",
     "FlowRule",
     "NodeContext",
-    "Weight",
     "flow_rule",
     "get_flow_rule",
     "register_flow_rule",

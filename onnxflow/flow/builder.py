@@ -51,11 +51,6 @@ class Const:
         return None if self.source is None else np.asarray(self.source.values)
 
 
-@dataclass(frozen=True)
-class Weight(Const):
-    """The prunable weight operand of a weight layer. Its flow-model value is `|W| * mask`."""
-
-
 @dataclass
 class NodeContext:
     """What a rule may know about the node besides its inputs and attributes."""
@@ -121,14 +116,15 @@ class FlowBuilder:
                 arr = np.abs(arr)
         return self.const(arr, "const")
 
-    def weight_input(self, w: Weight) -> str:
-        """The flow-model input that will be fed |W| * mask (one per weight, even if shared)."""
-        name = self.weights.get(w.name)
-        if name is None:
-            name = self.weights[w.name] = self.add_input(
-                f"abs:{w.name}", TensorProto.FLOAT, w.shape
-            )
-        return name
+    def weight_input(self, name: str, shape: Shape) -> Flow:
+        """The prunable weight `name` as a flow of unit 1: a flow-model input fed |W| * mask.
+
+        Weights enter the flow model as flows, so ops between a weight and its layer
+        (Transpose, Reshape, Cast...) carry its flow back like any other tensor.
+        """
+        if name not in self.weights:
+            self.weights[name] = self.add_input(f"abs:{name}", TensorProto.FLOAT, shape)
+        return Flow(self.weights[name], self.zero_scale, shape, needs_grad=True)
 
     def add_input(self, name: str, elem_type: int, shape: Shape) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError, UnsupportedOpError
-from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Weight
+from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
 from onnxflow.flow.registry import FlowRule, get_flow_rule
 
 MIN_OPSET = 17
@@ -45,7 +45,6 @@ class _Step:
     ctx: NodeContext
     inputs: list[Any]
     attrs: dict[str, Any]
-    is_weight_layer: bool
 
 
 def _is_float(dtype: Any) -> bool:
@@ -67,6 +66,9 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
             values[t.name] = Flow(g.ones(shape), g.zero_scale, shape, needs_grad=False)
         else:  # integer inputs (token ids, indices) get ones
             values[t.name] = Const(t.name, shape, gs.Constant(t.name, np.ones(shape, t.dtype)))
+    weights = {layer.name for layer in dag.layers}
+    for layer in dag.layers:
+        values[layer.name] = g.weight_input(layer.name, layer.shape)
 
     def value_of(t: gs.Tensor) -> Flow | Const | None:
         if t is None or t.name == "":
@@ -86,15 +88,10 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
         rule = get_flow_rule(node.op, node.domain or "", opset)
         if rule is None:
             raise UnsupportedOpError(node.op, node.domain or "", node.name)
-        pos = dag.weight_inputs.get(node.name)
-        if pos is not None:
-            w = inputs[pos]
-            assert isinstance(w, Const)
-            inputs[pos] = Weight(w.name, w.shape, w.source)
         ctx = NodeContext(node.name, node.op, [_shape(t) for t in node.outputs])
         attrs = dict(node.attrs)
         outs = _as_list(rule.forward(g, ctx, *inputs, **attrs))
-        needs = pos is not None or any(isinstance(v, Flow) and v.needs_grad for v in inputs)
+        needs = any(isinstance(v, Flow) and v.needs_grad for v in inputs)
         for t, shape, out in zip(node.outputs, ctx.out_shapes, outs, strict=False):
             if isinstance(out, Flow):
                 if rule.rescales:
@@ -102,7 +99,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
                 values[t.name] = replace(out, shape=shape, needs_grad=needs)
             elif isinstance(out, Const):
                 values[t.name] = out
-        steps.append(_Step(node, rule, ctx, inputs, attrs, pos is not None))
+        steps.append(_Step(node, rule, ctx, inputs, attrs))
 
     grads: dict[str, list[Flow]] = defaultdict(list)
     outputs: list[tuple[str, str]] = []
@@ -115,29 +112,25 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
             )
             outputs.append((total, v.scale))
 
-    weight_grads: dict[str, list[Flow]] = defaultdict(list)
     for step in reversed(steps):
         out_grads = [g.add(grads[t.name]) if grads.get(t.name) else None for t in step.node.outputs]
         if all(x is None for x in out_grads):
             continue
-        if not step.is_weight_layer and not any(
-            isinstance(v, Flow) and v.needs_grad for v in step.inputs
-        ):
+        if not any(isinstance(v, Flow) and v.needs_grad for v in step.inputs):
             continue
         results = step.rule.backward(g, step.ctx, out_grads, *step.inputs, **step.attrs)
         for t, v, r in zip(step.node.inputs, step.inputs, results, strict=False):
-            if r is None:
+            if r is None or not (isinstance(v, Flow) and v.needs_grad):
                 continue
-            if isinstance(v, Weight):
-                weight_grads[v.name].append(r)
-            elif isinstance(v, Flow) and v.needs_grad:
-                grads[t.name].append(g.rescale(r) if step.rule.rescales else r)
+            # Flow reaching a weight is only multiplied by |W| and read out: no renormalizing.
+            rescale = step.rule.rescales and t.name not in weights
+            grads[t.name].append(g.rescale(r) if rescale else r)
 
     scores = {}
     for layer in dag.layers:
-        if layer.name not in weight_grads:
+        if layer.name not in grads:
             continue
-        total = g.add(weight_grads[layer.name])
+        total = g.add(grads[layer.name])
         score = g.node("Mul", [g.weights[layer.name], total.tensor])
         scores[layer.name] = (score, _unit(g, total.scale))
         g.add_output(score, TensorProto.FLOAT)

@@ -14,8 +14,9 @@ Adding an op is adding one small class:
         def backward(self, g, node, grads, x):
             return [grads[0]]
 
-Handlers get the node's inputs positionally (a `Flow`, a `Const`, a `Weight` or None for
-an absent optional input) and its attributes as keyword arguments with the ONNX defaults.
+Handlers get the node's inputs positionally (a `Flow`, a `Const`, or None for an absent
+optional input; prunable weights arrive as flows of unit 1) and its attributes as keyword
+arguments with the ONNX defaults.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class FlowRule:
     ) -> Sequence[Flow | None]:
         """Flow at each input (dR/d input), given flow at each output (None: no flow there).
 
-        Only inputs whose `needs_grad` is true, and `Weight` inputs, need an answer; return
-        None for the rest.
+        Only flow inputs whose `needs_grad` is true need an answer (prunable weights always
+        do: that answer is dR/d|W|); return None for the rest.
         """
         raise NotImplementedError
 

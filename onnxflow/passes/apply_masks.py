@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxflow.errors import OnnxflowError
 from onnxflow.pipeline import Pass, PruneState
+from onnxflow.tensors import read_stored, rewrite_stored
 
 # Highest IR version every supported onnxruntime accepts (onnx >= 1.17 writes newer ones).
 MAX_IR_VERSION = 10
@@ -21,14 +21,13 @@ def apply_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray]) -> onnx.Mo
     """A copy of `model` whose weights named in `masks` are zero where the mask is False."""
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)
-    by_name = {t.name: t for t in pruned.graph.initializer}
     for name, mask in masks.items():
-        tensor = by_name.get(name)
-        if tensor is None:
-            raise OnnxflowError(f"weight {name!r} is not an initializer of the model")
-        values = numpy_helper.to_array(tensor).copy()
+        try:
+            values = read_stored(pruned, name).copy()
+        except KeyError:
+            raise OnnxflowError(f"weight {name!r} is not stored in the model") from None
         values[~mask.reshape(values.shape)] = 0
-        tensor.CopyFrom(numpy_helper.from_array(values, name))
+        rewrite_stored(pruned, name, values)
     needed = onnx.helper.find_min_ir_version_for(list(pruned.opset_import), True)
     if pruned.ir_version > max(MAX_IR_VERSION, needed):
         pruned.ir_version = max(MAX_IR_VERSION, needed)

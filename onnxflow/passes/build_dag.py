@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from onnxflow.dag import build_weight_dag
+from onnxflow.dag import build_weight_dag, quantized_weight_node
 from onnxflow.errors import OnnxflowError
 from onnxflow.pipeline import Pass, PruneState
+from onnxflow.tensors import stored_tensor_names
 
 
 class BuildDagPass(Pass):
@@ -15,8 +16,13 @@ class BuildDagPass(Pass):
 
     def run(self, state: PruneState) -> None:
         assert state.model is not None and state.graph is not None
-        stored = {t.name for t in state.model.graph.initializer}
-        dag = build_weight_dag(state.graph, stored)
+        quantized = quantized_weight_node(state.graph)
+        if quantized is not None:
+            raise OnnxflowError(
+                f"{state.source or 'model'} has quantized weights (node {quantized.name!r}, "
+                f"{quantized.op}); onnxflow prunes float models: prune before quantizing"
+            )
+        dag = build_weight_dag(state.graph, stored_tensor_names(state.model))
         if not dag.layers:
             raise OnnxflowError(
                 f"{state.source or 'model'} has no prunable weights "

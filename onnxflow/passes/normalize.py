@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxflow.dag import weight_view_nodes
 from onnxflow.errors import OnnxflowError
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.runtime import ort_session
@@ -147,10 +148,13 @@ class NormalizePass(Pass):
             t.shape = list(shapes[t.name])
             if t.dtype is None:
                 raise OnnxflowError(f"input {t.name!r} has no element type")
-        graph.fold_constants(fold_shapes=True, error_ok=True)
+        _name_nodes(graph)
+        views = weight_view_nodes(graph)
+        graph.fold_constants(
+            fold_shapes=True, error_ok=True, should_exclude_node=lambda n: n.name in views
+        )
         graph.cleanup(remove_unused_graph_inputs=False)
         graph.toposort()
-        _name_nodes(graph)
         _infer_shapes(graph)
         state.graph = graph
 

@@ -9,6 +9,7 @@ BatchNormalization is its positive per-channel scale |gamma| / sqrt(var + eps).
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
@@ -48,6 +49,20 @@ class PassThrough(FlowRule):
 
     def backward(self, g, node, grads, x, *rest, **attrs):
         return [grads[0]] + [None] * len(rest)
+
+
+@flow_rule("Cast")
+class Cast(FlowRule):
+    """A cast between float types keeps the flow (the flow model is float32 throughout); a
+    cast to a non-float type ends it (the result is index or shape data)."""
+
+    def forward(self, g, node, x, *, to, saturate=1):
+        if np.issubdtype(helper.tensor_dtype_to_np_dtype(to), np.floating):
+            return x
+        return Const(g.node("Cast", [x.tensor], to=to), node.out_shapes[0])
+
+    def backward(self, g, node, grads, x, *, to, saturate=1):
+        return [grads[0]]
 
 
 def _flows(inputs: tuple) -> list[tuple[int, Flow]]:

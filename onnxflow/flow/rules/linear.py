@@ -15,16 +15,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxflow.errors import OnnxflowError
-from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Shape, Weight
+from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Shape
 from onnxflow.flow.registry import FlowRule, flow_rule
 
 
 def _operand(g: FlowBuilder, node: NodeContext, v: Flow | Const) -> str:
-    """Flow-model name of a weight-layer operand: a flow, |W|*mask, or |constant|."""
+    """Flow-model name of a weight-layer operand: a flow (incl. |W|*mask) or |constant|."""
     if isinstance(v, Flow):
         return v.tensor
-    if isinstance(v, Weight):
-        return g.weight_input(v)
     if isinstance(v, Const) and v.values is not None:
         return g.const_input(v, absolute=True)
     raise OnnxflowError(f"node {node.name!r} ({node.op_type}): operand {v.name!r} is not supported")
@@ -286,7 +284,7 @@ class Conv(FlowRule):
             pads=pads,
             kernel_shape=list(k),
         )
-        return g.like(y, x)
+        return Flow(y, g.scale_sum(x.scale, *_scales(w)))
 
     def backward(
         self,
@@ -324,9 +322,9 @@ class Conv(FlowRule):
                     k=k,
                     want=x.shape[2:],
                 ),
-                gy,
+                g.scale_sum(gy.scale, *_scales(w)),
             )
-        if isinstance(w, Weight):
+        if isinstance(w, Flow) and w.needs_grad:
             t = _im2col_grad(
                 g,
                 x.tensor,
@@ -392,7 +390,7 @@ class ConvTranspose(FlowRule):
 
     def forward(self, g, node, x, w, b=None, **attrs):
         y = g.node("ConvTranspose", [x.tensor, _operand(g, node, w)], **attrs)
-        return g.like(y, x)
+        return Flow(y, g.scale_sum(x.scale, *_scales(w)))
 
     def backward(
         self,
@@ -437,9 +435,9 @@ class ConvTranspose(FlowRule):
                     k=k,
                     want=x.shape[2:],
                 ),
-                gy,
+                g.scale_sum(gy.scale, *_scales(w)),
             )
-        if isinstance(w, Weight):
+        if isinstance(w, Flow) and w.needs_grad:
             t = _correlate(
                 g,
                 gy.tensor,
@@ -510,7 +508,7 @@ class Gemm(FlowRule):
 
 
 def _wants(v: object) -> bool:
-    return isinstance(v, Weight) or (isinstance(v, Flow) and v.needs_grad)
+    return isinstance(v, Flow) and v.needs_grad
 
 
 def _scales(v: object) -> list[str]:

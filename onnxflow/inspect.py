@@ -1,0 +1,89 @@
+"""Inspection without pruning: the weight-layer DAG, current densities, ops lacking a rule."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxflow.dag import WeightDag
+from onnxflow.flow.model import MIN_OPSET
+from onnxflow.flow.registry import get_flow_rule
+from onnxflow.options import PruneOptions
+from onnxflow.passes import BuildDagPass, LoadPass, NormalizePass
+from onnxflow.pipeline import PruneState, Sequential
+
+
+@dataclass(frozen=True)
+class MissingRule:
+    op_type: str
+    domain: str
+    node: str
+
+
+@dataclass(frozen=True)
+class Inspection:
+    dag: WeightDag
+    nonzero: dict[str, int]
+    """Nonzero entries of each prunable weight (its current density times its size)."""
+    missing_rules: list[MissingRule]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": [
+                {
+                    "name": layer.name,
+                    "op": layer.op,
+                    "nodes": layer.nodes,
+                    "shape": list(layer.shape),
+                    "params": layer.size,
+                    "nonzero": self.nonzero[layer.name],
+                    "density": self.nonzero[layer.name] / layer.size if layer.size else 0.0,
+                    "feeds_from": layer.feeds_from,
+                }
+                for layer in self.dag.layers
+            ],
+            "missing_rules": [vars(m) for m in self.missing_rules],
+        }
+
+
+def _flow_nodes(graph: gs.Graph, dag: WeightDag) -> list[gs.Node]:
+    """Nodes that flow reaches: from float inputs and from the prunable weights."""
+    flowing = {t.name for t in graph.inputs if np.issubdtype(np.dtype(t.dtype), np.floating)}
+    flowing |= {layer.name for layer in dag.layers}
+    reached = []
+    for node in graph.nodes:
+        if any(t.name in flowing for t in node.inputs if t is not None):
+            reached.append(node)
+            flowing.update(t.name for t in node.outputs)
+    return reached
+
+
+def inspect_model(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    *,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+) -> Inspection:
+    """The prunable layers of a model and the ops on its flow path that lack a rule."""
+    state = PruneState(options=PruneOptions(sparsity=0.0, input_shapes=input_shapes or {}))
+    if isinstance(model, onnx.ModelProto):
+        state.model = model
+    else:
+        state.source = os.fspath(model)
+    state = Sequential(LoadPass(), NormalizePass(), BuildDagPass())(state)
+    assert state.graph is not None and state.dag is not None
+    tensors = state.graph.tensors()
+    nonzero = {
+        layer.name: int(np.count_nonzero(tensors[layer.name].values)) for layer in state.dag.layers
+    }
+    opset = max(MIN_OPSET, int(state.graph.opset))
+    missing = [
+        MissingRule(node.op, node.domain or "", node.name)
+        for node in _flow_nodes(state.graph, state.dag)
+        if get_flow_rule(node.op, node.domain or "", opset) is None
+    ]
+    return Inspection(state.dag, nonzero, missing)
