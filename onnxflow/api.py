@@ -16,12 +16,13 @@ from onnxflow.options import PruneOptions
 from onnxflow.passes import (
     ApplyMasksPass,
     BuildDagPass,
+    LinearizePass,
     LoadPass,
     NormalizePass,
     ReportPass,
     SynFlowPass,
 )
-from onnxflow.pipeline import ProgressCallback, PruneState, Sequential
+from onnxflow.pipeline import Pass, ProgressCallback, PruneState, Sequential
 from onnxflow.report import Report
 from onnxflow.runtime import resolve_provider
 from onnxflow.save import (
@@ -43,11 +44,14 @@ class PruneResult(NamedTuple):
     report: Report
 
 
+def analysis_passes() -> list[Pass]:
+    """Load, normalize, linearize and find the weight-layer DAG: everything before scoring."""
+    return [LoadPass(), NormalizePass(), LinearizePass(), BuildDagPass()]
+
+
 def build_pipeline() -> Sequential:
     """The one pruning pipeline."""
-    return Sequential(
-        LoadPass(), NormalizePass(), BuildDagPass(), SynFlowPass(), ApplyMasksPass(), ReportPass()
-    )
+    return Sequential(*analysis_passes(), SynFlowPass(), ApplyMasksPass(), ReportPass())
 
 
 def make_options(
@@ -115,7 +119,7 @@ def score(
         state.model = model
     else:
         state.source = os.fspath(model)
-    state = Sequential(LoadPass(), NormalizePass(), BuildDagPass())(state)
+    state = Sequential(*analysis_passes())(state)
     assert state.graph is not None and state.dag is not None
     scores = FlowEngine(state.graph, state.dag, resolve_provider(options.provider)).run()
     return ScoreResult(scores.log(), scores.log_flow, state.dag)

@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxflow.api import analysis_passes
 from onnxflow.dag import WeightDag
 from onnxflow.flow.model import MIN_OPSET
 from onnxflow.flow.registry import get_flow_rule
 from onnxflow.options import PruneOptions
-from onnxflow.passes import BuildDagPass, LoadPass, NormalizePass
 from onnxflow.pipeline import PruneState, Sequential
 
 
@@ -74,7 +74,7 @@ def inspect_model(
         state.model = model
     else:
         state.source = os.fspath(model)
-    state = Sequential(LoadPass(), NormalizePass(), BuildDagPass())(state)
+    state = Sequential(*analysis_passes())(state)
     assert state.graph is not None and state.dag is not None
     tensors = state.graph.tensors()
     nonzero = {

@@ -59,6 +59,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
     opset = max(MIN_OPSET, int(graph.opset))
     g = FlowBuilder(opset)
     values: dict[str, Flow | Const] = {}
+    derived: set[str] = set()  # non-flow values computed from the inputs (ids, shapes)
 
     for t in graph.inputs:
         shape = tuple(int(d) for d in t.shape)
@@ -66,6 +67,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
             values[t.name] = Flow(g.ones(shape), g.zero_scale, shape, needs_grad=False)
         else:  # integer inputs (token ids, indices) get ones
             values[t.name] = Const(t.name, shape, gs.Constant(t.name, np.ones(shape, t.dtype)))
+            derived.add(t.name)
     weights = {layer.name for layer in dag.layers}
     for layer in dag.layers:
         values[layer.name] = g.weight_input(layer.name, layer.shape)
@@ -83,7 +85,8 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
     for node in graph.nodes:
         inputs = [value_of(t) for t in node.inputs]
         if not any(isinstance(v, Flow) for v in inputs):
-            _copy_verbatim(g, node, inputs, values)
+            from_input = any(t.name in derived for t in node.inputs if t is not None)
+            _copy_verbatim(g, node, inputs, values, derived if from_input else None)
             continue
         rule = get_flow_rule(node.op, node.domain or "", opset)
         if rule is None:
@@ -99,6 +102,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
                 values[t.name] = replace(out, shape=shape, needs_grad=needs)
             elif isinstance(out, Const):
                 values[t.name] = out
+                derived.add(t.name)
         steps.append(_Step(node, rule, ctx, inputs, attrs))
 
     grads: dict[str, list[Flow]] = defaultdict(list)
@@ -164,8 +168,11 @@ def _as_list(out: Any) -> list[Any]:
     return list(out)
 
 
-def _copy_verbatim(g: FlowBuilder, node: gs.Node, inputs: list[Any], values: dict) -> None:
-    """A node no flow reaches (e.g. index arithmetic on integer inputs) runs as it is."""
+def _copy_verbatim(
+    g: FlowBuilder, node: gs.Node, inputs: list[Any], values: dict, derived: set[str] | None
+) -> None:
+    """A node no flow reaches runs as it is. If it computes from the inputs (`derived` given:
+    e.g. an embedding lookup of token ids), a float result is where flow enters: |result|."""
     names = ["" if v is None else g.const_input(v) for v in inputs]
     outs = [g.fresh(node.op) for _ in node.outputs]
     g.nodes.append(
@@ -174,7 +181,12 @@ def _copy_verbatim(g: FlowBuilder, node: gs.Node, inputs: list[Any], values: dic
         )
     )
     for t, name in zip(node.outputs, outs, strict=True):
-        values[t.name] = Const(name, _shape(t))
+        if derived is not None and _is_float(t.dtype):
+            values[t.name] = Flow(g.node("Abs", [name]), g.zero_scale, _shape(t))
+        else:
+            values[t.name] = Const(name, _shape(t))
+            if derived is not None:
+                derived.add(t.name)
 
 
 def _plain_attrs(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from onnxflow.passes.apply_masks import ApplyMasksPass
 from onnxflow.passes.build_dag import BuildDagPass
+from onnxflow.passes.linearize import LinearizePass
 from onnxflow.passes.load import LoadPass
 from onnxflow.passes.normalize import NormalizePass
 from onnxflow.passes.report import ReportPass
@@ -10,6 +11,7 @@ from onnxflow.passes.synflow import SynFlowPass
 __all__ = [
     "ApplyMasksPass",
     "BuildDagPass",
+    "LinearizePass",
     "LoadPass",
     "NormalizePass",
     "ReportPass",

@@ -1,5 +1,5 @@
 """Built-in flow rules, one module per family of ops. Importing registers them."""
 
-from onnxflow.flow.rules import elementwise, linear, pooling, shape
+from onnxflow.flow.rules import elementwise, indexing, linear, normalization, pooling, shape
 
-__all__ = ["elementwise", "linear", "pooling", "shape"]
+__all__ = ["elementwise", "indexing", "linear", "normalization", "pooling", "shape"]

@@ -38,6 +38,12 @@ from onnxflow.flow.registry import FlowRule, flow_rule
     "Mish",
     "ThresholdedRelu",
     "Erf",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Pow",
+    "LRN",
     "Abs",
     "Neg",
 )

@@ -1,0 +1,255 @@
+"""Indexing and resampling: Gather, Slice, Split, Pad, Expand, Tile, Resize/Upsample, Shape.
+
+All move flow without changing it; their transposes scatter it back. Index maps are
+computed once at build time (the shapes are static), so the flow model only gathers and
+scatters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxflow.errors import OnnxflowError
+from onnxflow.flow.builder import Const, Flow, FlowBuilder, Shape
+from onnxflow.flow.registry import FlowRule, flow_rule
+
+
+def _values(node, c, what: str) -> np.ndarray:
+    """A constant operand's values (or an attribute's, in older opsets)."""
+    if isinstance(c, list | tuple | np.ndarray):
+        return np.asarray(c)
+    if not isinstance(c, Const) or c.values is None:
+        raise OnnxflowError(f"node {node.name!r} ({node.op_type}): {what} must be constant")
+    return np.asarray(c.values)
+
+
+def _scatter_back(g: FlowBuilder, gy: Flow, index: np.ndarray, in_shape: Shape) -> Flow:
+    """Transpose of `y = x.flat[index]`: add each output's flow into the input it came from."""
+    size = int(np.prod(in_shape))
+    flat = g.node(
+        "ScatterElements",
+        [
+            g.zeros((size,)),
+            g.i64(index.reshape(-1).tolist())
+            if index.size <= 64
+            else g.const(index.reshape(-1).astype(np.int64), "index"),
+            g.reshape(gy.tensor, [-1]),
+        ],
+        reduction="add",
+    )
+    return g.like(g.reshape(flat, list(in_shape)), gy)
+
+
+def _index_map(in_shape: Shape, fn) -> np.ndarray:
+    """Apply a data-movement function to the flat indices of the input."""
+    return np.asarray(fn(np.arange(int(np.prod(in_shape)), dtype=np.int64).reshape(in_shape)))
+
+
+@flow_rule("Gather")
+class Gather(FlowRule):
+    """Gather of a flow moves it. Gather from a constant table by indices that come from the
+    input (token ids: ones) is where flow enters a model with integer inputs: the embedding
+    rows, as |E|."""
+
+    def forward(self, g, node, data, indices, *, axis=0):
+        idx = indices
+        if isinstance(data, Flow):
+            ind = g.const_input(idx) if isinstance(idx, Const) else idx.tensor
+            return g.like(g.node("Gather", [data.tensor, ind], axis=axis), data)
+        if isinstance(idx, Flow):
+            raise OnnxflowError(f"node {node.name!r}: Gather with float indices")
+        table = g.const_input(data, absolute=True)
+        out = g.node("Gather", [table, g.const_input(idx)], axis=axis)
+        return Flow(out, g.zero_scale, node.out_shapes[0], needs_grad=False)
+
+    def backward(self, g, node, grads, data, indices, *, axis=0):
+        if not (isinstance(data, Flow) and data.needs_grad):
+            return [None, None]
+        idx = _values(node, indices, "indices of a gathered flow").astype(np.int64)
+        index = _index_map(data.shape, lambda a: np.take(a, idx, axis=axis))
+        return [_scatter_back(g, grads[0], index, data.shape), None]
+
+
+@flow_rule("Slice")
+class Slice(FlowRule):
+    """Selects inputs: a gather forward, a scatter back (inputs or, before opset 10,
+    attributes)."""
+
+    def forward(self, g, node, data, starts=None, ends=None, axes=None, steps=None):
+        s, e = _values(node, starts, "starts"), _values(node, ends, "ends")
+        ax = np.arange(len(s)) if axes is None else _values(node, axes, "axes")
+        st = np.ones(len(s), np.int64) if steps is None else _values(node, steps, "steps")
+        slices = [slice(None)] * len(data.shape)
+        for a, b, c, d in zip(ax, s, e, st, strict=True):
+            slices[int(a) % len(data.shape)] = slice(int(b), int(c), int(d))
+        index = _index_map(data.shape, lambda arr: arr[tuple(slices)])
+        node.saved["index"] = index
+        return _gather(g, data, index, node.out_shapes[0])
+
+    def backward(self, g, node, grads, data, *rest, **attrs):
+        return [_scatter_back(g, grads[0], node.saved["index"], data.shape)] + [None] * len(rest)
+
+
+def _gather(g: FlowBuilder, x: Flow, index: np.ndarray, out_shape: Shape) -> Flow:
+    flat = g.node("Gather", [g.reshape(x.tensor, [-1]), g.const(index.reshape(-1), "index")])
+    return g.like(g.reshape(flat, list(out_shape)), x)
+
+
+@flow_rule("Split")
+class Split(FlowRule):
+    def forward(self, g, node, x, split=None, *, axis=0, num_outputs=None):
+        sizes = [shape[axis] for shape in node.out_shapes]
+        outs = g.node("Split", [x.tensor, g.i64(sizes)], n_out=len(sizes), axis=axis)
+        outs = outs if isinstance(outs, list) else [outs]
+        return [g.like(o, x) for o in outs]
+
+    def backward(self, g, node, grads, x, split=None, *, axis=0, num_outputs=None):
+        parts, scale = [], None
+        present = [gr for gr in grads if gr is not None]
+        tensors, scale = g.align(present)
+        it = iter(tensors)
+        for gr, shape in zip(grads, node.out_shapes, strict=True):
+            parts.append(next(it) if gr is not None else g.zeros(shape))
+        return [Flow(g.node("Concat", parts, axis=axis), scale), None]
+
+
+@flow_rule("Pad")
+class Pad(FlowRule):
+    """Padding adds constants (no flow); edge/reflect modes copy inputs, which the index map
+    of the transpose accounts for."""
+
+    def forward(
+        self, g, node, x, pads=None, constant_value=None, axes=None, *, mode="constant", **attrs
+    ):
+        index = self._index(node, x, pads, axes, mode, attrs)
+        node.saved["index"] = index
+        valid = index >= 0
+        gathered = g.node(
+            "Gather",
+            [g.reshape(x.tensor, [-1]), g.const(np.where(valid, index, 0).reshape(-1), "index")],
+        )
+        masked = g.node("Mul", [gathered, g.const(valid.reshape(-1).astype(np.float32), "m")])
+        return g.like(g.reshape(masked, list(node.out_shapes[0])), x)
+
+    def _index(self, node, x, pads, axes, mode, attrs) -> np.ndarray:
+        p = _values(node, attrs["pads"] if pads is None else pads, "pads").tolist()
+        rank = len(x.shape)
+        ax = (
+            list(range(rank))
+            if axes is None
+            else [int(a) % rank for a in _values(node, axes, "axes")]
+        )
+        width = [(0, 0)] * rank
+        for i, a in enumerate(ax):
+            width[a] = (int(p[i]), int(p[i + len(ax)]))
+        flat = np.arange(int(np.prod(x.shape)), dtype=np.int64).reshape(x.shape)
+        crop = tuple(
+            slice(max(0, -b), d - max(0, -e)) for (b, e), d in zip(width, x.shape, strict=True)
+        )
+        pos = [(max(0, b), max(0, e)) for b, e in width]
+        if mode == "constant":
+            return np.pad(flat[crop], pos, mode="constant", constant_values=-1)
+        if mode in ("reflect", "edge", "wrap"):
+            return np.pad(flat[crop], pos, mode=mode)
+        raise OnnxflowError(f"node {node.name!r}: Pad mode {mode!r} is not supported")
+
+    def backward(self, g, node, grads, x, pads=None, constant_value=None, axes=None, **attrs):
+        index = node.saved["index"]
+        valid = index >= 0
+        gy = grads[0]
+        kept = g.node(
+            "Gather",
+            [g.reshape(gy.tensor, [-1]), g.const(np.flatnonzero(valid.reshape(-1)), "index")],
+        )
+        size = int(np.prod(x.shape))
+        flat = g.node(
+            "ScatterElements",
+            [g.zeros((size,)), g.const(index[valid].astype(np.int64), "index"), kept],
+            reduction="add",
+        )
+        return [g.like(g.reshape(flat, list(x.shape)), gy), None, None, None]
+
+
+@flow_rule("Expand", "Tile")
+class Broadcast(FlowRule):
+    """Copies of the input: the transpose adds the copies back."""
+
+    def forward(self, g, node, x, shape_or_repeats):
+        index = _index_map(
+            x.shape,
+            lambda a: (
+                np.broadcast_to(a, node.out_shapes[0])
+                if node.op_type == "Expand"
+                else np.tile(a, _values(node, shape_or_repeats, "repeats").tolist())
+            ),
+        )
+        node.saved["index"] = index
+        return _gather(g, x, index, node.out_shapes[0])
+
+    def backward(self, g, node, grads, x, shape_or_repeats):
+        return [_scatter_back(g, grads[0], node.saved["index"], x.shape), None]
+
+
+@flow_rule("Resize", "Upsample")
+class Resize(FlowRule):
+    """Nearest-neighbour resampling copies inputs (Upsample in old models, nn.Upsample):
+    its index map is read off one onnxruntime run at build time. Interpolating modes are
+    linear maps whose transposes are not built yet."""
+
+    def forward(self, g, node, x, *rest, **attrs):
+        if attrs.get("mode", "nearest") != "nearest":
+            raise OnnxflowError(
+                f"node {node.name!r}: {node.op_type} mode {attrs['mode']!r} has no flow rule yet"
+            )
+        index = _resize_index(node, x, rest, attrs)
+        node.saved["index"] = index
+        return _gather(g, x, index, node.out_shapes[0])
+
+    def backward(self, g, node, grads, x, *rest, **attrs):
+        return [_scatter_back(g, grads[0], node.saved["index"], x.shape)] + [None] * len(rest)
+
+
+def _resize_index(node, x: Flow, rest, attrs) -> np.ndarray:
+    """Flat input index of every output element, by running the op on the indices."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxflow.runtime import ort_session
+
+    size = int(np.prod(x.shape))
+    if size >= 2**24:
+        raise OnnxflowError(f"node {node.name!r}: {node.op_type} input too large to index")
+    names, inits = ["x"], []
+    for i, c in enumerate(rest):
+        if c is None:
+            names.append("")
+            continue
+        v = _values(node, c, "sizes/scales/roi")
+        inits.append(numpy_helper.from_array(v, f"c{i}"))
+        names.append(f"c{i}")
+    op = helper.make_node(node.op_type, names, ["y"], **attrs)
+    graph = helper.make_graph(
+        [op],
+        "index",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    opset = 9 if node.op_type == "Upsample" else 19
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    values = np.arange(size, dtype=np.float32).reshape(x.shape)  # exact below 2^24
+    out = ort_session(model.SerializeToString(), "cpu").run(None, {"x": values})[0]
+    return out.astype(np.int64)
+
+
+@flow_rule("Shape", "Size")
+class ShapeOf(FlowRule):
+    """Shape data: the flow ends here."""
+
+    def forward(self, g, node, x, **attrs):
+        return Const(g.node(node.op_type, [x.tensor], **attrs), node.out_shapes[0])
+
+    def backward(self, g, node, grads, x, **attrs):
+        return [None]

@@ -1,0 +1,111 @@
+"""LinearizePass: rewrite nonlinear compositions of the analysis graph to their positive
+linearization, so exporter spellings of one activation or normalization all score alike.
+
+- gated activations, `x * f(x)` with f pointwise (swish/SiLU `x*sigmoid(x)`, GELU
+  `0.5x*(1+erf(x/sqrt2))`, hard-swish, Mish): become `x`, as a plain activation would;
+- centring, `x - mean(x)`: becomes `x` (the mean is a data-dependent shift, i.e. a bias);
+- division by statistics of the numerator, `a / sqrt(mean(a^2) + eps)` (decomposed
+  LayerNorm/RMSNorm): becomes `a`.
+
+Only the analysis graph changes; the pruned model is the original.
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from onnxflow.pipeline import Pass, PruneState
+
+_ACTIVATIONS = frozenset(
+    {
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Softplus",
+        "Softsign",
+        "Clip",
+        "Gelu",
+        "Mish",
+        "Erf",
+        "Identity",
+        "Cast",
+        "Abs",
+        "Neg",
+        "Sqrt",
+        "Reciprocal",
+        "Exp",
+        "Log",
+        "Pow",
+    }
+)
+_AFFINE = frozenset({"Add", "Sub", "Mul", "Div"})
+_STATISTICS = frozenset({"ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare"})
+
+
+def _variable_inputs(node: gs.Node) -> list[gs.Variable]:
+    return [t for t in node.inputs if isinstance(t, gs.Variable) and t.name]
+
+
+def _producer(t: gs.Tensor) -> gs.Node | None:
+    return t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
+
+
+def root(t: gs.Tensor) -> gs.Tensor:
+    """The tensor `t` is a pointwise function of (through activations and constant affine
+    ops), following single-variable-input nodes."""
+    while (node := _producer(t)) is not None:
+        ins = _variable_inputs(node)
+        if len(ins) != 1 or not (node.op in _ACTIVATIONS or node.op in _AFFINE):
+            break
+        t = ins[0]
+    return t
+
+
+def _derived_only_from(t: gs.Tensor, x: gs.Tensor, depth: int = 64) -> bool:
+    """Whether `t` is computed from `x` alone (plus constants) by pointwise, affine and
+    reduction ops: statistics of x."""
+    if t is x:
+        return True
+    node = _producer(t)
+    if node is None or depth == 0:
+        return False
+    if node.op not in _ACTIVATIONS | _AFFINE | _STATISTICS:
+        return False
+    ins = _variable_inputs(node)
+    return bool(ins) and all(_derived_only_from(i, x, depth - 1) for i in ins)
+
+
+def _rewrite(graph: gs.Graph) -> int:
+    changed = 0
+    for node in graph.nodes:
+        ins = _variable_inputs(node)
+        if len(ins) != 2 or node.op not in ("Mul", "Sub", "Div"):
+            continue
+        a, b = ins
+        keep: gs.Tensor | None = None
+        centring = node.op == "Sub" and (p := _producer(b)) is not None and p.op in _STATISTICS
+        if node.op == "Mul" and root(a) is root(b):
+            keep = root(a)
+        elif (centring or node.op == "Div") and _derived_only_from(b, root(a)):
+            keep = a
+        if keep is not None:
+            node.op, node.inputs, node.attrs = "Identity", [keep], {}
+            changed += 1
+    return changed
+
+
+class LinearizePass(Pass):
+    requires = ("graph",)
+
+    def run(self, state: PruneState) -> None:
+        assert state.graph is not None
+        while _rewrite(state.graph):
+            pass
+        state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
