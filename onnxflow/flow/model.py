@@ -102,7 +102,6 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
                 values[t.name] = replace(out, shape=shape, needs_grad=needs)
             elif isinstance(out, Const):
                 values[t.name] = out
-                derived.add(t.name)
         steps.append(_Step(node, rule, ctx, inputs, attrs))
 
     grads: dict[str, list[Flow]] = defaultdict(list)

@@ -149,6 +149,7 @@ class NormalizePass(Pass):
             if t.dtype is None:
                 raise OnnxflowError(f"input {t.name!r} has no element type")
         _name_nodes(graph)
+        _infer_shapes(graph)  # static shapes let folding evaluate Shape ops of activations
         views = weight_view_nodes(graph)
         graph.fold_constants(
             fold_shapes=True, error_ok=True, should_exclude_node=lambda n: n.name in views
