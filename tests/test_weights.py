@@ -151,3 +151,27 @@ def test_shared_weight_is_one_layer_with_one_mask() -> None:
     result = onnxflow.prune(model, sparsity=0.5, iterations=2)
     assert result.masks["s"].shape == (5, 5)
     np.testing.assert_array_equal(read_stored(result.model, "s") != 0, result.masks["s"])
+
+
+def test_outputs_without_weights_or_float_values_are_ignored() -> None:
+    """A second float output straight from the input, and an integer ArgMax output, do not
+    change R or the scores."""
+    base = direct()
+    extra = onnx.ModelProto()
+    extra.CopyFrom(base)
+    extra.graph.node.extend(
+        [
+            helper.make_node("Relu", ["x"], ["passthrough"]),
+            helper.make_node("ArgMax", ["y"], ["label"], axis=1),
+        ]
+    )
+    extra.graph.output.extend(
+        [
+            helper.make_tensor_value_info("passthrough", TensorProto.FLOAT, [1, 5]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, [1, 1]),
+        ]
+    )
+    want, got = onnxflow.score(base), onnxflow.score(extra)
+    assert got.log_flow == pytest.approx(want.log_flow, abs=1e-6)
+    for name, s in want.log_scores.items():
+        np.testing.assert_allclose(got.log_scores[name], s, atol=1e-6)

@@ -108,7 +108,12 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
     outputs: list[tuple[str, str]] = []
     for t in graph.outputs:
         v = values.get(t.name)
-        if isinstance(v, Flow) and _is_float(t.dtype if t.dtype is not None else np.float32):
+        # Only float outputs that some weight reaches count in R; others are ignored.
+        if (
+            isinstance(v, Flow)
+            and v.needs_grad
+            and _is_float(t.dtype if t.dtype is not None else np.float32)
+        ):
             grads[t.name].append(Flow(g.ones(v.shape), g.zero_scale, v.shape))
             total = g.node(
                 "ReduceSum", [g.node("Cast", [v.tensor], to=TensorProto.DOUBLE)], keepdims=0

@@ -242,12 +242,28 @@ def _resize_index(node, x: Flow, rest, attrs) -> np.ndarray:
     return out.astype(np.int64)
 
 
-@flow_rule("Shape", "Size")
-class ShapeOf(FlowRule):
-    """Shape data: the flow ends here."""
+@flow_rule(
+    "Shape",
+    "Size",
+    "ArgMax",
+    "ArgMin",
+    "Equal",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "NonZero",
+)
+class EndsFlow(FlowRule):
+    """Shapes, indices and comparisons (an ArgMax label beside the probabilities): the
+    result is data about the flow, not flow; nothing goes back."""
 
-    def forward(self, g, node, x, **attrs):
-        return Const(g.node(node.op_type, [x.tensor], **attrs), node.out_shapes[0])
+    def forward(self, g, node, *inputs, **attrs):
+        names = [v.tensor if isinstance(v, Flow) else g.const_input(v) for v in inputs]
+        return Const(g.node(node.op_type, names, **attrs), node.out_shapes[0])
 
-    def backward(self, g, node, grads, x, **attrs):
-        return [None]
+    def backward(self, g, node, grads, *inputs, **attrs):
+        return [None] * len(inputs)
