@@ -51,6 +51,13 @@ class Inspection:
         }
 
 
+def _is_float(dtype: object) -> bool:
+    try:
+        return bool(np.issubdtype(np.dtype(dtype), np.floating))  # type: ignore[call-overload]
+    except TypeError:
+        return False
+
+
 def _flow_nodes(graph: gs.Graph, dag: WeightDag) -> list[gs.Node]:
     """Nodes that flow reaches: from float inputs and from the prunable weights."""
     flowing = {t.name for t in graph.inputs if np.issubdtype(np.dtype(t.dtype), np.floating)}
@@ -59,7 +66,7 @@ def _flow_nodes(graph: gs.Graph, dag: WeightDag) -> list[gs.Node]:
     for node in graph.nodes:
         if any(t.name in flowing for t in node.inputs if t is not None):
             reached.append(node)
-            flowing.update(t.name for t in node.outputs)
+            flowing.update(t.name for t in node.outputs if t.dtype is None or _is_float(t.dtype))
     return reached
 
 

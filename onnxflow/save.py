@@ -40,8 +40,14 @@ def check_output_paths(source: str | os.PathLike[str] | None, outputs: Mapping[s
         parent = resolved.parent
         if not parent.is_dir():
             raise OnnxflowError(f"{label} {path}: folder {parent} does not exist")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise OnnxflowError(f"{label} {path}: folder {parent} is not writable")
+        try:  # os.access says yes to root even where the filesystem says no
+            fd, probe = tempfile.mkstemp(prefix=".onnxflow-probe.", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise OnnxflowError(
+                f"{label} {path}: folder {parent} is not writable ({e.strerror or e})"
+            ) from None
         if path.exists() and not os.access(path, os.W_OK):
             raise OnnxflowError(f"{label} {path} is not writable")
 
@@ -80,7 +86,7 @@ def write_atomically(files: Mapping[Path, Writer]) -> None:
                 raise
             placed.append((path, backup))
         temps.clear()
-    except OSError as e:
+    except BaseException as e:  # an error or Ctrl-C part-way: put the previous files back
         for path, backup in reversed(placed):
             with contextlib.suppress(OSError):
                 if backup is None:
@@ -88,7 +94,11 @@ def write_atomically(files: Mapping[Path, Writer]) -> None:
                 else:
                     os.replace(backup, path)
         placed.clear()
-        raise OnnxflowError(f"cannot write {e.filename or 'output'}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise OnnxflowError(
+                f"cannot write {e.filename or 'output'}: {e.strerror or e}"
+            ) from None
+        raise
     finally:
         for tmp, _ in temps:
             with contextlib.suppress(OSError):

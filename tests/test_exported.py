@@ -44,6 +44,11 @@ def run(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarra
     return sess.run(None, inputs)
 
 
+def shape_of(value: object) -> tuple:
+    """An array's shape; a ZipMap output (a list of dicts) by its length."""
+    return value.shape if isinstance(value, np.ndarray) else ("sequence", len(value))
+
+
 def constants(model: onnx.ModelProto) -> dict[str, bytes]:
     found = {t.name: t.SerializeToString() for t in model.graph.initializer}
     for node in model.graph.node:
@@ -87,8 +92,10 @@ def test_exported_model_prunes_and_deploys(name: str) -> None:
     inputs = feeds(model, rng)
     want = run(model, inputs)
     got = run(result.model, inputs)
-    assert [g.shape for g in got] == [w.shape for w in want]
-    assert all(np.isfinite(g).all() for g in got)
+    assert [shape_of(g) for g in got] == [shape_of(w) for w in want]
+    assert all(
+        np.isfinite(g).all() for g in got if isinstance(g, np.ndarray) and g.dtype.kind == "f"
+    )
 
 
 def test_folded_batchnorm_weights_keep_their_exporter_names() -> None:

@@ -120,6 +120,8 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
             )
             outputs.append((total, v.scale))
 
+    if not outputs:
+        raise OnnxflowError("no float output of the model is reached by a prunable weight")
     for step in reversed(steps):
         out_grads = [g.add(grads[t.name]) if grads.get(t.name) else None for t in step.node.outputs]
         if all(x is None for x in out_grads):

@@ -5,7 +5,10 @@ linearization, so exporter spellings of one activation or normalization all scor
   `0.5x*(1+erf(x/sqrt2))`, hard-swish, Mish): become `x`, as a plain activation would;
 - centring, `x - mean(x)`: becomes `x` (the mean is a data-dependent shift, i.e. a bias);
 - division by statistics of the numerator, `a / sqrt(mean(a^2) + eps)` (decomposed
-  LayerNorm/RMSNorm): becomes `a`.
+  LayerNorm/RMSNorm): becomes `a`;
+- a saturation (Clip, Min, Max) of an affine function of `x` (hard-sigmoid written as
+  `Max(Min(0.2x + 0.5, 1), 0)`): becomes `x`, as HardSigmoid would;
+- an ai.onnx.ml ZipMap at an output: the probabilities it wraps become the output.
 
 Only the analysis graph changes; the pruned model is the original.
 """
@@ -82,10 +85,25 @@ def _derived_only_from(t: gs.Tensor, x: gs.Tensor, depth: int = 64) -> bool:
     return bool(ins) and all(_derived_only_from(i, x, depth - 1) for i in ins)
 
 
+_SATURATIONS = frozenset({"Clip", "Min", "Max"})
+
+
 def _rewrite(graph: gs.Graph) -> int:
     changed = 0
     for node in graph.nodes:
         ins = _variable_inputs(node)
+        if node.op in _SATURATIONS and len(ins) == 1:
+            # A saturating activation of an affine pre-activation (hard-sigmoid written as
+            # Max(Min(0.2x + 0.5, 1), 0)) is one activation: it passes x.
+            inner = _producer(ins[0])
+            if (
+                inner is not None
+                and inner.op in _AFFINE | _SATURATIONS
+                and root(ins[0]) is not ins[0]
+            ):
+                node.op, node.inputs, node.attrs = "Identity", [root(ins[0])], {}
+                changed += 1
+            continue
         if len(ins) != 2 or node.op not in ("Mul", "Sub", "Div"):
             continue
         a, b = ins
@@ -101,11 +119,20 @@ def _rewrite(graph: gs.Graph) -> int:
     return changed
 
 
+def _drop_zipmap(graph: gs.Graph) -> None:
+    """ai.onnx.ml ZipMap turns probabilities into a sequence of maps: the probabilities are
+    the output that carries flow."""
+    for node in graph.nodes:
+        if node.op == "ZipMap" and (node.domain or "") == "ai.onnx.ml":
+            graph.outputs = [node.inputs[0] if o is node.outputs[0] else o for o in graph.outputs]
+
+
 class LinearizePass(Pass):
     requires = ("graph",)
 
     def run(self, state: PruneState) -> None:
         assert state.graph is not None
+        _drop_zipmap(state.graph)
         while _rewrite(state.graph):
             pass
         state.graph.cleanup(remove_unused_graph_inputs=False).toposort()

@@ -1,14 +1,24 @@
-"""LoadPass: read the model file (or take a ModelProto) and check it is a valid ONNX model."""
+"""LoadPass: read the model file (or take a ModelProto) and check it before trusting it.
+
+Files come from anywhere, so before any tensor is read or allocated: external data must lie
+inside the model's folder (no absolute paths, no `..`, no symlinks leading out) and be as
+long as declared, and every tensor's declared shape must match the data it holds.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import external_data_helper, helper
 
 from onnxflow.errors import OnnxflowError
 from onnxflow.pipeline import Pass, PruneState
+
+_PROTOBUF_LIMIT = 2**31 - 1
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -18,33 +28,135 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise OnnxflowError(f"no such file: {p}")
     if os.path.isdir(p):
         raise OnnxflowError(f"{p} is a directory, not an ONNX model file")
+    if not os.path.isfile(p):
+        raise OnnxflowError(f"{p} is not a regular file")
     if os.path.getsize(p) == 0:
         raise OnnxflowError(f"{p} is empty, not an ONNX model")
     try:
-        model = onnx.load(p, load_external_data=True)
+        model = onnx.load(p, load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise OnnxflowError(f"{p} is not a readable ONNX model ({_first_line(e)})") from None
     except OSError as e:
-        raise OnnxflowError(f"cannot read {p} or its external data: {_first_line(e)}") from None
-    check_model(model, p)
+        raise OnnxflowError(f"cannot read {p}: {_first_line(e)}") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise OnnxflowError(f"{p} is not an ONNX model: it has no graph nodes")
+    base = Path(p).resolve().parent
+    for tensor in _tensors(model):
+        check_tensor(tensor, base, p)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(base))
+    except OSError as e:
+        raise OnnxflowError(f"cannot read external data of {p}: {_first_line(e)}") from None
+    check_model(model, p, p)
     return model
 
 
-def check_model(model: onnx.ModelProto, label: str) -> None:
+def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Initializers and Constant-node values of the main graph."""
+    found = list(model.graph.initializer)
+    found += [s.values for s in model.graph.sparse_initializer]
+    for node in model.graph.node:
+        found += [a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+    return found
+
+
+def check_tensor(t: onnx.TensorProto, base: Path, label: str) -> None:
+    """Declared shape against stored data; external data location and length."""
+    if any(d < 0 for d in t.dims):
+        raise OnnxflowError(f"{label}: tensor {t.name!r} has a negative dimension {list(t.dims)}")
+    count = math.prod(t.dims)
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        raise OnnxflowError(
+            f"{label}: tensor {t.name!r} has unknown data type {t.data_type}"
+        ) from None
+    if t.data_type == onnx.TensorProto.STRING:
+        return
+    expected = count * itemsize
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        _check_external(t, base, label, expected)
+    elif t.HasField("raw_data"):
+        if len(t.raw_data) != expected and itemsize >= 1 and t.data_type not in _PACKED:
+            raise OnnxflowError(
+                f"{label}: tensor {t.name!r} declares shape {list(t.dims)} ({expected} bytes) "
+                f"but holds {len(t.raw_data)} bytes"
+            )
+    else:
+        field = helper.tensor_dtype_to_field(t.data_type)
+        held = len(getattr(t, field))
+        per = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+        if held != count * per and t.data_type not in _PACKED:
+            raise OnnxflowError(
+                f"{label}: tensor {t.name!r} declares shape {list(t.dims)} ({count} values) "
+                f"but holds {held // per}"
+            )
+
+
+# Sub-byte types pack several values per byte; their sizes are not checked here.
+_PACKED = {
+    getattr(onnx.TensorProto, n)
+    for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, n)
+}
+
+
+def _check_external(t: onnx.TensorProto, base: Path, label: str, expected: int) -> None:
+    info = {e.key: e.value for e in t.external_data}
+    location = info.get("location", "")
+    if not location:
+        raise OnnxflowError(f"{label}: tensor {t.name!r} has external data without a location")
+    if os.path.isabs(location) or Path(location).drive:
+        raise OnnxflowError(
+            f"{label}: external data of {t.name!r} has an absolute location {location!r}; "
+            "only files inside the model's folder are read"
+        )
+    target = (base / location).resolve()
+    if not target.is_relative_to(base):
+        raise OnnxflowError(
+            f"{label}: external data of {t.name!r} points outside the model's folder "
+            f"({location!r}); refused"
+        )
+    if not target.is_file():
+        raise OnnxflowError(f"{label}: external data file {location!r} of {t.name!r} is missing")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else expected
+    except ValueError:
+        raise OnnxflowError(
+            f"{label}: tensor {t.name!r} has a malformed external offset/length"
+        ) from None
+    if offset < 0 or length != expected:
+        raise OnnxflowError(
+            f"{label}: external data of {t.name!r} declares {length} bytes at offset {offset}, "
+            f"but its shape {list(t.dims)} needs {expected}"
+        )
+    if target.stat().st_size < offset + length:
+        raise OnnxflowError(
+            f"{label}: external data file {location!r} is shorter than declared for {t.name!r} "
+            f"({target.stat().st_size} < {offset + length} bytes)"
+        )
+
+
+def check_model(model: onnx.ModelProto, label: str, path: str | None = None) -> None:
     """Reject protobufs that are not models and models that fail onnx.checker."""
     if not isinstance(model, onnx.ModelProto):
         raise OnnxflowError(f"{label}: expected an onnx.ModelProto, got {type(model).__name__}")
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxflowError(f"{label} is not an ONNX model: it has no graph nodes")
     try:
-        onnx.checker.check_model(model)
+        if model.ByteSize() > _PROTOBUF_LIMIT and path is not None:
+            onnx.checker.check_model(path)  # the checker reads large models from disk
+        else:
+            onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
         raise OnnxflowError(f"{label} fails onnx.checker: {_first_line(e)}") from None
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
+    """The exception's message on one line (whitespace collapsed), at most 300 characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]
 
 
 class LoadPass(Pass):

@@ -10,6 +10,7 @@ remaining tensor, falling back to one onnxruntime run for the tensors shape infe
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import onnx
@@ -79,6 +80,21 @@ def resolve_input_shapes(
     return shapes
 
 
+# The flow model holds several tensors of each activation's size; one tensor above this is
+# refused before anything is allocated.
+MAX_TENSOR_BYTES = 4 * 2**30
+
+
+def check_size(name: str, shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuse a tensor whose declared shape would exhaust memory, before allocating it."""
+    size = math.prod(shape) * itemsize
+    if size > MAX_TENSOR_BYTES:
+        raise OnnxflowError(
+            f"tensor {name!r} of shape {list(shape)} would need {size / 2**30:.1f} GiB "
+            f"(limit {MAX_TENSOR_BYTES / 2**30:.0f} GiB per tensor); refused"
+        )
+
+
 def _infer_shapes(graph: gs.Graph) -> None:
     """Fill in shape and dtype of every variable, with ORT where shape inference falls short."""
     model = gs.export_onnx(graph, do_type_check=False)
@@ -96,6 +112,8 @@ def _infer_shapes(graph: gs.Graph) -> None:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if all(d is not None for d in dims):
             known[vi.name] = (tuple(int(d) for d in dims if d is not None), tt.elem_type)
+    for name, (shape, elem) in known.items():
+        check_size(name, shape, onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize if elem else 4)
     tensors = graph.tensors()
     missing = [
         name
@@ -148,6 +166,7 @@ class NormalizePass(Pass):
             t.shape = list(shapes[t.name])
             if t.dtype is None:
                 raise OnnxflowError(f"input {t.name!r} has no element type")
+            check_size(t.name, shapes[t.name], np.dtype(t.dtype).itemsize)
         _name_nodes(graph)
         _infer_shapes(graph)  # static shapes let folding evaluate Shape ops of activations
         views = weight_view_nodes(graph)

@@ -45,6 +45,11 @@ class SynFlowPass(Pass):
             if step == 0 or k < kept:
                 scores = engine.run()
                 if step == 0:
+                    if scores.log_flow == -np.inf:
+                        raise OnnxflowError(
+                            "the network carries no synaptic flow (R = 0): every input-output "
+                            "path crosses a zero weight, so there is nothing to rank"
+                        )
                     state.log_scores, state.log_flow = scores.log(), scores.log_flow
                 if opts.scope == "global":
                     masks = select_global(names, scores, masks, k)

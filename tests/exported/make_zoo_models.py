@@ -21,6 +21,7 @@ Each model passes onnx.checker.check_model and runs in onnxruntime on the CPU.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -60,7 +61,7 @@ class _Graph:
             self.inits.append(tensor)
         return name
 
-    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs: object) -> list[str]:
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> list[str]:
         base = self.name(op.lower())
         outs = [f"{base}_out{i}" if n_out > 1 else base for i in range(n_out)]
         self.nodes.append(helper.make_node(op, inputs, outs, name=base, **attrs))
@@ -207,7 +208,9 @@ def constant_weights() -> onnx.ModelProto:
 def shufflenet_like() -> onnx.ModelProto:
     """ShuffleNet v1-style units: group-2 1x1 convs, channel shuffle, depthwise 3x3, Concat."""
     g = _Graph(np.random.default_rng(1003))
-    x = g.relu(g.bn(g.conv("gpu_0/data_0", 3, 8, 3, stride=2, bias=False, prefix="conv1"), 8, "bn1"))
+    x = g.relu(
+        g.bn(g.conv("gpu_0/data_0", 3, 8, 3, stride=2, bias=False, prefix="conv1"), 8, "bn1")
+    )
     (x,) = g.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # 8x8x8
 
     def shuffle(x: str, c: int, hw: int, groups: int = 2) -> str:
@@ -219,7 +222,9 @@ def shufflenet_like() -> onnx.ModelProto:
 
     def unit(x: str, c: int, hw: int, tag: str) -> str:
         """Stride-1 unit with a residual Add."""
-        y = g.relu(g.bn(g.conv(x, c, c, 1, group=2, bias=False, prefix=f"{tag}_gconv1"), c, f"{tag}_bn1"))
+        y = g.relu(
+            g.bn(g.conv(x, c, c, 1, group=2, bias=False, prefix=f"{tag}_gconv1"), c, f"{tag}_bn1")
+        )
         y = shuffle(y, c, hw)
         y = g.bn(g.conv(y, c, c, 3, group=c, bias=False, prefix=f"{tag}_dw"), c, f"{tag}_bn2")
         y = g.bn(g.conv(y, c, c, 1, group=2, bias=False, prefix=f"{tag}_gconv2"), c, f"{tag}_bn3")
@@ -229,9 +234,13 @@ def shufflenet_like() -> onnx.ModelProto:
         """Stride-2 unit: AveragePool shortcut concatenated with the branch."""
         (short,) = g.node("AveragePool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
         c = cout - cin
-        y = g.relu(g.bn(g.conv(x, cin, c, 1, group=2, bias=False, prefix=f"{tag}_gconv1"), c, f"{tag}_bn1"))
+        y = g.relu(
+            g.bn(g.conv(x, cin, c, 1, group=2, bias=False, prefix=f"{tag}_gconv1"), c, f"{tag}_bn1")
+        )
         y = shuffle(y, c, hw)
-        y = g.bn(g.conv(y, c, c, 3, stride=2, group=c, bias=False, prefix=f"{tag}_dw"), c, f"{tag}_bn2")
+        y = g.bn(
+            g.conv(y, c, c, 3, stride=2, group=c, bias=False, prefix=f"{tag}_dw"), c, f"{tag}_bn2"
+        )
         y = g.bn(g.conv(y, c, c, 1, group=2, bias=False, prefix=f"{tag}_gconv2"), c, f"{tag}_bn3")
         return g.relu(g.node("Concat", [short, y], axis=1)[0])
 
@@ -314,7 +323,8 @@ def main() -> None:
         inp = sess.get_inputs()[0]
         feed = np.random.default_rng(0).standard_normal(inp.shape).astype(np.float32)
         (out,) = sess.run(None, {inp.name: feed})
-        print(f"{fname}: {path.stat().st_size} bytes, output {out.shape}, finite {np.isfinite(out).all()}")
+        finite = bool(np.isfinite(out).all())
+        print(f"{fname}: {path.stat().st_size} bytes, output {out.shape}, finite {finite}")
 
 
 if __name__ == "__main__":

@@ -188,3 +188,17 @@ class BatchNormalization(FlowRule):
     def backward(self, g, node, grads, x, gamma, beta, mean, var, **attrs):
         s = node.saved["scale"]
         return [g.map(grads[0], lambda t: g.node("Mul", [t, s])), None, None, None, None]
+
+
+@flow_rule("Scaler", domain="ai.onnx.ml")
+class Scaler(FlowRule):
+    """ai.onnx.ml Scaler, (x - offset) * scale: x * |scale| per feature (offset is a shift)."""
+
+    def forward(self, g, node, x, *, offset=None, scale=None):
+        s = np.abs(np.asarray(scale if scale is not None else [1.0], np.float32))
+        node.saved["scale"] = f = g.f32(s, "scaler")
+        return g.map(x, lambda t: g.node("Mul", [t, f]))
+
+    def backward(self, g, node, grads, x, **attrs):
+        f = node.saved["scale"]
+        return [g.map(grads[0], lambda t: g.node("Mul", [t, f]))]

@@ -234,11 +234,16 @@ def _resize_index(node, x: Flow, rest, attrs) -> np.ndarray:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         inits,
     )
-    opset = 9 if node.op_type == "Upsample" else 19
+    # Upsample-7 has `scales` as an attribute, Upsample-9 as an input.
+    opset = (9 if rest else 8) if node.op_type == "Upsample" else 19
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     values = np.arange(size, dtype=np.float32).reshape(x.shape)  # exact below 2^24
-    out = ort_session(model.SerializeToString(), "cpu").run(None, {"x": values})[0]
+    try:
+        out = ort_session(model.SerializeToString(), "cpu").run(None, {"x": values})[0]
+    except Exception as e:  # noqa: BLE001 - any failure: the op's attributes are not usable
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise OnnxflowError(f"node {node.name!r}: cannot evaluate {node.op_type}: {msg}") from None
     return out.astype(np.int64)
 
 

@@ -1,0 +1,250 @@
+"""Bad input: exit 2, one line naming the problem, no output file, input unchanged.
+
+Every row of docs/errors.md is a case here (test_docs_table_lists_every_case checks the two
+agree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxflow.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small_model(weight_dims=(4, 3, 3, 3), input_shape=(1, 3, 8, 8), op="Relu") -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.ones(weight_dims, np.float32), "w")
+    n, _, h, wd = input_shape
+    out_shape = [n, weight_dims[0], h - 2, wd - 2]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node(op, ["c"], ["y"], name="act"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def external(tmp: Path, location: str, data_len: int | None = None, length: int | None = None):
+    """A model whose weight lives in external data at `location` (relative to tmp)."""
+    model = small_model()
+    w = model.graph.initializer[0]
+    raw = w.raw_data or np.ones((4, 3, 3, 3), np.float32).tobytes()
+    target = tmp / location
+    if data_len is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(raw[:data_len])
+    w.ClearField("raw_data")
+    w.ClearField("float_data")
+    w.data_location = TensorProto.EXTERNAL
+    entries = {"location": location, "offset": "0", "length": str(length or len(raw))}
+    for k, v in entries.items():
+        w.external_data.add(key=k, value=v)
+    return model
+
+
+Setup = Callable[[Path], tuple[Path, list[str]]]
+
+
+def model_file(build: Callable[[Path], onnx.ModelProto | bytes], *extra: str) -> Setup:
+    def setup(tmp: Path) -> tuple[Path, list[str]]:
+        path = tmp / "m.onnx"
+        built = build(tmp)
+        path.write_bytes(built if isinstance(built, bytes) else built.SerializeToString())
+        return path, ["prune", str(path), *extra]
+
+    return setup
+
+
+def good(*extra: str) -> Setup:
+    return model_file(lambda tmp: small_model(), *extra)
+
+
+def no_graph_node(tmp: Path) -> onnx.ModelProto:
+    m = small_model()
+    del m.graph.node[:]
+    return m
+
+
+def checker_fails(tmp: Path) -> onnx.ModelProto:
+    m = small_model()
+    m.graph.node[1].input[0] = "undefined"
+    return m
+
+
+def ort_cannot_run(tmp: Path) -> onnx.ModelProto:
+    """An op onnxruntime does not know, whose output shape nothing can infer."""
+    m = small_model()
+    m.graph.node[1].CopyFrom(
+        helper.make_node("Mystery", ["c"], ["m"], name="mystery", domain="com.example")
+    )
+    m.graph.node.append(helper.make_node("Relu", ["m"], ["y"], name="act"))
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    return m
+
+
+def no_weights(tmp: Path) -> onnx.ModelProto:
+    m = small_model()
+    m.graph.node[0].CopyFrom(helper.make_node("Relu", ["x"], ["c"], name="conv"))
+    del m.graph.initializer[:]
+    return m
+
+
+def huge_declared_weight(tmp: Path) -> onnx.ModelProto:
+    m = small_model()
+    w = m.graph.initializer[0]
+    del w.dims[:]
+    w.dims.extend([100000, 100000, 3, 3])
+    return m
+
+
+# id -> (setup, expected message regex)
+CASES: dict[str, tuple[Setup, str]] = {
+    "missing-path": (
+        lambda tmp: (tmp / "m.onnx", ["prune", str(tmp / "nope.onnx"), "--sparsity", "0.5"]),
+        r"no such file",
+    ),
+    "directory": (
+        lambda tmp: (tmp / "m.onnx", ["prune", str(tmp), "--sparsity", "0.5"]),
+        r"is a directory",
+    ),
+    "empty-file": (model_file(lambda tmp: b"", "--sparsity", "0.5"), r"is empty"),
+    "random-bytes": (
+        model_file(lambda tmp: np.random.default_rng(0).bytes(4096), "--sparsity", "0.5"),
+        r"not a readable ONNX model|not an ONNX",
+    ),
+    "truncated": (
+        model_file(lambda tmp: small_model().SerializeToString()[:150], "--sparsity", "0.5"),
+        r"not a readable ONNX model|not an ONNX",
+    ),
+    "not-a-model": (
+        model_file(
+            lambda tmp: numpy_helper.from_array(np.ones(3, np.float32), "t").SerializeToString(),
+            "--sparsity",
+            "0.5",
+        ),
+        r"not an ONNX model|not a readable ONNX model",
+    ),
+    "no-nodes": (model_file(no_graph_node, "--sparsity", "0.5"), r"no graph nodes"),
+    "fails-checker": (model_file(checker_fails, "--sparsity", "0.5"), r"fails onnx.checker"),
+    "onnxruntime-cannot-run": (
+        model_file(ort_cannot_run, "--sparsity", "0.5"),
+        r"onnxruntime cannot run the model",
+    ),
+    "no-flow-rule": (
+        model_file(lambda tmp: small_model(op="Round"), "--sparsity", "0.5"),
+        r"op 'Round'.*node 'act'.* has no flow rule",
+    ),
+    "no-prunable-weights": (
+        model_file(no_weights, "--sparsity", "0.5"),
+        r"has no prunable weights",
+    ),
+    "sparsity-one": (good("--sparsity", "1.0"), r"sparsity must be a number in \[0, 1\)"),
+    "sparsity-negative": (good("--sparsity", "-0.1"), r"sparsity must be"),
+    "sparsity-nan": (good("--sparsity", "nan"), r"sparsity must be"),
+    "both-sparsity-and-compression": (
+        good("--sparsity", "0.5", "--compression", "1"),
+        r"exactly one of --sparsity or --compression",
+    ),
+    "negative-compression": (good("--compression", "-1"), r"compression must be"),
+    "iterations-zero": (
+        good("--sparsity", "0.5", "--iterations", "0"),
+        r"iterations must be an integer >= 1",
+    ),
+    "input-shape-malformed": (
+        good("--sparsity", "0.5", "--input-shape", "x=1xax3"),
+        r"--input-shape",
+    ),
+    "input-shape-unknown-input": (
+        good("--sparsity", "0.5", "--input-shape", "foo=1x3x8x8"),
+        r"names 'foo'",
+    ),
+    "input-shape-wrong-rank": (
+        good("--sparsity", "0.5", "--input-shape", "x=1x3x8"),
+        r"has rank 3",
+    ),
+    "output-unwritable": (
+        good("--sparsity", "0.5", "-o", "/proc/onnxflow-test.onnx"),
+        r"onnxflow-test.onnx",
+    ),
+    "output-is-directory": (
+        lambda tmp: (tmp / "m.onnx", good("--sparsity", "0.5", "-o", str(tmp))(tmp)[1]),
+        r"is a directory",
+    ),
+    "output-is-input": (
+        lambda tmp: (tmp / "m.onnx", good("--sparsity", "0.5", "-o", str(tmp / "m.onnx"))(tmp)[1]),
+        r"is the input model",
+    ),
+    "external-data-outside-folder": (
+        model_file(lambda tmp: external(tmp, "../secret.bin"), "--sparsity", "0.5"),
+        r"points outside the model's folder",
+    ),
+    "external-data-absolute": (
+        model_file(lambda tmp: external(tmp, "/etc/passwd"), "--sparsity", "0.5"),
+        r"absolute location",
+    ),
+    "external-data-missing": (
+        model_file(lambda tmp: external(tmp, "w.bin"), "--sparsity", "0.5"),
+        r"is missing",
+    ),
+    "external-data-short": (
+        model_file(lambda tmp: external(tmp, "w.bin", data_len=100), "--sparsity", "0.5"),
+        r"shorter than declared",
+    ),
+    "declared-weight-too-large": (
+        model_file(huge_declared_weight, "--sparsity", "0.5"),
+        r"declares shape \[100000, 100000, 3, 3\]",
+    ),
+    "input-too-large": (
+        model_file(lambda tmp: small_model(input_shape=(64, 3, 16384, 16384)), "--sparsity", "0.5"),
+        r"would need .* GiB",
+    ),
+}
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    setup, pattern = CASES[case]
+    _, argv = setup(work)
+    before = digest(work)
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == ""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert re.search(pattern, err), err
+    assert digest(work) == before  # nothing written, input unchanged
+    assert not (tmp_path / "secret.bin").exists()
+
+
+def test_docs_table_lists_every_case() -> None:
+    table = (ROOT / "docs" / "errors.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z0-9-]+)` \|", table, re.M))
+    assert rows == set(CASES)
