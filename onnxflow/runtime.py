@@ -21,7 +21,7 @@ _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 def _options() -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.log_severity_level = 3  # errors only: provider fallbacks are handled here
+    so.log_severity_level = 4  # fatal only: errors are reported by onnxflow, on one line
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return so
 
@@ -52,7 +52,7 @@ def _cuda_usable() -> bool:
         logger.debug("CUDA provider not usable: %s", e)
         return False
     finally:
-        ort.set_default_logger_severity(3)
+        ort.set_default_logger_severity(4)
 
 
 def resolve_provider(provider: str) -> str:
@@ -73,5 +73,5 @@ def ort_session(model: bytes | str, provider: str) -> ort.InferenceSession:
     providers = [_PROVIDERS["cpu"]]
     if provider == "cuda":
         providers.insert(0, _PROVIDERS["cuda"])
-    ort.set_default_logger_severity(3)
+    ort.set_default_logger_severity(4)
     return ort.InferenceSession(model, _options(), providers=providers)

@@ -145,8 +145,9 @@ def run_bounded(argv: list[str], seconds: int = 30) -> int:
 
 def test_fuzzing_mutated_models(request: pytest.FixtureRequest, tmp_path_factory) -> None:
     examples = request.config.getoption("--fuzz-examples")
-    outcomes: dict[str, int] = {"ok": 0, "clean error": 0}
+    outcomes: dict[str, int] = {"ok": 0, "clean error": 0, "of which internal": 0}
     capsys = request.getfixturevalue("capsys")
+    internal: set[str] = set()
 
     @settings(
         max_examples=examples,
@@ -172,6 +173,9 @@ def test_fuzzing_mutated_models(request: pytest.FixtureRequest, tmp_path_factory
             if code == 2:
                 assert err.count("\n") == 1 and err.startswith("error: "), err
                 outcomes["clean error"] += 1
+                if "internal error" in err:
+                    outcomes["of which internal"] += 1
+                    internal.add(err.strip()[:160])
             else:
                 outcomes["ok"] += 1
         assert path.read_bytes() == data
@@ -180,7 +184,10 @@ def test_fuzzing_mutated_models(request: pytest.FixtureRequest, tmp_path_factory
 
     case()
     print(f"fuzz: {examples} models, outcomes {outcomes}")
+    for message in sorted(internal):
+        print("  internal:", message)
     assert outcomes["clean error"] > 0
+    assert not internal, "unexpected failures inside onnxflow (see the printed messages)"
 
 
 def test_external_data_model_prunes_and_its_files_stay_unchanged(tmp_path: Path) -> None:

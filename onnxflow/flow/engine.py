@@ -89,7 +89,11 @@ class FlowEngine:
     def run(self) -> FlowScores:
         """Scores of the current (masked) network. The returned arrays are buffers that the
         next run overwrites."""
-        self.session.run_with_iobinding(self._io)
+        try:
+            self.session.run_with_iobinding(self._io)
+        except Exception as e:  # noqa: BLE001 - e.g. a shape the model declares but breaks
+            msg = " ".join(str(e).split())[:300] or type(e).__name__
+            raise OnnxflowError(f"onnxruntime failed running the flow model: {msg}") from None
         results = self._results
 
         def unit(name: str | None) -> float:

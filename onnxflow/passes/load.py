@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, helper
 
 from onnxflow.errors import OnnxflowError
@@ -40,6 +40,10 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise OnnxflowError(f"cannot read {p}: {_first_line(e)}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxflowError(f"{p} is not an ONNX model: it has no graph nodes")
+    try:
+        _decode_text(model)
+    except UnicodeError:
+        raise OnnxflowError(f"{p} is not a valid ONNX model: some text is not UTF-8") from None
     base = Path(p).resolve().parent
     for tensor in _tensors(model):
         check_tensor(tensor, base, p)
@@ -49,6 +53,28 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise OnnxflowError(f"cannot read external data of {p}: {_first_line(e)}") from None
     check_model(model, p, p)
     return model
+
+
+def _decode_text(message: Message) -> None:
+    """Check that every text field is valid UTF-8. ONNX's proto2 strings are not validated
+    when parsed: invalid bytes come back as lone surrogates and fail only when a later pass
+    writes them out, so this raises UnicodeError here instead."""
+    if isinstance(message, onnx.TensorProto):  # skip the (possibly huge) data fields
+        texts = [message.name, message.doc_string]
+        texts += [e.key for e in message.external_data] + [e.value for e in message.external_data]
+        if not all(isinstance(text, str) for text in texts):
+            raise UnicodeError(message.name)  # protobuf hands back invalid UTF-8 as bytes
+        return
+    if isinstance(message, onnx.AttributeProto):  # string attributes are bytes, read as text
+        for raw in [message.s, *message.strings]:
+            raw.decode("utf-8")
+    for field, value in message.ListFields():
+        repeated = hasattr(value, "__len__") and not isinstance(value, str | bytes | Message)
+        for item in value if repeated else [value]:
+            if isinstance(item, Message):
+                _decode_text(item)
+            elif field.type == field.TYPE_STRING and not isinstance(item, str):
+                raise UnicodeError(field.name)  # protobuf hands back invalid UTF-8 as bytes
 
 
 def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
