@@ -23,6 +23,14 @@ from onnxflow.options import parse_input_shape
 from onnxflow.report import Report
 from onnxflow.save import check_output_paths
 
+input_shape_option = click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=1x3x224x224",
+    help="Shape of an input with dynamic dimensions (repeatable).",
+)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxflow")
@@ -57,13 +65,7 @@ def cli() -> None:
     show_default=True,
     help="One threshold for all layers, or the same fraction each.",
 )
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="NAME=1x3x224x224",
-    help="Shape of an input with dynamic dimensions (repeatable).",
-)
+@input_shape_option
 @click.option("--masks", type=click.Path(path_type=Path), help="Write boolean masks (.npz).")
 @click.option(
     "--scores",
@@ -132,13 +134,7 @@ def prune(
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="NAME=1x3x224x224",
-    help="Shape of an input with dynamic dimensions (repeatable).",
-)
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool) -> None:
     """List MODEL's prunable weights and the ops that lack a flow rule, without pruning.

@@ -59,8 +59,16 @@ WEIGHT_VIEW_OPS = frozenset(
 )
 
 
+def is_float_dtype(dtype: object) -> bool:
+    """Whether a graph-surgeon dtype is a float type (False for unknown or object dtypes)."""
+    try:
+        return bool(np.issubdtype(np.dtype(dtype), np.floating))  # type: ignore[call-overload]
+    except TypeError:
+        return False
+
+
 def is_float_constant(t: gs.Tensor | None) -> bool:
-    return isinstance(t, gs.Constant) and np.issubdtype(np.dtype(t.dtype), np.floating)
+    return isinstance(t, gs.Constant) and is_float_dtype(t.dtype)
 
 
 def _is_default_domain(node: gs.Node) -> bool:

@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxflow.api import analysis_passes
-from onnxflow.dag import WeightDag
+from onnxflow.dag import WeightDag, is_float_dtype
 from onnxflow.flow.model import MIN_OPSET
 from onnxflow.flow.registry import get_flow_rule
 from onnxflow.options import PruneOptions
@@ -51,22 +51,17 @@ class Inspection:
         }
 
 
-def _is_float(dtype: object) -> bool:
-    try:
-        return bool(np.issubdtype(np.dtype(dtype), np.floating))  # type: ignore[call-overload]
-    except TypeError:
-        return False
-
-
 def _flow_nodes(graph: gs.Graph, dag: WeightDag) -> list[gs.Node]:
     """Nodes that flow reaches: from float inputs and from the prunable weights."""
-    flowing = {t.name for t in graph.inputs if np.issubdtype(np.dtype(t.dtype), np.floating)}
+    flowing = {t.name for t in graph.inputs if is_float_dtype(t.dtype)}
     flowing |= {layer.name for layer in dag.layers}
     reached = []
     for node in graph.nodes:
         if any(t.name in flowing for t in node.inputs if t is not None):
             reached.append(node)
-            flowing.update(t.name for t in node.outputs if t.dtype is None or _is_float(t.dtype))
+            flowing.update(
+                t.name for t in node.outputs if t.dtype is None or is_float_dtype(t.dtype)
+            )
     return reached
 
 

@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper
 
-from onnxflow.dag import WeightDag
+from onnxflow.dag import WeightDag, is_float_dtype
 from onnxflow.errors import OnnxflowError, UnsupportedOpError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
 from onnxflow.flow.registry import FlowRule, get_flow_rule
@@ -47,13 +47,6 @@ class _Step:
     attrs: dict[str, Any]
 
 
-def _is_float(dtype: Any) -> bool:
-    try:
-        return np.issubdtype(np.dtype(dtype), np.floating)
-    except TypeError:
-        return False
-
-
 def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
     """The flow model of a normalized (static-shaped, toposorted) graph."""
     opset = max(MIN_OPSET, int(graph.opset))
@@ -63,7 +56,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
 
     for t in graph.inputs:
         shape = tuple(int(d) for d in t.shape)
-        if _is_float(t.dtype):
+        if is_float_dtype(t.dtype):
             values[t.name] = Flow(g.ones(shape), g.zero_scale, shape, needs_grad=False)
         else:  # integer inputs (token ids, indices) get ones
             values[t.name] = Const(t.name, shape, gs.Constant(t.name, np.ones(shape, t.dtype)))
@@ -112,7 +105,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
         if (
             isinstance(v, Flow)
             and v.needs_grad
-            and _is_float(t.dtype if t.dtype is not None else np.float32)
+            and is_float_dtype(t.dtype if t.dtype is not None else np.float32)
         ):
             grads[t.name].append(Flow(g.ones(v.shape), g.zero_scale, v.shape))
             total = g.node(
@@ -187,7 +180,7 @@ def _copy_verbatim(
         )
     )
     for t, name in zip(node.outputs, outs, strict=True):
-        if derived is not None and _is_float(t.dtype):
+        if derived is not None and is_float_dtype(t.dtype):
             values[t.name] = Flow(g.node("Abs", [name]), g.zero_scale, _shape(t))
         else:
             values[t.name] = Const(name, _shape(t))

@@ -17,37 +17,10 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from onnxflow.flow.rules.elementwise import POINTWISE
 from onnxflow.pipeline import Pass, PruneState
 
-_ACTIVATIONS = frozenset(
-    {
-        "Relu",
-        "LeakyRelu",
-        "PRelu",
-        "Elu",
-        "Selu",
-        "Celu",
-        "Sigmoid",
-        "HardSigmoid",
-        "HardSwish",
-        "Tanh",
-        "Softplus",
-        "Softsign",
-        "Clip",
-        "Gelu",
-        "Mish",
-        "Erf",
-        "Identity",
-        "Cast",
-        "Abs",
-        "Neg",
-        "Sqrt",
-        "Reciprocal",
-        "Exp",
-        "Log",
-        "Pow",
-    }
-)
+_ACTIVATIONS = frozenset({*POINTWISE, "Cast"})
 _AFFINE = frozenset({"Add", "Sub", "Mul", "Div"})
 _STATISTICS = frozenset({"ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare"})
 

@@ -15,38 +15,15 @@ from onnxflow.errors import OnnxflowError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
 from onnxflow.flow.registry import FlowRule, flow_rule
 
+# Elementwise functions of one tensor: in the positive linearization they pass flow.
+POINTWISE = (
+    "Identity", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Tanh", "Softplus", "Softsign", "Clip", "Gelu", "Mish", "ThresholdedRelu",
+    "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Pow", "Abs", "Neg",
+)  # fmt: skip
 
-@flow_rule(
-    "Identity",
-    "Dropout",
-    "Relu",
-    "LeakyRelu",
-    "PRelu",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Softplus",
-    "Softsign",
-    "Clip",
-    "Softmax",
-    "LogSoftmax",
-    "Gelu",
-    "Mish",
-    "ThresholdedRelu",
-    "Erf",
-    "Exp",
-    "Log",
-    "Sqrt",
-    "Reciprocal",
-    "Pow",
-    "LRN",
-    "Abs",
-    "Neg",
-)
+
+@flow_rule(*POINTWISE, "Dropout", "Softmax", "LogSoftmax", "LRN")
 class PassThrough(FlowRule):
     """Output 0 carries the flow of input 0; extra outputs (Dropout's mask) carry none."""
 
