@@ -151,3 +151,26 @@ class Reduce(FlowRule):
             return [grads[0], None]
         kept = tuple(1 if i in ax else d for i, d in enumerate(x.shape))
         return [_spread(g, grads[0], kept, x, mean=node.op_type == "ReduceMean"), None]
+
+
+@flow_rule("GlobalMaxPool")
+class GlobalMaxPool(FlowRule):
+    """Like MaxPool over the whole map: each channel's flow goes back to its first maximum."""
+
+    def forward(self, g, node, x):
+        return g.like(g.node("GlobalMaxPool", [x.tensor]), x)
+
+    def backward(self, g, node, grads, x):
+        n, c = x.shape[:2]
+        flat = g.reshape(x.tensor, [n, c, -1])
+        winner = g.node("ArgMax", [flat], axis=2, keepdims=1, select_last_index=0)
+        back = g.node(
+            "ScatterElements",
+            [
+                g.zeros((n, c, int(np.prod(x.shape[2:])))),
+                winner,
+                g.reshape(grads[0].tensor, [n, c, 1]),
+            ],
+            axis=2,
+        )
+        return [g.like(g.reshape(back, list(x.shape)), grads[0])]
