@@ -66,6 +66,20 @@ def cli() -> None:
     help="One threshold for all layers, or the same fraction each.",
 )
 @input_shape_option
+@click.option(
+    "--method",
+    type=click.Choice(["synflow", "magnitude", "random"]),
+    default="synflow",
+    show_default=True,
+    help="Scores: SynFlow, or the baselines |W| and seeded random.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --method random.")
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Never prune weights whose initializer or node name matches (repeatable).",
+)
 @click.option("--masks", type=click.Path(path_type=Path), help="Write boolean masks (.npz).")
 @click.option(
     "--scores",
@@ -90,6 +104,9 @@ def prune(
     schedule: str,
     scope: str,
     input_shapes: tuple[str, ...],
+    method: str,
+    seed: int,
+    exclude: tuple[str, ...],
     masks: Path | None,
     scores: Path | None,
     report: Path | None,
@@ -109,6 +126,9 @@ def prune(
         schedule=schedule,
         scope=scope,
         provider=provider,
+        method=method,
+        seed=seed,
+        exclude=exclude,
         input_shapes=dict(parse_input_shape(s) for s in input_shapes),
     )
     output = output or api.default_output(model)

@@ -12,6 +12,7 @@ from onnxflow.errors import OnnxflowError
 Schedule = Literal["exponential", "linear"]
 Scope = Literal["global", "local"]
 Provider = Literal["auto", "cpu", "cuda"]
+Method = Literal["synflow", "magnitude", "random"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class PruneOptions:
         input_shapes: concrete shapes for graph inputs, by input name; a free batch dimension
             defaults to 1, any other free dimension must be given here.
         provider: onnxruntime execution provider for the flow computation.
+        method: `synflow`, or the paper's baselines `magnitude` (|W|) and `random` (seeded),
+            through the same schedule and scope.
+        seed: seed of `random`.
+        exclude: glob patterns; weights whose initializer or node name matches are never
+            pruned and do not count in N.
     """
 
     sparsity: float
@@ -34,6 +40,9 @@ class PruneOptions:
     scope: Scope = "global"
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     provider: Provider = "auto"
+    method: Method = "synflow"
+    seed: int = 0
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         s = self.sparsity
@@ -48,6 +57,13 @@ class PruneOptions:
             )
         if self.scope not in ("global", "local"):
             raise OnnxflowError(f"scope must be 'global' or 'local', got {self.scope!r}")
+        if self.method not in ("synflow", "magnitude", "random"):
+            raise OnnxflowError(
+                f"method must be 'synflow', 'magnitude' or 'random', got {self.method!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise OnnxflowError(f"seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.provider not in ("auto", "cpu", "cuda"):
             raise OnnxflowError(f"provider must be 'auto', 'cpu' or 'cuda', got {self.provider!r}")
         for name, shape in self.input_shapes.items():

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from onnxflow.dag import build_weight_dag, quantized_weight_node
+import fnmatch
+
+from onnxflow.dag import WeightLayer, build_weight_dag, quantized_weight_node
 from onnxflow.errors import OnnxflowError
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.tensors import stored_tensor_names
+
+
+def _excluded(layer: WeightLayer, patterns: tuple[str, ...]) -> bool:
+    names = [layer.name, *layer.nodes]
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
 
 
 class BuildDagPass(Pass):
@@ -23,9 +30,13 @@ class BuildDagPass(Pass):
                 f"{quantized.op}); onnxflow prunes float models: prune before quantizing"
             )
         dag = build_weight_dag(state.graph, stored_tensor_names(state.model))
+        patterns = state.options.exclude
+        if patterns:
+            dag.layers = [layer for layer in dag.layers if not _excluded(layer, patterns)]
         if not dag.layers:
             raise OnnxflowError(
                 f"{state.source or 'model'} has no prunable weights "
-                "(constant weights of Conv, ConvTranspose, Gemm or MatMul)"
+                "(constant weights of Conv, ConvTranspose, Gemm or MatMul"
+                + (", not excluded by --exclude)" if patterns else ")")
             )
         state.dag = dag

@@ -1,4 +1,5 @@
-"""SynFlowPass: iterative SynFlow pruning (Tanaka et al. 2020, algorithm 1).
+"""SynFlowPass: iterative SynFlow pruning (Tanaka et al. 2020, algorithm 1), or one of the
+paper's baselines (magnitude, random) through the same schedule and selection.
 
 Scores are recomputed on the masked network at every step, and the kept count follows the
 schedule down to exactly round(density * N). The first step's scores are those of the dense
@@ -8,11 +9,12 @@ network and are kept for `--scores`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
 from onnxflow.errors import OnnxflowError
-from onnxflow.flow.engine import FlowEngine
+from onnxflow.flow.engine import FlowEngine, FlowScores
 from onnxflow.masks import schedule_counts, select_global, select_local
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.runtime import resolve_provider
@@ -41,16 +43,23 @@ class SynFlowPass(Pass):
         masks = {layer.name: np.ones(layer.shape, dtype=bool) for layer in dag.layers}
         kept = total
         counts = schedule_counts(total, opts.density, opts.iterations, opts.schedule)
+        baseline = _baseline(opts.method, opts.seed, engine.weights)
         for step, k in enumerate(counts):
             if step == 0 or k < kept:
-                scores = engine.run()
+                scores = engine.run() if step == 0 or baseline is None else None
                 if step == 0:
+                    assert scores is not None
                     if scores.log_flow == -np.inf:
                         raise OnnxflowError(
                             "the network carries no synaptic flow (R = 0): every input-output "
                             "path crosses a zero weight, so there is nothing to rank"
                         )
-                    state.log_scores, state.log_flow = scores.log(), scores.log_flow
+                    state.log_flow = scores.log_flow
+                if baseline is not None:
+                    scores = baseline(masks)
+                assert scores is not None
+                if step == 0:
+                    state.log_scores = scores.log()
                 if opts.scope == "global":
                     masks = select_global(names, scores, masks, k)
                 else:
@@ -61,3 +70,25 @@ class SynFlowPass(Pass):
             if state.progress is not None:
                 state.progress(step + 1, len(counts))
         state.masks = masks
+
+
+def _baseline(
+    method: str, seed: int, weights: dict[str, np.ndarray]
+) -> Callable[[dict[str, np.ndarray]], FlowScores] | None:
+    """The paper's baselines as fixed scores on the masked network: |W|, or seeded uniform
+    noise. None for SynFlow, whose scores come from the flow engine."""
+    if method == "synflow":
+        return None
+    if method == "magnitude":
+        fixed = {n: w.copy() for n, w in weights.items()}
+    else:
+        rng = np.random.default_rng(seed)
+        fixed = {
+            n: rng.random(w.shape, dtype=np.float32) + np.float32(1e-6) for n, w in weights.items()
+        }
+
+    def scores(masks: dict[str, np.ndarray]) -> FlowScores:
+        values = {n: v * masks[n] for n, v in fixed.items()}
+        return FlowScores(values, dict.fromkeys(values, 0.0), float("nan"))
+
+    return scores
