@@ -80,6 +80,13 @@ def cli() -> None:
     metavar="GLOB",
     help="Never prune weights whose initializer or node name matches (repeatable).",
 )
+@click.option(
+    "--min-kept",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Every layer keeps at least this many weights.",
+)
 @click.option("--masks", type=click.Path(path_type=Path), help="Write boolean masks (.npz).")
 @click.option(
     "--scores",
@@ -107,6 +114,7 @@ def prune(
     method: str,
     seed: int,
     exclude: tuple[str, ...],
+    min_kept: int,
     masks: Path | None,
     scores: Path | None,
     report: Path | None,
@@ -129,6 +137,7 @@ def prune(
         method=method,
         seed=seed,
         exclude=exclude,
+        min_kept=min_kept,
         input_shapes=dict(parse_input_shape(s) for s in input_shapes),
     )
     output = output or api.default_output(model)

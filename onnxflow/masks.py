@@ -57,6 +57,18 @@ def _ranked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, values, np.float32(-1)).ravel()
 
 
+def reserve(
+    names: Sequence[str], scores: FlowScores, masks: dict[str, np.ndarray], per_layer: int
+) -> dict[str, np.ndarray]:
+    """Each layer's `per_layer` best unpruned weights (all of them if it has fewer)."""
+    return {
+        n: top_k(
+            _ranked(scores.values[n], masks[n]), min(per_layer, int(np.count_nonzero(masks[n])))
+        ).reshape(masks[n].shape)
+        for n in names
+    }
+
+
 def select_local(
     names: Sequence[str],
     scores: FlowScores,

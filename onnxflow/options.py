@@ -32,6 +32,8 @@ class PruneOptions:
         seed: seed of `random`.
         exclude: glob patterns; weights whose initializer or node name matches are never
             pruned and do not count in N.
+        min_kept: every layer keeps at least this many weights (its best), even where that
+            means keeping more than the schedule's count.
     """
 
     sparsity: float
@@ -43,6 +45,7 @@ class PruneOptions:
     method: Method = "synflow"
     seed: int = 0
     exclude: tuple[str, ...] = ()
+    min_kept: int = 0
 
     def __post_init__(self) -> None:
         s = self.sparsity
@@ -64,6 +67,9 @@ class PruneOptions:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise OnnxflowError(f"seed must be an integer, got {self.seed!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        k = self.min_kept
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise OnnxflowError(f"min-kept must be an integer >= 0, got {k!r}")
         if self.provider not in ("auto", "cpu", "cuda"):
             raise OnnxflowError(f"provider must be 'auto', 'cpu' or 'cuda', got {self.provider!r}")
         for name, shape in self.input_shapes.items():

@@ -113,3 +113,16 @@ def test_cli_method_and_exclude(tmp_path, capsys) -> None:
     assert "fc.weight" not in {layer["name"] for layer in report["layers"]}
     assert main(["prune", str(path), "--sparsity", "0.5", "--method", "snip"]) == 2
     assert "method" in capsys.readouterr().err
+
+
+def test_min_kept_leaves_no_layer_below_k() -> None:
+    model = netgen.vgg("vgg11", batch_norm=True, width_div=4, num_classes=100)
+    collapsed = onnxflow.prune(model, compression=3.5, iterations=1, method="magnitude")
+    assert collapsed.report.emptied  # one-shot magnitude empties layers here ...
+    held = onnxflow.prune(model, compression=3.5, iterations=1, method="magnitude", min_kept=3)
+    assert all(layer.kept >= 3 for layer in held.report.layers)  # ... not with --min-kept
+    assert held.report.kept == collapsed.report.kept  # still exactly round(d * N)
+    big = onnxflow.prune(model, compression=5, iterations=2, min_kept=50)
+    assert all(layer.kept >= 50 for layer in big.report.layers)  # the floor wins over d*N
+    with pytest.raises(onnxflow.OnnxflowError, match="min-kept"):
+        onnxflow.prune(model, sparsity=0.5, min_kept=-1)

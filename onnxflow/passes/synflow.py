@@ -15,7 +15,7 @@ import numpy as np
 
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.engine import FlowEngine, FlowScores
-from onnxflow.masks import schedule_counts, select_global, select_local
+from onnxflow.masks import reserve, schedule_counts, select_global, select_local
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.runtime import resolve_provider
 
@@ -60,12 +60,17 @@ class SynFlowPass(Pass):
                 assert scores is not None
                 if step == 0:
                     state.log_scores = scores.log()
+                kept_first = reserve(names, scores, masks, opts.min_kept) if opts.min_kept else {}
+                rest = {n: masks[n] & ~kept_first[n] for n in kept_first} or masks
+                k_rest = max(0, k - sum(int(np.count_nonzero(r)) for r in kept_first.values()))
                 if opts.scope == "global":
-                    masks = select_global(names, scores, masks, k)
+                    masks = select_global(names, scores, rest, k_rest)
                 else:
-                    masks = select_local(names, scores, masks, k, sizes)
+                    masks = select_local(names, scores, rest, k_rest, sizes)
+                for n, first in kept_first.items():
+                    masks[n] |= first
                 engine.prune(masks)
-                kept = k
+                kept = sum(int(np.count_nonzero(m)) for m in masks.values()) if kept_first else k
             logger.debug("step %d/%d: kept %d", step + 1, len(counts), kept)
             if state.progress is not None:
                 state.progress(step + 1, len(counts))
