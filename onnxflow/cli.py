@@ -200,30 +200,37 @@ def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool) -> None:
 
 def _print_summary(report: Report, output: Path) -> None:
     table = Table(title=f"SynFlow pruning -> {output}", title_justify="left")
-    for col in ("layer", "op", "shape", "params", "kept", "density"):
+    columns = ("layer", "op", "shape", "params", "kept", "density", "FLOPs", "FLOPs kept")
+    for col in columns:
         table.add_column(col, justify="left" if col in ("layer", "op", "shape") else "right")
     for layer in report.layers:
         table.add_row(
-            layer.name,
-            layer.op,
-            "x".join(map(str, layer.shape)),
-            f"{layer.params:,}",
-            f"{layer.kept:,}",
-            f"{layer.density:.4%}",
-        )
+            layer.name, layer.op, "x".join(map(str, layer.shape)), f"{layer.params:,}",
+            f"{layer.kept:,}", f"{layer.density:.4%}", _si(layer.flops), _si(layer.flops_kept),
+        )  # fmt: skip
     table.add_section()
     table.add_row(
-        "total", "", "", f"{report.params:,}", f"{report.kept:,}", f"{report.density:.4%}"
-    )
+        "total", "", "", f"{report.params:,}", f"{report.kept:,}", f"{report.density:.4%}",
+        _si(report.flops), _si(report.flops_kept),
+    )  # fmt: skip
     console = _stdout()
     console.print(table)
     console.print(
-        f"compression 10^{report.compression:.2f}, {report.seconds:.1f}s on {report.provider}"
+        f"compression 10^{report.compression:.2f}, file {report.bytes_before:,} -> "
+        f"{report.bytes_after:,} bytes, {report.seconds:.1f}s on {report.provider}"
     )
     if report.emptied:
-        Console(stderr=True).print(
+        Console(stderr=True, soft_wrap=True).print(
             f"[yellow]warning:[/] layers pruned to nothing: {', '.join(report.emptied)}"
         )
+
+
+def _si(n: int) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
 
 
 def _stdout() -> Console:

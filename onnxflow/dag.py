@@ -32,6 +32,9 @@ class WeightLayer:
     shape: tuple[int, ...]
     feeds_from: list[str] = field(default_factory=list)
     """Names of the weight layers whose outputs reach this layer's input directly."""
+    uses: int = 0
+    """Multiply-accumulates per weight in one forward pass (output positions it is applied
+    at, summed over the nodes that share it): FLOPs = 2 * weights * uses."""
 
     @property
     def size(self) -> int:
@@ -148,6 +151,28 @@ def quantized_weight_node(graph: gs.Graph) -> gs.Node | None:
     return None
 
 
+def _uses(node: gs.Node, pos: int, w: gs.Constant) -> int:
+    """How many times each weight is multiplied in one pass of `node` (static shapes)."""
+    x, y = node.inputs[1 - pos if pos < 2 else 0], node.outputs[0]
+    shape_x = [int(d) for d in x.shape] if x.shape is not None else []
+    shape_y = [int(d) for d in y.shape] if y.shape is not None else []
+    if not shape_y or not all(d > 0 for d in shape_y):
+        return 0
+    size_y = int(np.prod(shape_y))
+    if node.op == "ConvTranspose":  # each weight meets every input position
+        return int(np.prod(shape_x)) // max(1, shape_x[1]) if shape_x else 0
+    if node.op == "Conv":
+        return size_y // max(1, shape_y[1])
+    out_features = (
+        w.shape[0]
+        if (node.op == "Gemm" and node.attrs.get("transB", 0)) or (node.op == "MatMul" and pos == 0)
+        else w.shape[-1]
+    )
+    if node.op == "Gemm" and pos == 0:
+        out_features = w.shape[1] if node.attrs.get("transA", 0) else w.shape[0]
+    return size_y // max(1, int(out_features))
+
+
 def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
     """Find the prunable weights of a toposorted graph and the layer-to-layer edges."""
     layers: dict[str, WeightLayer] = {}
@@ -159,11 +184,12 @@ def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
             for t in node.outputs:
                 upstream[t.name] = feeding
             continue
-        _, w = found
+        pos, w = found
         layer = layers.get(w.name)
         if layer is None:
             layer = layers[w.name] = WeightLayer(w.name, node.op, [], tuple(w.shape))
         layer.nodes.append(node.name)
+        layer.uses += _uses(node, pos, w)
         layer.feeds_from = sorted(set(layer.feeds_from) | feeding - {w.name})
         for t in node.outputs:
             upstream[t.name] = {w.name}

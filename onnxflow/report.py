@@ -26,10 +26,22 @@ class LayerReport:
     shape: list[int]
     params: int
     kept: int
+    uses: int = 0
+    """Multiply-accumulates per weight per forward pass."""
 
     @property
     def density(self) -> float:
         return self.kept / self.params if self.params else 0.0
+
+    @property
+    def flops(self) -> int:
+        """Dense FLOPs of the layer (2 per multiply-accumulate)."""
+        return 2 * self.params * self.uses
+
+    @property
+    def flops_kept(self) -> int:
+        """FLOPs left when zero weights are skipped."""
+        return 2 * self.kept * self.uses
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,9 @@ class Report:
     log_flow: float | None = None
     """Natural log of the dense network's synaptic flow R."""
     seconds: float = 0.0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    """Serialized size of the input and of the pruned model."""
 
     @property
     def params(self) -> int:
@@ -59,6 +74,14 @@ class Report:
         return math.log10(self.params / self.kept) if self.kept else math.inf
 
     @property
+    def flops(self) -> int:
+        return sum(layer.flops for layer in self.layers)
+
+    @property
+    def flops_kept(self) -> int:
+        return sum(layer.flops_kept for layer in self.layers)
+
+    @property
     def emptied(self) -> list[str]:
         """Layers pruned to nothing (no input-output path survives through them)."""
         return [layer.name for layer in self.layers if layer.kept == 0]
@@ -68,7 +91,15 @@ class Report:
             "schema_version": SCHEMA_VERSION,
             "options": self.options,
             "provider": self.provider,
-            "layers": [{**asdict(layer), "density": layer.density} for layer in self.layers],
+            "layers": [
+                {
+                    **asdict(layer),
+                    "density": layer.density,
+                    "flops": layer.flops,
+                    "flops_kept": layer.flops_kept,
+                }
+                for layer in self.layers
+            ],
             "totals": {
                 "params": self.params,
                 "kept": self.kept,
@@ -76,6 +107,10 @@ class Report:
                 "compression_log10": None if math.isinf(self.compression) else self.compression,
                 "log_flow": self.log_flow,
                 "emptied_layers": self.emptied,
+                "flops": self.flops,
+                "flops_kept": self.flops_kept,
+                "bytes_before": self.bytes_before,
+                "bytes_after": self.bytes_after,
             },
             "seconds": self.seconds,
         }
@@ -93,6 +128,7 @@ def build_report(dag: WeightDag, masks: dict[str, np.ndarray], **kwargs: Any) ->
             shape=list(layer.shape),
             params=layer.size,
             kept=int(np.count_nonzero(masks[layer.name])),
+            uses=layer.uses,
         )
         for layer in dag.layers
     ]

@@ -10,11 +10,12 @@ from onnxflow.report import build_report
 
 
 class ReportPass(Pass):
-    requires = ("dag", "masks")
+    requires = ("model", "dag", "masks", "pruned")
     provides = ("report",)
 
     def run(self, state: PruneState) -> None:
         assert state.dag is not None and state.masks is not None
+        assert state.model is not None and state.pruned is not None
         options = dataclasses.asdict(state.options)
         options["input_shapes"] = {k: list(v) for k, v in state.options.input_shapes.items()}
         state.report = build_report(
@@ -24,4 +25,6 @@ class ReportPass(Pass):
             provider=state.provider or "cpu",
             log_flow=state.log_flow,
             seconds=time.perf_counter() - state.started,
+            bytes_before=state.model.ByteSize(),
+            bytes_after=state.pruned.ByteSize(),
         )
