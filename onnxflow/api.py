@@ -44,6 +44,20 @@ class PruneResult(NamedTuple):
     report: Report
 
 
+def initial_state(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    options: PruneOptions,
+    progress: ProgressCallback | None = None,
+) -> PruneState:
+    """The pipeline's starting state for a path (loaded by LoadPass) or a loaded model."""
+    state = PruneState(options=options, progress=progress)
+    if isinstance(model, onnx.ModelProto):
+        state.model = model
+    else:
+        state.source = os.fspath(model)
+    return state
+
+
 def analysis_passes() -> list[Pass]:
     """Load, normalize, linearize and find the weight-layer DAG: everything before scoring."""
     return [LoadPass(), NormalizePass(), LinearizePass(), BuildDagPass()]
@@ -87,12 +101,7 @@ def prune(
         options = make_options(**kwargs)
     elif kwargs:
         raise TypeError("pass either options or keyword options, not both")
-    state = PruneState(options=options, progress=progress)
-    if isinstance(model, onnx.ModelProto):
-        state.model = model
-    else:
-        state.source = os.fspath(model)
-    state = build_pipeline()(state)
+    state = build_pipeline()(initial_state(model, options, progress))
     assert state.pruned is not None and state.masks is not None
     assert state.log_scores is not None and state.report is not None
     return PruneResult(state.pruned, state.masks, state.log_scores, state.report)
@@ -114,12 +123,7 @@ def score(
 ) -> ScoreResult:
     """SynFlow scores of the dense network, without pruning (one flow-model run)."""
     options = PruneOptions(sparsity=0.0, input_shapes=input_shapes or {}, provider=provider)  # type: ignore[arg-type]
-    state = PruneState(options=options)
-    if isinstance(model, onnx.ModelProto):
-        state.model = model
-    else:
-        state.source = os.fspath(model)
-    state = Sequential(*analysis_passes())(state)
+    state = Sequential(*analysis_passes())(initial_state(model, options))
     assert state.graph is not None and state.dag is not None
     scores = FlowEngine(state.graph, state.dag, resolve_provider(options.provider)).run()
     return ScoreResult(scores.log(), scores.log_flow, state.dag)

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from onnxflow import api
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.inspect import inspect_model
 from onnxflow.options import parse_input_shape
 from onnxflow.report import Report
@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("error: interrupted", err=True)
         return 130
     except Exception as e:  # noqa: BLE001 - the user gets one line, never a traceback
-        text = (str(e).strip().splitlines() or [""])[0][:300]
-        click.echo(f"error: internal error ({type(e).__name__}): {text}", err=True)
+        click.echo(f"error: internal error ({type(e).__name__}): {one_line(e)}", err=True)
         return 2
     return 0
 

@@ -7,6 +7,12 @@ whose message is a single line naming the problem; the CLI prints it and exits w
 from __future__ import annotations
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed), at most `limit` characters:
+    third-party errors (onnx, onnxruntime, protobuf) often span many lines."""
+    return " ".join(str(e).split())[:limit] or type(e).__name__
+
+
 class OnnxflowError(Exception):
     """A problem with the input model or the options, reported as one line."""
 

@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxflow.api import analysis_passes
+from onnxflow.api import analysis_passes, initial_state
 from onnxflow.dag import WeightDag, is_float_dtype
 from onnxflow.flow.model import MIN_OPSET
 from onnxflow.flow.registry import get_flow_rule
 from onnxflow.options import PruneOptions
-from onnxflow.pipeline import PruneState, Sequential
+from onnxflow.pipeline import Sequential
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,8 @@ def inspect_model(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Inspection:
     """The prunable layers of a model and the ops on its flow path that lack a rule."""
-    state = PruneState(options=PruneOptions(sparsity=0.0, input_shapes=input_shapes or {}))
-    if isinstance(model, onnx.ModelProto):
-        state.model = model
-    else:
-        state.source = os.fspath(model)
-    state = Sequential(*analysis_passes())(state)
+    options = PruneOptions(sparsity=0.0, input_shapes=input_shapes or {})
+    state = Sequential(*analysis_passes())(initial_state(model, options))
     assert state.graph is not None and state.dag is not None
     tensors = state.graph.tensors()
     nonzero = {

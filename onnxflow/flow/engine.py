@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from onnxflow.dag import WeightDag
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.flow.model import build_flow_model
 from onnxflow.runtime import ort_session
 
@@ -48,8 +48,7 @@ class FlowEngine:
         try:
             self.session = ort_session(self.flow.model.SerializeToString(), provider)
         except Exception as e:  # noqa: BLE001 - ORT raises many types; all mean "cannot run"
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise OnnxflowError(f"onnxruntime cannot run the flow model: {msg}") from None
+            raise OnnxflowError(f"onnxruntime cannot run the flow model: {one_line(e)}") from None
         tensors = graph.tensors()
         self.weights = {
             layer.name: np.abs(np.asarray(tensors[layer.name].values, dtype=np.float32))
@@ -92,8 +91,9 @@ class FlowEngine:
         try:
             self.session.run_with_iobinding(self._io)
         except Exception as e:  # noqa: BLE001 - e.g. a shape the model declares but breaks
-            msg = " ".join(str(e).split())[:300] or type(e).__name__
-            raise OnnxflowError(f"onnxruntime failed running the flow model: {msg}") from None
+            raise OnnxflowError(
+                f"onnxruntime failed running the flow model: {one_line(e)}"
+            ) from None
         results = self._results
 
         def unit(name: str | None) -> float:

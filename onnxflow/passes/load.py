@@ -15,7 +15,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, helper
 
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.pipeline import Pass, PruneState
 
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -35,9 +35,9 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         model = onnx.load(p, load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as e:
-        raise OnnxflowError(f"{p} is not a readable ONNX model ({_first_line(e)})") from None
+        raise OnnxflowError(f"{p} is not a readable ONNX model ({one_line(e)})") from None
     except OSError as e:
-        raise OnnxflowError(f"cannot read {p}: {_first_line(e)}") from None
+        raise OnnxflowError(f"cannot read {p}: {one_line(e)}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxflowError(f"{p} is not an ONNX model: it has no graph nodes")
     try:
@@ -50,7 +50,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         external_data_helper.load_external_data_for_model(model, str(base))
     except OSError as e:
-        raise OnnxflowError(f"cannot read external data of {p}: {_first_line(e)}") from None
+        raise OnnxflowError(f"cannot read external data of {p}: {one_line(e)}") from None
     check_model(model, p, p)
     return model
 
@@ -176,13 +176,7 @@ def check_model(model: onnx.ModelProto, label: str, path: str | None = None) -> 
         else:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
-        raise OnnxflowError(f"{label} fails onnx.checker: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    """The exception's message on one line (whitespace collapsed), at most 300 characters."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:300]
+        raise OnnxflowError(f"{label} fails onnx.checker: {one_line(e)}") from None
 
 
 class LoadPass(Pass):

@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxflow.dag import weight_view_nodes
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.runtime import ort_session
 
@@ -141,8 +141,7 @@ def _shapes_from_runtime(
         feeds = {t.name: np.ones(t.shape, dtype=t.dtype) for t in graph.inputs}
         values = sess.run(names, feeds)
     except Exception as e:  # noqa: BLE001 - any ORT failure means the model cannot run
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise OnnxflowError(f"onnxruntime cannot run the model: {msg}") from None
+        raise OnnxflowError(f"onnxruntime cannot run the model: {one_line(e)}") from None
     out: dict[str, tuple[tuple[int, ...], int]] = {}
     for n, v in zip(names, values, strict=True):
         arr = np.asarray(v)
@@ -175,8 +174,15 @@ class NormalizePass(Pass):
         )
         graph.cleanup(remove_unused_graph_inputs=False)
         graph.toposort()
-        _infer_shapes(graph)
+        # Folding only removes nodes: static shapes found before it still hold. Infer again
+        # only if some tensor still lacks one.
+        if not all(_static(t) for t in graph.tensors().values() if isinstance(t, gs.Variable)):
+            _infer_shapes(graph)
         state.graph = graph
+
+
+def _static(t: gs.Variable) -> bool:
+    return t.shape is not None and all(isinstance(d, int) and d >= 0 for d in t.shape)
 
 
 def _name_nodes(graph: gs.Graph) -> None:

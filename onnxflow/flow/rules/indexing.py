@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, Shape
 from onnxflow.flow.registry import FlowRule, flow_rule
 
@@ -242,8 +242,9 @@ def _resize_index(node, x: Flow, rest, attrs) -> np.ndarray:
     try:
         out = ort_session(model.SerializeToString(), "cpu").run(None, {"x": values})[0]
     except Exception as e:  # noqa: BLE001 - any failure: the op's attributes are not usable
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise OnnxflowError(f"node {node.name!r}: cannot evaluate {node.op_type}: {msg}") from None
+        raise OnnxflowError(
+            f"node {node.name!r}: cannot evaluate {node.op_type}: {one_line(e, 200)}"
+        ) from None
     return out.astype(np.int64)
 
 
