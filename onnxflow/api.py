@@ -20,6 +20,7 @@ from onnxflow.passes import (
     LoadPass,
     NormalizePass,
     ReportPass,
+    SparseStoragePass,
     SynFlowPass,
 )
 from onnxflow.pipeline import Pass, ProgressCallback, PruneState, Sequential
@@ -65,18 +66,23 @@ def analysis_passes() -> list[Pass]:
 
 def build_pipeline() -> Sequential:
     """The one pruning pipeline."""
-    return Sequential(*analysis_passes(), SynFlowPass(), ApplyMasksPass(), ReportPass())
+    return Sequential(
+        *analysis_passes(), SynFlowPass(), ApplyMasksPass(), SparseStoragePass(), ReportPass()
+    )
 
 
 def make_options(
     *, sparsity: float | None = None, compression: float | None = None, **kwargs: Any
 ) -> PruneOptions:
-    """PruneOptions from exactly one of sparsity or compression (keep 10^-C)."""
-    if (sparsity is None) == (compression is None):
+    """PruneOptions from exactly one of sparsity or compression (keep 10^-C); with a
+    `pattern`, neither is needed (the pattern sets the target)."""
+    if sparsity is not None and compression is not None:
+        raise OnnxflowError("give exactly one of sparsity or compression")
+    if sparsity is None and compression is None and kwargs.get("pattern") is None:
         raise OnnxflowError("give exactly one of sparsity or compression")
     if compression is not None:
         sparsity = PruneOptions.sparsity_from_compression(compression)
-    return PruneOptions(sparsity=sparsity, **kwargs)  # type: ignore[arg-type]
+    return PruneOptions(sparsity=sparsity, **kwargs)
 
 
 def prune(

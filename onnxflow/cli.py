@@ -19,7 +19,7 @@ from rich.table import Table
 from onnxflow import api
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.inspect import inspect_model
-from onnxflow.options import parse_input_shape
+from onnxflow.options import parse_input_shape, parse_pattern
 from onnxflow.report import Report
 from onnxflow.save import check_output_paths
 
@@ -87,6 +87,18 @@ def cli() -> None:
     show_default=True,
     help="Every layer keeps at least this many weights.",
 )
+@click.option(
+    "--pattern",
+    metavar="N:M",
+    help="N:M sparsity: keep at most N of every M consecutive weights along the input "
+    "channels (e.g. 2:4). Alone, it sets the target; with --sparsity, prunes further.",
+)
+@click.option(
+    "--sparse-storage",
+    is_flag=True,
+    help="Store pruned weights as ONNX sparse initializers (COO): a smaller file; "
+    "onnxruntime expands them to dense when it loads the model.",
+)
 @click.option("--masks", type=click.Path(path_type=Path), help="Write boolean masks (.npz).")
 @click.option(
     "--scores",
@@ -115,6 +127,8 @@ def prune(
     seed: int,
     exclude: tuple[str, ...],
     min_kept: int,
+    pattern: str | None,
+    sparse_storage: bool,
     masks: Path | None,
     scores: Path | None,
     report: Path | None,
@@ -123,10 +137,12 @@ def prune(
 ) -> None:
     """Prune MODEL with iterative SynFlow and write the pruned model.
 
-    Exactly one of --sparsity or --compression is required.
+    Exactly one of --sparsity or --compression is required, unless --pattern sets the target.
     """
-    if (sparsity is None) == (compression is None):
+    if sparsity is not None and compression is not None:
         raise OnnxflowError("give exactly one of --sparsity or --compression")
+    if sparsity is None and compression is None and pattern is None:
+        raise OnnxflowError("give exactly one of --sparsity or --compression (or a --pattern)")
     options = api.make_options(
         sparsity=sparsity,
         compression=compression,
@@ -138,6 +154,8 @@ def prune(
         seed=seed,
         exclude=exclude,
         min_kept=min_kept,
+        pattern=parse_pattern(pattern) if pattern is not None else None,
+        sparse_storage=sparse_storage,
         input_shapes=dict(parse_input_shape(s) for s in input_shapes),
     )
     output = output or api.default_output(model)
@@ -215,10 +233,18 @@ def _print_summary(report: Report, output: Path) -> None:
     )  # fmt: skip
     console = _stdout()
     console.print(table)
+    sizes = f"{report.bytes_before:,} -> {report.bytes_after:,} bytes"
+    if report.bytes_after != report.bytes_after_dense:
+        sizes += f" (sparse storage; dense {report.bytes_after_dense:,})"
     console.print(
-        f"compression 10^{report.compression:.2f}, file {report.bytes_before:,} -> "
-        f"{report.bytes_after:,} bytes, {report.seconds:.1f}s on {report.provider}"
+        f"compression 10^{report.compression:.2f}, file {sizes}, "
+        f"{report.seconds:.1f}s on {report.provider}"
     )
+    if report.pattern_skipped:
+        Console(stderr=True, soft_wrap=True).print(
+            f"[yellow]warning:[/] --pattern skipped layers whose input channels do not split "
+            f"into groups: {', '.join(report.pattern_skipped)}"
+        )
     if report.emptied:
         Console(stderr=True, soft_wrap=True).print(
             f"[yellow]warning:[/] layers pruned to nothing: {', '.join(report.emptied)}"

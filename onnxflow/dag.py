@@ -35,6 +35,10 @@ class WeightLayer:
     uses: int = 0
     """Multiply-accumulates per weight in one forward pass (output positions it is applied
     at, summed over the nodes that share it): FLOPs = 2 * weights * uses."""
+    in_axis: int | None = None
+    """Axis of the stored tensor along which the layer reads its inputs (Conv: 1, a MatMul's
+    right operand: -2, ...), as a nonnegative index; None where a reshape of the weight or
+    nodes that disagree hide it. N:M patterns group weights along this axis."""
 
     @property
     def size(self) -> int:
@@ -173,6 +177,36 @@ def _uses(node: gs.Node, pos: int, w: gs.Constant) -> int:
     return size_y // max(1, int(out_features))
 
 
+def _in_axis(node: gs.Node, pos: int, rank: int) -> int:
+    """The input-channel (contracted) axis of the weight operand as the node sees it."""
+    if node.op == "Conv":
+        return 1
+    if node.op == "ConvTranspose":
+        return 0
+    if node.op == "Gemm":
+        trans = node.attrs.get("transB" if pos == 1 else "transA", 0)
+        return (1 if trans else 0) if pos == 1 else (0 if trans else 1)
+    return rank - 2 if pos == 1 else rank - 1  # MatMul: x @ W reads W's rows, W @ x its columns
+
+
+def _stored_in_axis(node: gs.Node, pos: int, rank: int) -> int | None:
+    """`_in_axis` mapped back through Transpose/Identity/Cast to the stored tensor (whose
+    rank those views keep)."""
+    t = node.inputs[pos]
+    if rank < 2:
+        return None
+    axis = _in_axis(node, pos, rank)
+    while isinstance(t, gs.Variable) and len(t.inputs) == 1:
+        view = t.inputs[0]
+        if view.op == "Transpose":
+            perm = view.attrs.get("perm") or list(range(rank))[::-1]
+            axis = int(perm[axis])
+        elif view.op not in ("Identity", "Cast"):
+            return None
+        t = view.inputs[0]
+    return axis
+
+
 def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
     """Find the prunable weights of a toposorted graph and the layer-to-layer edges."""
     layers: dict[str, WeightLayer] = {}
@@ -186,8 +220,11 @@ def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
             continue
         pos, w = found
         layer = layers.get(w.name)
+        axis = _stored_in_axis(node, pos, len(w.shape))
         if layer is None:
-            layer = layers[w.name] = WeightLayer(w.name, node.op, [], tuple(w.shape))
+            layer = layers[w.name] = WeightLayer(w.name, node.op, [], tuple(w.shape), in_axis=axis)
+        elif layer.in_axis != axis:
+            layer.in_axis = None
         layer.nodes.append(node.name)
         layer.uses += _uses(node, pos, w)
         layer.feeds_from = sorted(set(layer.feeds_from) | feeding - {w.name})

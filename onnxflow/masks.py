@@ -211,3 +211,24 @@ def _select_band(
         above[n][idx[chosen[start : start + idx.size]]] = True
         start += idx.size
     return above
+
+
+def fits_pattern(shape: Sequence[int], axis: int | None, m: int) -> bool:
+    """Whether a weight can be split into groups of m along `axis`."""
+    return axis is not None and 0 <= axis < len(shape) and shape[axis] % m == 0
+
+
+def restrict_to_pattern(
+    values: np.ndarray, mask: np.ndarray, axis: int, n: int, m: int
+) -> np.ndarray:
+    """The mask with at most n weights kept in every group of m consecutive weights along
+    `axis`: the n best scores among the group's kept weights (ties: lower position)."""
+    ranked = np.where(mask, values, np.float32(-1))
+    groups = np.moveaxis(ranked, axis, -1)
+    shape = groups.shape
+    groups = groups.reshape(*shape[:-1], shape[-1] // m, m)
+    order = np.argsort(-groups, axis=-1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(m), axis=-1)
+    best = np.moveaxis((rank < n).reshape(shape), -1, axis)
+    return best & mask

@@ -34,9 +34,14 @@ class PruneOptions:
             pruned and do not count in N.
         min_kept: every layer keeps at least this many weights (its best), even where that
             means keeping more than the schedule's count.
+        pattern: `(N, M)`: in every group of M consecutive weights along a layer's
+            input-channel axis keep at most N (N:M sparsity). Layers whose input channels are
+            not a multiple of M are skipped (reported). With `sparsity=None` the pattern alone
+            sets the target; a sparsity must keep no more weights than the pattern allows.
+        sparse_storage: write pruned weights as ONNX sparse initializers (COO).
     """
 
-    sparsity: float
+    sparsity: float | None
     iterations: int = 100
     schedule: Schedule = "exponential"
     scope: Scope = "global"
@@ -46,11 +51,23 @@ class PruneOptions:
     seed: int = 0
     exclude: tuple[str, ...] = ()
     min_kept: int = 0
+    pattern: tuple[int, int] | None = None
+    sparse_storage: bool = False
 
     def __post_init__(self) -> None:
         s = self.sparsity
-        if isinstance(s, bool) or not isinstance(s, int | float) or not (0.0 <= s < 1.0):
+        if s is None and self.pattern is None:
+            raise OnnxflowError("give a sparsity (or a pattern that implies one)")
+        if s is not None and (
+            isinstance(s, bool) or not isinstance(s, int | float) or not (0.0 <= s < 1.0)
+        ):
             raise OnnxflowError(f"sparsity must be a number in [0, 1), got {s!r}")
+        if self.pattern is not None:
+            object.__setattr__(self, "pattern", check_pattern(self.pattern))
+        if not isinstance(self.sparse_storage, bool):
+            raise OnnxflowError(
+                f"sparse_storage must be True or False, got {self.sparse_storage!r}"
+            )
         it = self.iterations
         if isinstance(it, bool) or not isinstance(it, int) or it < 1:
             raise OnnxflowError(f"iterations must be an integer >= 1, got {it!r}")
@@ -80,9 +97,9 @@ class PruneOptions:
         object.__setattr__(self, "input_shapes", dict(self.input_shapes))
 
     @property
-    def density(self) -> float:
-        """Fraction of prunable weights kept at the end."""
-        return 1.0 - self.sparsity
+    def density(self) -> float | None:
+        """Fraction of prunable weights kept at the end (None: set by the pattern)."""
+        return None if self.sparsity is None else 1.0 - self.sparsity
 
     @staticmethod
     def sparsity_from_compression(compression: float) -> float:
@@ -108,3 +125,31 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     if not shape or any(d < 1 for d in shape):
         raise OnnxflowError(f"--input-shape {text!r}: dimensions must be positive integers")
     return name, shape
+
+
+def check_pattern(pattern: object) -> tuple[int, int]:
+    """A valid N:M pattern as a pair of ints: 1 <= N < M."""
+    ok = (
+        isinstance(pattern, tuple | list)
+        and len(pattern) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in pattern)
+    )
+    if not ok or not (1 <= pattern[0] < pattern[1]):  # type: ignore[index]
+        raise OnnxflowError(
+            f"pattern must be N:M with integers 1 <= N < M (e.g. 2:4), got {pattern!r}"
+        )
+    return int(pattern[0]), int(pattern[1])  # type: ignore[index]
+
+
+def parse_pattern(text: str) -> tuple[int, int]:
+    """Parse `N:M` (the CLI's --pattern)."""
+    n, sep, m = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        pattern = (int(n), int(m))
+    except ValueError:
+        raise OnnxflowError(f"--pattern must look like N:M (e.g. 2:4), got {text!r}") from None
+    if not (1 <= pattern[0] < pattern[1]):
+        raise OnnxflowError(f"--pattern {text!r}: need integers 1 <= N < M (e.g. 2:4)")
+    return pattern

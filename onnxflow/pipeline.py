@@ -47,6 +47,10 @@ class PruneState:
     """Natural log of R, the synaptic flow of the dense network."""
     provider: str | None = None
     pruned: onnx.ModelProto | None = None
+    pattern_skipped: list[str] = field(default_factory=list)
+    """Layers the N:M pattern could not be applied to."""
+    bytes_dense: int | None = None
+    """Serialized size of the pruned model with every weight stored densely."""
     report: Report | None = None
     progress: ProgressCallback | None = None
     timings: dict[str, float] = field(default_factory=dict)

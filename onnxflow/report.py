@@ -54,7 +54,11 @@ class Report:
     seconds: float = 0.0
     bytes_before: int = 0
     bytes_after: int = 0
-    """Serialized size of the input and of the pruned model."""
+    """Serialized size of the input and of the pruned model as written."""
+    bytes_after_dense: int = 0
+    """Size of the pruned model with dense weights (= bytes_after without sparse storage)."""
+    pattern_skipped: list[str] = field(default_factory=list)
+    """Layers an N:M pattern could not be applied to (their shape does not allow it)."""
 
     @property
     def params(self) -> int:
@@ -111,6 +115,8 @@ class Report:
                 "flops_kept": self.flops_kept,
                 "bytes_before": self.bytes_before,
                 "bytes_after": self.bytes_after,
+                "bytes_after_dense": self.bytes_after_dense,
+                "pattern_skipped_layers": self.pattern_skipped,
             },
             "seconds": self.seconds,
         }

@@ -162,6 +162,21 @@ CASES: dict[str, tuple[Setup, str]] = {
         good("--sparsity", "0.5", "--compression", "1"),
         r"exactly one of --sparsity or --compression",
     ),
+    "pattern-malformed": (good("--pattern", "4:2"), r"--pattern '4:2': need integers 1 <= N < M"),
+    "pattern-fits-no-layer": (
+        good("--pattern", "2:4"),
+        r"--pattern 2:4 fits no layer",
+    ),
+    "pattern-contradicts-sparsity": (
+        model_file(
+            lambda tmp: small_model(weight_dims=(4, 4, 3, 3), input_shape=(1, 4, 8, 8)),
+            "--pattern",
+            "1:2",
+            "--sparsity",
+            "0.2",
+        ),
+        r"sparsity 0.2 contradicts --pattern 1:2, which already prunes 0.5",
+    ),
     "negative-compression": (good("--compression", "-1"), r"compression must be"),
     "iterations-zero": (
         good("--sparsity", "0.5", "--iterations", "0"),

@@ -6,6 +6,7 @@ from onnxflow.passes.linearize import LinearizePass
 from onnxflow.passes.load import LoadPass
 from onnxflow.passes.normalize import NormalizePass
 from onnxflow.passes.report import ReportPass
+from onnxflow.passes.sparse_storage import SparseStoragePass
 from onnxflow.passes.synflow import SynFlowPass
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "LoadPass",
     "NormalizePass",
     "ReportPass",
+    "SparseStoragePass",
     "SynFlowPass",
 ]

@@ -27,4 +27,6 @@ class ReportPass(Pass):
             seconds=time.perf_counter() - state.started,
             bytes_before=state.model.ByteSize(),
             bytes_after=state.pruned.ByteSize(),
+            bytes_after_dense=state.bytes_dense or state.pruned.ByteSize(),
+            pattern_skipped=state.pattern_skipped,
         )

@@ -13,9 +13,17 @@ from collections.abc import Callable
 
 import numpy as np
 
+from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.engine import FlowEngine, FlowScores
-from onnxflow.masks import reserve, schedule_counts, select_global, select_local
+from onnxflow.masks import (
+    fits_pattern,
+    reserve,
+    restrict_to_pattern,
+    schedule_counts,
+    select_global,
+    select_local,
+)
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.runtime import resolve_provider
 
@@ -30,22 +38,31 @@ class SynFlowPass(Pass):
         assert state.graph is not None and state.dag is not None
         opts, dag = state.options, state.dag
         total = dag.size
-        target = round(opts.density * total)
-        if target == 0 and opts.density > 0:
-            raise OnnxflowError(
-                f"sparsity {opts.sparsity} keeps round({opts.density:g} * {total}) = 0 "
-                "of the prunable weights; choose a lower sparsity"
-            )
+        pattern = _Pattern(opts.pattern, dag) if opts.pattern else None
+        if pattern is not None:
+            state.pattern_skipped = pattern.skipped
+            target = pattern.target(opts.sparsity, total)
+        else:
+            assert opts.density is not None
+            target = round(opts.density * total)
+            if target == 0 and opts.density > 0:
+                raise OnnxflowError(
+                    f"sparsity {opts.sparsity} keeps round({opts.density:g} * {total}) = 0 "
+                    "of the prunable weights; choose a lower sparsity"
+                )
         state.provider = resolve_provider(opts.provider)
         engine = FlowEngine(state.graph, dag, state.provider)
         names = [layer.name for layer in dag.layers]
         sizes = [layer.size for layer in dag.layers]
         masks = {layer.name: np.ones(layer.shape, dtype=bool) for layer in dag.layers}
-        kept = total
-        counts = schedule_counts(total, opts.density, opts.iterations, opts.schedule)
+        kept, per_group = total, None
+        counts = schedule_counts(total, target / total, opts.iterations, opts.schedule)
+        counts[-1] = target
         baseline = _baseline(opts.method, opts.seed, engine.weights)
         for step, k in enumerate(counts):
-            if step == 0 or k < kept:
+            limit = pattern.per_group(step, len(counts)) if pattern is not None else None
+            if step == 0 or k < kept or limit != per_group:
+                per_group = limit
                 scores = engine.run() if step == 0 or baseline is None else None
                 if step == 0:
                     assert scores is not None
@@ -60,6 +77,11 @@ class SynFlowPass(Pass):
                 assert scores is not None
                 if step == 0:
                     state.log_scores = scores.log()
+                if pattern is not None:
+                    assert limit is not None
+                    masks = pattern.restrict(scores, masks, limit)
+                    if opts.sparsity is None:  # the pattern alone: keep every candidate
+                        k = sum(int(np.count_nonzero(m)) for m in masks.values())
                 kept_first = reserve(names, scores, masks, opts.min_kept) if opts.min_kept else {}
                 rest = {n: masks[n] & ~kept_first[n] for n in kept_first} or masks
                 k_rest = max(0, k - sum(int(np.count_nonzero(r)) for r in kept_first.values()))
@@ -70,11 +92,64 @@ class SynFlowPass(Pass):
                 for n, first in kept_first.items():
                     masks[n] |= first
                 engine.prune(masks)
-                kept = sum(int(np.count_nonzero(m)) for m in masks.values()) if kept_first else k
+                exact = kept_first or pattern is not None
+                kept = sum(int(np.count_nonzero(m)) for m in masks.values()) if exact else k
             logger.debug("step %d/%d: kept %d", step + 1, len(counts), kept)
             if state.progress is not None:
                 state.progress(step + 1, len(counts))
         state.masks = masks
+
+
+class _Pattern:
+    """N:M sparsity: which layers take it, the target it implies, and the per-step limit."""
+
+    def __init__(self, pattern: tuple[int, int], dag: WeightDag) -> None:
+        self.n, self.m = pattern
+        self.axes = {
+            layer.name: layer.in_axis
+            for layer in dag.layers
+            if layer.in_axis is not None and fits_pattern(layer.shape, layer.in_axis, self.m)
+        }
+        self.skipped = [layer.name for layer in dag.layers if layer.name not in self.axes]
+        if not self.axes:
+            raise OnnxflowError(
+                f"--pattern {self.n}:{self.m} fits no layer: no prunable weight has a known "
+                f"input-channel axis whose length is a multiple of {self.m}"
+            )
+        self.allowed = sum(
+            layer.size * self.n // self.m if layer.name in self.axes else layer.size
+            for layer in dag.layers
+        )
+
+    def target(self, sparsity: float | None, total: int) -> int:
+        """Weights kept at the end: what the pattern allows, or fewer with a sparsity."""
+        if sparsity is None:
+            return self.allowed
+        target = round((1.0 - sparsity) * total)
+        if target > self.allowed:
+            implied = 1.0 - self.allowed / total
+            raise OnnxflowError(
+                f"sparsity {sparsity:g} contradicts --pattern {self.n}:{self.m}, which already "
+                f"prunes {implied:.4g} of this model's weights; give a sparsity >= {implied:.4g} "
+                "or none"
+            )
+        if target == 0:
+            raise OnnxflowError(f"sparsity {sparsity:g} keeps no weight; choose a lower one")
+        return target
+
+    def per_group(self, step: int, steps: int) -> int:
+        """Weights allowed per group after `step`: from M down to N over the schedule."""
+        return self.m - round((self.m - self.n) * (step + 1) / steps)
+
+    def restrict(
+        self, scores: FlowScores, masks: dict[str, np.ndarray], n: int
+    ) -> dict[str, np.ndarray]:
+        return {
+            name: restrict_to_pattern(scores.values[name], mask, self.axes[name], n, self.m)
+            if name in self.axes
+            else mask
+            for name, mask in masks.items()
+        }
 
 
 def _baseline(
