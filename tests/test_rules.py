@@ -50,8 +50,9 @@ class Net:
     share every number.
     """
 
-    def __init__(self, x_shape: Shape, *, ref: bool, seed: int = 0) -> None:
+    def __init__(self, x_shape: Shape, *, ref: bool, seed: int = 0, opset: int = OPSET) -> None:
         self.x_shape = tuple(x_shape)
+        self.opset = opset
         self.ref = ref
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
@@ -112,7 +113,7 @@ class Net:
             ],
             [numpy_helper.from_array(v, k) for k, v in self.inits.items()],
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = IR_VERSION
         return model
 
@@ -217,11 +218,11 @@ def prune_scores(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return onnxflow.prune(model, sparsity=0.0, iterations=1).log_scores
 
 
-def check(build: Build, x_shape: Shape, seed: int = 0) -> None:
+def check(build: Build, x_shape: Shape, seed: int = 0, opset: int = OPSET) -> None:
     """Every prunable weight of `build`'s model scores as brute force on its reference."""
-    net = Net(x_shape, ref=False, seed=seed)
+    net = Net(x_shape, ref=False, seed=seed, opset=opset)
     model = build(net)
-    reference = build(Net(x_shape, ref=True, seed=seed))
+    reference = build(Net(x_shape, ref=True, seed=seed, opset=opset))
     got = prune_scores(model)
     assert sorted(got) == sorted(net.weights)
     for name in net.weights:

@@ -1,5 +1,13 @@
 """Built-in flow rules, one module per family of ops. Importing registers them."""
 
-from onnxflow.flow.rules import elementwise, indexing, linear, normalization, pooling, shape
+from onnxflow.flow.rules import (
+    elementwise,
+    indexing,
+    linear,
+    normalization,
+    pooling,
+    resample,
+    shape,
+)
 
-__all__ = ["elementwise", "indexing", "linear", "normalization", "pooling", "shape"]
+__all__ = ["elementwise", "indexing", "linear", "normalization", "pooling", "resample", "shape"]

@@ -1,4 +1,4 @@
-"""Indexing and resampling: Gather, Slice, Split, Pad, Expand, Tile, Resize/Upsample, Shape.
+"""Indexing: Gather, Slice, Split, Pad, Expand, Tile, Shape (Resize is in `resample`).
 
 All move flow without changing it; their transposes scatter it back. Index maps are
 computed once at build time (the shapes are static), so the flow model only gathers and
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxflow.errors import OnnxflowError, one_line
+from onnxflow.errors import OnnxflowError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, Shape
 from onnxflow.flow.registry import FlowRule, flow_rule
 
@@ -188,64 +188,6 @@ class Broadcast(FlowRule):
 
     def backward(self, g, node, grads, x, shape_or_repeats):
         return [_scatter_back(g, grads[0], node.saved["index"], x.shape), None]
-
-
-@flow_rule("Resize", "Upsample")
-class Resize(FlowRule):
-    """Nearest-neighbour resampling copies inputs (Upsample in old models, nn.Upsample):
-    its index map is read off one onnxruntime run at build time. Interpolating modes are
-    linear maps whose transposes are not built yet."""
-
-    def forward(self, g, node, x, *rest, **attrs):
-        if attrs.get("mode", "nearest") != "nearest":
-            raise OnnxflowError(
-                f"node {node.name!r}: {node.op_type} mode {attrs['mode']!r} has no flow rule yet"
-            )
-        index = _resize_index(node, x, rest, attrs)
-        node.saved["index"] = index
-        return _gather(g, x, index, node.out_shapes[0])
-
-    def backward(self, g, node, grads, x, *rest, **attrs):
-        return [_scatter_back(g, grads[0], node.saved["index"], x.shape)] + [None] * len(rest)
-
-
-def _resize_index(node, x: Flow, rest, attrs) -> np.ndarray:
-    """Flat input index of every output element, by running the op on the indices."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from onnxflow.runtime import ort_session
-
-    size = int(np.prod(x.shape))
-    if size >= 2**24:
-        raise OnnxflowError(f"node {node.name!r}: {node.op_type} input too large to index")
-    names, inits = ["x"], []
-    for i, c in enumerate(rest):
-        if c is None:
-            names.append("")
-            continue
-        v = _values(node, c, "sizes/scales/roi")
-        inits.append(numpy_helper.from_array(v, f"c{i}"))
-        names.append(f"c{i}")
-    op = helper.make_node(node.op_type, names, ["y"], **attrs)
-    graph = helper.make_graph(
-        [op],
-        "index",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    # Upsample-7 has `scales` as an attribute, Upsample-9 as an input.
-    opset = (9 if rest else 8) if node.op_type == "Upsample" else 19
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    values = np.arange(size, dtype=np.float32).reshape(x.shape)  # exact below 2^24
-    try:
-        out = ort_session(model.SerializeToString(), "cpu").run(None, {"x": values})[0]
-    except Exception as e:  # noqa: BLE001 - any failure: the op's attributes are not usable
-        raise OnnxflowError(
-            f"node {node.name!r}: cannot evaluate {node.op_type}: {one_line(e, 200)}"
-        ) from None
-    return out.astype(np.int64)
 
 
 @flow_rule(
