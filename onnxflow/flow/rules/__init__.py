@@ -7,7 +7,17 @@ from onnxflow.flow.rules import (
     normalization,
     pooling,
     resample,
+    selection,
     shape,
 )
 
-__all__ = ["elementwise", "indexing", "linear", "normalization", "pooling", "resample", "shape"]
+__all__ = [
+    "elementwise",
+    "indexing",
+    "linear",
+    "normalization",
+    "pooling",
+    "resample",
+    "selection",
+    "shape",
+]

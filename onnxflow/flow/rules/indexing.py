@@ -204,10 +204,11 @@ class Broadcast(FlowRule):
     "IsNaN",
     "IsInf",
     "NonZero",
+    "Hardmax",
 )
 class EndsFlow(FlowRule):
-    """Shapes, indices and comparisons (an ArgMax label beside the probabilities): the
-    result is data about the flow, not flow; nothing goes back."""
+    """Shapes, indices and comparisons (an ArgMax label beside the probabilities; Hardmax, its
+    one-hot float spelling): the result is data about the flow, not flow; nothing goes back."""
 
     def forward(self, g, node, *inputs, **attrs):
         names = [v.tensor if isinstance(v, Flow) else g.const_input(v) for v in inputs]

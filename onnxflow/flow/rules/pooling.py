@@ -136,14 +136,17 @@ def _reduce_axes(x: Flow, axes, noop_with_empty_axes: int) -> list[int]:
     return sorted(a % len(x.shape) for a in axes)
 
 
-@flow_rule("ReduceMean", "ReduceSum")
+@flow_rule("ReduceMean", "ReduceSum", "ReduceL1")
 class Reduce(FlowRule):
+    """Sums and means; ReduceL1 is ReduceSum on the (non-negative) flow."""
+
     def forward(self, g, node, x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
         ax = _reduce_axes(x, axes, noop_with_empty_axes)
         node.saved["axes"] = ax
         if not ax:
             return x
-        return g.like(g.reduce(node.op_type, x.tensor, ax, keepdims), x)
+        op = "ReduceSum" if node.op_type == "ReduceL1" else node.op_type
+        return g.like(g.reduce(op, x.tensor, ax, keepdims), x)
 
     def backward(self, g, node, grads, x, axes=None, **attrs):
         ax = node.saved["axes"]
@@ -174,3 +177,39 @@ class GlobalMaxPool(FlowRule):
             axis=2,
         )
         return [g.like(g.reshape(back, list(x.shape)), grads[0])]
+
+
+@flow_rule("ReduceMax", "ReduceMin")
+class ReduceExtreme(FlowRule):
+    """As they are forward; each output's flow goes back to the input that won (the first
+    in row-major order over the reduced axes on ties), like MaxPool."""
+
+    def forward(self, g, node, x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+        ax = _reduce_axes(x, axes, noop_with_empty_axes)
+        node.saved["axes"] = ax
+        if not ax:
+            return x
+        return g.like(g.reduce(node.op_type, x.tensor, ax, keepdims), x)
+
+    def backward(self, g, node, grads, x, axes=None, **attrs):
+        ax = node.saved["axes"]
+        (gy,) = grads
+        if not ax:
+            return [gy, None]
+        kept = [i for i in range(len(x.shape)) if i not in ax]
+        perm = kept + ax
+        rows = int(np.prod([x.shape[i] for i in kept]))
+        cols = int(np.prod([x.shape[i] for i in ax]))
+        moved = [x.shape[p] for p in perm]
+        xt = x.tensor if perm == sorted(perm) else g.node("Transpose", [x.tensor], perm=perm)
+        arg = "ArgMax" if node.op_type == "ReduceMax" else "ArgMin"
+        winner = g.node(arg, [g.reshape(xt, [rows, cols])], axis=1, keepdims=1)
+        back = g.node(
+            "ScatterElements",
+            [g.zeros((rows, cols)), winner, g.reshape(gy.tensor, [rows, 1])],
+            axis=1,
+        )
+        back = g.reshape(back, moved)
+        if perm != sorted(perm):
+            back = g.node("Transpose", [back], perm=[int(i) for i in np.argsort(perm)])
+        return [g.like(back, gy), None]

@@ -1,4 +1,4 @@
-"""Data movement: reshapes, transposes and concatenation move flow without changing it."""
+"""Data movement: reshapes, transposes, depth/space moves and concatenation move flow as is."""
 
 from __future__ import annotations
 
@@ -52,3 +52,36 @@ class Concat(FlowRule):
             g.like(p, gy) if isinstance(v, Flow) and v.needs_grad else None
             for p, v in zip(parts, inputs, strict=True)
         ]
+
+
+def _space_depth_moves(op: str, shape: tuple[int, ...], blocksize: int, mode: str):
+    """DepthToSpace / SpaceToDepth as reshape -> transpose -> reshape: (split shape, perm)."""
+    n, c, h, w = shape
+    b = blocksize
+    if op == "SpaceToDepth":
+        return (n, c, h // b, b, w // b, b), [0, 3, 5, 1, 2, 4]
+    if mode == "CRD":
+        return (n, c // (b * b), b, b, h, w), [0, 1, 4, 2, 5, 3]
+    return (n, b, b, c // (b * b), h, w), [0, 3, 4, 1, 5, 2]
+
+
+@flow_rule("DepthToSpace", "SpaceToDepth")
+class SpaceDepth(FlowRule):
+    """A permutation of the elements: as it is forward, the inverse permutation back."""
+
+    def forward(self, g, node, x, *, blocksize, mode="DCR"):
+        attrs = {"blocksize": blocksize}
+        if node.op_type == "DepthToSpace":
+            attrs["mode"] = mode
+        return g.map(x, lambda t: g.node(node.op_type, [t], **attrs))
+
+    def backward(self, g, node, grads, x, *, blocksize, mode="DCR"):
+        split, perm = _space_depth_moves(node.op_type, tuple(x.shape), blocksize, mode)
+        moved = [split[p] for p in perm]
+        inverse = [int(i) for i in np.argsort(perm)]
+
+        def back(t: str) -> str:
+            t = g.node("Transpose", [g.reshape(t, moved)], perm=inverse)
+            return g.reshape(t, x.shape)
+
+        return [g.map(grads[0], back)]
