@@ -24,6 +24,7 @@ from onnxflow.passes import (
     SynFlowPass,
 )
 from onnxflow.pipeline import Pass, ProgressCallback, PruneState, Sequential
+from onnxflow.plot import density_figure, png_writer
 from onnxflow.report import Report
 from onnxflow.runtime import resolve_provider
 from onnxflow.save import (
@@ -144,9 +145,15 @@ def default_output(source: str | os.PathLike[str]) -> Path:
 
 
 def output_paths(
-    output: Path, masks: Path | None, scores: Path | None, report: Path | None
+    output: Path,
+    masks: Path | None,
+    scores: Path | None,
+    report: Path | None,
+    plot: Path | None = None,
 ) -> dict[str, Path]:
-    paths = {"output": output, "--masks": masks, "--scores": scores, "--report": report}
+    paths = {
+        "output": output, "--masks": masks, "--scores": scores, "--report": report, "--plot": plot
+    }  # fmt: skip
     return {k: v for k, v in paths.items() if v is not None}
 
 
@@ -157,14 +164,16 @@ def save(
     masks: str | os.PathLike[str] | None = None,
     scores: str | os.PathLike[str] | None = None,
     report: str | os.PathLike[str] | None = None,
+    plot: str | os.PathLike[str] | None = None,
     source: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Write the pruned model and, optionally, masks/scores (.npz) and the report (.json).
+    """Write the pruned model and, optionally, masks/scores (.npz), the report (.json) and
+    a plot of density per layer (.png, needs matplotlib).
 
     All files are written atomically and together: on failure none of them changes.
     """
     paths = output_paths(
-        Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report))
+        Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report, plot))
     )
     check_output_paths(source, paths)
     writers = {paths["output"]: model_writer(result.model)}
@@ -174,4 +183,14 @@ def save(
         writers[paths["--scores"]] = npz_writer(result.log_scores)
     if "--report" in paths:
         writers[paths["--report"]] = text_writer(result.report.to_json())
+    if "--plot" in paths:
+        r = result.report
+        fig = density_figure(
+            [layer.name for layer in r.layers],
+            [layer.density for layer in r.layers],
+            r.density,
+            f"{r.options.get('method', 'synflow')}: density per layer, "
+            f"{r.kept:,} of {r.params:,} weights kept",
+        )
+        writers[paths["--plot"]] = png_writer(fig)
     write_atomically(writers)

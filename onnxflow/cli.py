@@ -20,8 +20,9 @@ from onnxflow import api
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.inspect import inspect_model
 from onnxflow.options import parse_input_shape, parse_pattern
+from onnxflow.plot import density_figure, png_writer, require_matplotlib
 from onnxflow.report import Report
-from onnxflow.save import check_output_paths
+from onnxflow.save import check_output_paths, write_atomically
 
 input_shape_option = click.option(
     "--input-shape",
@@ -107,6 +108,12 @@ def cli() -> None:
 )
 @click.option("--report", type=click.Path(path_type=Path), help="Write the report (.json).")
 @click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    metavar="FILE.png",
+    help="Draw density per layer (.png; needs the 'plot' extra: matplotlib).",
+)
+@click.option(
     "--provider",
     type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
@@ -132,6 +139,7 @@ def prune(
     masks: Path | None,
     scores: Path | None,
     report: Path | None,
+    plot: Path | None,
     provider: str,
     quiet: bool,
 ) -> None:
@@ -159,7 +167,9 @@ def prune(
         input_shapes=dict(parse_input_shape(s) for s in input_shapes),
     )
     output = output or api.default_output(model)
-    check_output_paths(model, api.output_paths(output, masks, scores, report))
+    check_output_paths(model, api.output_paths(output, masks, scores, report, plot))
+    if plot is not None:
+        require_matplotlib()
     console = Console(stderr=True)
     with Progress(
         TextColumn("pruning"),
@@ -174,7 +184,7 @@ def prune(
         result = api.prune(
             model, options, progress=lambda done, total: bar.update(task, completed=done)
         )
-    api.save(result, output, masks=masks, scores=scores, report=report, source=model)
+    api.save(result, output, masks=masks, scores=scores, report=report, plot=plot, source=model)
     if not quiet:
         _print_summary(result.report, output)
 
@@ -183,32 +193,58 @@ def prune(
 @click.argument("model", type=click.Path(path_type=Path))
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool) -> None:
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    metavar="FILE.png",
+    help="Draw current density per layer (.png; needs matplotlib).",
+)
+def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool, plot: Path | None) -> None:
     """List MODEL's prunable weights and the ops that lack a flow rule, without pruning.
 
     Shows the weight-layer DAG (layer, op, weight shape, params, current density, the layers
     that feed it) and flags every op on the flow path without a rule.
     """
+    if plot is not None:
+        check_output_paths(model, {"--plot": plot})
+        require_matplotlib()
     result = inspect_model(model, input_shapes=dict(parse_input_shape(s) for s in input_shapes))
+    if plot is not None:
+        rows = result.to_dict()["layers"]
+        total = sum(layer.size for layer in result.dag.layers)
+        nonzero = sum(result.nonzero.values())
+        fig = density_figure(
+            [r["name"] for r in rows],
+            [r["density"] for r in rows],
+            nonzero / total if total else 0.0,
+            f"{model.name}: density per layer, {nonzero:,} of {total:,} weights nonzero",
+        )
+        write_atomically({plot: png_writer(fig)})
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
     table = Table(title=f"prunable weights of {model}", title_justify="left")
-    for col in ("layer", "op", "shape", "params", "density", "fed by"):
-        table.add_column(col, justify="right" if col in ("params", "density") else "left")
-    for row in result.to_dict()["layers"]:
-        table.add_row(
-            row["name"],
-            row["op"],
-            "x".join(map(str, row["shape"])),
-            f"{row['params']:,}",
-            f"{row['density']:.4%}",
-            ", ".join(row["feeds_from"]) or "input",
+    columns = ("layer", "op", "shape", "params", "nonzero", "density", "FLOPs", "FLOPs kept")
+    for col in (*columns, "fed by"):
+        table.add_column(
+            col, justify="left" if col in ("layer", "op", "shape", "fed by") else "right"
         )
+    rows = result.to_dict()["layers"]
+    for row in rows:
+        table.add_row(
+            row["name"], row["op"], "x".join(map(str, row["shape"])), f"{row['params']:,}",
+            f"{row['nonzero']:,}", f"{row['density']:.4%}", _si(row["flops"]),
+            _si(row["flops_kept"]), ", ".join(row["feeds_from"]) or "input",
+        )  # fmt: skip
+    params, nonzero = sum(r["params"] for r in rows), sum(r["nonzero"] for r in rows)
+    table.add_section()
+    table.add_row(
+        "total", "", "", f"{params:,}", f"{nonzero:,}", f"{nonzero / max(params, 1):.4%}",
+        _si(sum(r["flops"] for r in rows)), _si(sum(r["flops_kept"] for r in rows)), "",
+    )  # fmt: skip
     console = _stdout()
     console.print(table)
-    total = sum(layer.size for layer in result.dag.layers)
-    console.print(f"{len(result.dag.layers)} prunable weights, {total:,} parameters")
+    console.print(f"{len(rows)} prunable weights, {params:,} parameters, {nonzero:,} nonzero")
     for m in result.missing_rules:
         Console(stderr=True).print(
             f"[yellow]warning:[/] no flow rule for {m.op_type!r} (domain "

@@ -43,6 +43,8 @@ class Inspection:
                     "params": layer.size,
                     "nonzero": self.nonzero[layer.name],
                     "density": self.nonzero[layer.name] / layer.size if layer.size else 0.0,
+                    "flops": 2 * layer.size * layer.uses,
+                    "flops_kept": 2 * self.nonzero[layer.name] * layer.uses,
                     "feeds_from": layer.feeds_from,
                 }
                 for layer in self.dag.layers

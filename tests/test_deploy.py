@@ -254,3 +254,72 @@ def test_pattern_through_the_cli(tmp_path: Path, capsys) -> None:
     for layer in data["layers"]:
         if layer["name"] != "conv1.weight":
             assert (group_counts(pruned[layer["name"]] != 0, 1, 4) <= 2).all()
+
+
+# --- plots, inspect of pruned and sparse models -----------------------------------------
+
+
+def test_density_figure_draws_one_bar_per_layer_at_its_density() -> None:
+    pytest.importorskip("matplotlib")  # in the test extras; the plot extra is optional
+    from onnxflow.plot import density_figure
+
+    fig = density_figure(["a", "b", "c"], [0.5, 0.01, 0.0], 0.1, "t")
+    ax = fig.axes[0]
+    bars = ax.patches
+    assert len(bars) == 3
+    assert [b.get_height() for b in bars[:2]] == [0.5, 0.01]
+    assert bars[2].get_height() < 0.01  # an emptied layer: a short red stub at the floor
+    assert bars[2].get_facecolor() != bars[0].get_facecolor()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert ax.get_yscale() == "log"
+
+
+def test_plot_files_from_prune_and_inspect(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    src = Path(__file__).parents[1] / "models" / "resnet20.onnx"
+    out, png = tmp_path / "p.onnx", tmp_path / "p.png"
+    argv = ["prune", str(src), "-q", "--sparsity", "0.99", "--iterations", "3"]
+    assert main([*argv, "-o", str(out), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+
+    h, w = imread(png).shape[:2]
+    assert h >= 300 and w >= 600
+    assert main(["inspect", str(out), "--plot", str(tmp_path / "i.png")]) == 0
+    assert (tmp_path / "i.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_one_line_before_any_work(tmp_path: Path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    src = Path(__file__).parents[1] / "models" / "resnet20.onnx"
+    code = main(["prune", str(src), "--sparsity", "0.9", "-o", str(tmp_path / "p.onnx"),
+                 "--plot", str(tmp_path / "p.png")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--plot needs matplotlib" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_reports_flops_and_density_of_a_pruned_and_a_sparse_model(
+    tmp_path: Path, capsys
+) -> None:
+    src = Path(__file__).parents[1] / "models" / "resnet20.onnx"
+    result = onnxflow.prune(src, sparsity=0.98, iterations=3, sparse_storage=True)
+    onnxflow.save(result, tmp_path / "s.onnx")
+    assert main(["inspect", str(tmp_path / "s.onnx"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    by_name = {layer.name: layer for layer in result.report.layers}
+    assert [r["name"] for r in rows] == list(by_name)
+    for r in rows:
+        layer = by_name[r["name"]]
+        assert r["nonzero"] == layer.kept  # sparse initializers are read back densely
+        assert (r["flops"], r["flops_kept"]) == (layer.flops, layer.flops_kept)
+    assert main(["inspect", str(tmp_path / "s.onnx")]) == 0
+    table = capsys.readouterr().out
+    assert "FLOPs kept" in table and f"{result.report.kept:,} nonzero" in table
+    # ... and the sparse model prunes again, from its current weights.
+    again = onnxflow.prune(tmp_path / "s.onnx", sparsity=0.99, iterations=2)
+    for name, mask in again.masks.items():
+        assert not (mask & ~result.masks[name]).any()

@@ -13,6 +13,7 @@ import hashlib
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_ctrl_c_at_any_moment_leaves_old_or_new_files(tmp_path: Path, delay: flo
     before = sha(model)
     proc = subprocess.Popen(
         [
-            shutil.which("onnxflow") or "onnxflow",
+            shutil.which("onnxflow", path=str(Path(sys.executable).parent)) or "onnxflow",
             "prune",
             str(model),
             "--sparsity",

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, helper
 
 from onnxflow.errors import OnnxflowError, one_line
+from onnxflow.passes.sparse_storage import densify
 from onnxflow.pipeline import Pass, PruneState
 
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -191,3 +192,4 @@ class LoadPass(Pass):
             state.model = load_model(state.source)
         else:
             check_model(state.model, state.source or "model")
+        state.model = densify(state.model)

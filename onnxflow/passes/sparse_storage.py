@@ -7,7 +7,9 @@ rather than 8; values keep their dtype. onnxruntime expands sparse initializers 
 tensors when it loads the model, so this shrinks the file, not the memory or the run time.
 
 Weights stored as Constant nodes, and initializers that are also graph inputs (overridable
-defaults), stay dense.
+defaults), stay dense. A model that already has sparse initializers (an earlier
+`--sparse-storage` output) is made dense when it is loaded, so it can be inspected and pruned
+again.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxflow.errors import OnnxflowError
 from onnxflow.pipeline import Pass, PruneState
 
 # sparse_initializer exists from IR version 6 on.
 SPARSE_MIN_IR_VERSION = 6
+MAX_DENSE_BYTES = 4 << 30
 
 
 def _varint_bytes(indices: np.ndarray) -> int:
@@ -69,6 +73,35 @@ def to_sparse_storage(model: onnx.ModelProto, names: set[str]) -> list[str]:
         graph.initializer.extend(keep)
         model.ir_version = max(model.ir_version, SPARSE_MIN_IR_VERSION)
     return moved
+
+
+def dense_tensor(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
+    """The dense TensorProto of a COO sparse tensor (linear or [nnz, rank] indices)."""
+    values = numpy_helper.to_array(sparse.values).reshape(-1)
+    dims = tuple(int(d) for d in sparse.dims)
+    size = int(np.prod(dims, dtype=np.int64))
+    if size * values.itemsize > MAX_DENSE_BYTES:
+        raise OnnxflowError(
+            f"sparse initializer {sparse.values.name!r} of shape {list(dims)} would need "
+            f"{size * values.itemsize / 2**30:.1f} GiB as a dense tensor; the limit is 4 GiB"
+        )
+    idx = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    if idx.ndim == 2:
+        idx = np.ravel_multi_index(tuple(idx.T), dims) if idx.size else idx.reshape(-1)
+    dense = np.zeros(size, values.dtype)
+    dense[idx] = values
+    return numpy_helper.from_array(dense.reshape(dims), sparse.values.name)
+
+
+def densify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every sparse initializer made a dense one (a copy if there are any)."""
+    if not model.graph.sparse_initializer:
+        return model
+    dense = onnx.ModelProto()
+    dense.CopyFrom(model)
+    dense.graph.initializer.extend(dense_tensor(s) for s in dense.graph.sparse_initializer)
+    del dense.graph.sparse_initializer[:]
+    return dense
 
 
 class SparseStoragePass(Pass):
