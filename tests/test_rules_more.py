@@ -364,3 +364,88 @@ def test_hardmax_ends_the_flow() -> None:
         return net.model(net.post(y), side)
 
     check(build, (1, 2, 6, 6))
+
+
+# ---- Einsum ----------------------------------------------------------------------------------
+
+
+def test_einsum_attention() -> None:
+    """softmax(q k^T) v written as two Einsums, against the same with MatMuls."""
+
+    def build(net: Net) -> onnx.ModelProto:
+        q = net.op("MatMul", "x", net.weight((4, 2)))  # (2, 3, 2)
+        k = net.op("MatMul", "x", net.weight((4, 2)))
+        v = net.op("MatMul", "x", net.weight((4, 5)))
+        if net.ref:
+            s = net.op("MatMul", q, net.op("Transpose", k, perm=[0, 2, 1]))
+            y = net.op("MatMul", s, v)
+        else:
+            s = net.op("Softmax", net.op("Einsum", q, k, equation="bqd,bkd->bqk"), axis=-1)
+            y = net.op("Einsum", s, v, equation="bqk, bkd -> bqd")
+        return net.model(net.post(y))
+
+    check(build, (2, 3, 4))
+
+
+def test_einsum_broadcast_ellipsis_and_implicit_output() -> None:
+    """`...ij,...jk` (implicit `->...ik`) with a batch-1 operand broadcast over batch 2."""
+
+    def build(net: Net) -> onnx.ModelProto:
+        a = net.op("MatMul", "x", net.weight((4, 4)))  # (2, 4, 4)
+        b = net.op("MatMul", net.op("ReduceSum", "x", net.ints([0])), net.weight((4, 5)))
+        y = net.op("MatMul", a, b) if net.ref else net.op("Einsum", a, b, equation="...ij,...jk")
+        return net.model(net.post(y))
+
+    check(build, (2, 4, 4))
+
+
+@pytest.mark.parametrize(
+    ("equation", "reference"),
+    [
+        ("bij->bji", lambda net, y: net.op("Transpose", y, perm=[0, 2, 1])),
+        ("...ij->...ji", lambda net, y: net.op("Transpose", y, perm=[0, 2, 1])),
+        ("bij->bj", lambda net, y: net.op("ReduceSum", y, net.ints([1]), keepdims=0)),
+        ("bij->", lambda net, y: net.op("ReduceSum", y, keepdims=0)),
+    ],
+)
+def test_einsum_one_operand(equation: str, reference: Op) -> None:
+    def build(net: Net) -> onnx.ModelProto:
+        y = net.op("MatMul", "x", net.weight((4, 5)))  # (2, 3, 5)
+        z = reference(net, y) if net.ref else net.op("Einsum", y, equation=equation)
+        return net.model(net.post(z) if len(net.shape(z)) >= 2 else z)
+
+    check(build, (2, 3, 4))
+
+
+def test_einsum_subscript_summed_inside_one_operand() -> None:
+    """`bij,bjk->bk`: i is summed inside the first operand; its flow is broadcast back."""
+
+    def build(net: Net) -> onnx.ModelProto:
+        a = net.op("MatMul", "x", net.weight((4, 4)))  # (2, 3, 4)
+        b = net.op("MatMul", net.op("Transpose", "x", perm=[0, 2, 1]), net.weight((3, 5)))
+        if net.ref:
+            y = net.op("ReduceSum", net.op("MatMul", a, b), net.ints([1]), keepdims=0)
+        else:
+            y = net.op("Einsum", a, b, equation="bij,bjk->bk")
+        return net.model(net.post(y))
+
+    check(build, (2, 3, 4))
+
+
+@pytest.mark.parametrize(
+    ("equation", "message"),
+    [("bij,jk->bik", "constant operand"), ("bii->bi", "diagonals")],
+)
+def test_einsum_refusals_are_one_line(equation: str, message: str) -> None:
+    """A weight fed to an Einsum is not a prunable layer (refused, not silently kept);
+    diagonals have no rule."""
+    net = Net((2, 4, 4), ref=False)
+    y = net.op("MatMul", "x", net.weight((4, 4)))
+    if "jk" in equation:
+        z = net.op("Einsum", y, net.const(net.signed((4, 3))), equation=equation)
+    else:
+        z = net.op("Einsum", y, equation=equation)
+    model = net.model(net.post(z))
+    with pytest.raises(onnxflow.OnnxflowError, match=message) as e:
+        prune_scores(model)
+    assert "\n" not in str(e.value) and "Einsum" in str(e.value)

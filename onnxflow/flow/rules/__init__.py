@@ -1,6 +1,7 @@
 """Built-in flow rules, one module per family of ops. Importing registers them."""
 
 from onnxflow.flow.rules import (
+    einsum,
     elementwise,
     indexing,
     linear,
@@ -12,6 +13,7 @@ from onnxflow.flow.rules import (
 )
 
 __all__ = [
+    "einsum",
     "elementwise",
     "indexing",
     "linear",
