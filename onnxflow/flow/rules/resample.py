@@ -69,8 +69,9 @@ def _along_axis(g: FlowBuilder, t: str, shape: Shape, axis: int, mat: np.ndarray
     return g.reshape(y, list(new_shape)), new_shape
 
 
-def _run_one(node, op_type: str, opset: int, x: np.ndarray, consts, attrs) -> np.ndarray:
-    """Run one Resize/Upsample node on `x` with constant operands `consts` (None: absent)."""
+def _runner(node, op_type: str, opset: int, shape: Shape, consts, attrs):
+    """One Resize/Upsample node on inputs of `shape` with constant operands `consts` (None:
+    absent), as a function of the input (one onnxruntime session, many runs)."""
     from onnxflow.runtime import ort_session
 
     names, inits = ["x"], []
@@ -85,19 +86,34 @@ def _run_one(node, op_type: str, opset: int, x: np.ndarray, consts, attrs) -> np
     graph = helper.make_graph(
         [helper.make_node(op_type, names, ["y"], **attrs)],
         "resize",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
+
+    def fail(e: Exception) -> OnnxflowError:
+        return OnnxflowError(
+            f"node {node.name!r}: cannot evaluate {node.op_type}: {one_line(e, 200)}"
+        )
+
     try:
         sess = ort_session(model.SerializeToString(), "cpu")
-        return np.asarray(sess.run(None, {"x": x.astype(np.float32)})[0])
     except Exception as e:  # noqa: BLE001 - any failure: the op's attributes are not usable
-        raise OnnxflowError(
-            f"node {node.name!r}: cannot evaluate {node.op_type}: {one_line(e, 200)}"
-        ) from None
+        raise fail(e) from None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(sess.run(None, {"x": x.astype(np.float32)})[0])
+        except Exception as e:  # noqa: BLE001 - as above
+            raise fail(e) from None
+
+    return run
+
+
+def _run_one(node, op_type: str, opset: int, x: np.ndarray, consts, attrs) -> np.ndarray:
+    return _runner(node, op_type, opset, x.shape, consts, attrs)(x)
 
 
 def _opset(node, rest) -> int:
@@ -161,12 +177,13 @@ def _resize_matrices(node, x: Flow, rest, attrs) -> list[np.ndarray | None]:
         op_consts, op_attrs = make
         shape = [1] * rank
         shape[a] = n
-        zero = _run_one(node, node.op_type, opset, np.zeros(shape, np.float32), op_consts, op_attrs)
+        run = _runner(node, node.op_type, opset, tuple(shape), op_consts, op_attrs)
+        zero = run(np.zeros(shape, np.float32))
         mat = np.zeros((m, n), np.float64)
         for i in range(n):
             onehot = np.zeros(n, np.float32)
             onehot[i] = 1.0
-            y = _run_one(node, node.op_type, opset, onehot.reshape(shape), op_consts, op_attrs)
+            y = run(onehot.reshape(shape))
             if y.size != m:
                 raise _unsupported(node, attrs, f"axis {a} resized alone gives {y.shape}, not {m}")
             mat[:, i] = (y - zero).reshape(m)
@@ -255,8 +272,8 @@ def _check_separable(node, x: Flow, rest, attrs, consts, opset, mats) -> None:
     """The op on a random input equals the per-axis matrices applied one after another."""
     rng = np.random.default_rng(0)
     values = rng.uniform(0.5, 1.5, size=x.shape).astype(np.float32)
-    want = _run_one(node, node.op_type, opset, values, consts, attrs).astype(np.float64)
-    want -= _run_one(node, node.op_type, opset, np.zeros_like(values), consts, attrs)
+    run = _runner(node, node.op_type, opset, tuple(x.shape), consts, attrs)
+    want = run(values).astype(np.float64) - run(np.zeros_like(values))
     got = values.astype(np.float64)
     for a, m in enumerate(mats):
         if m is not None:
