@@ -11,6 +11,7 @@ import onnx
 
 from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError
+from onnxflow.external import ExternalDataWriter, data_path
 from onnxflow.flow.engine import FlowEngine
 from onnxflow.options import PruneOptions
 from onnxflow.passes import (
@@ -28,6 +29,7 @@ from onnxflow.plot import density_figure, png_writer
 from onnxflow.report import Report
 from onnxflow.runtime import resolve_provider
 from onnxflow.save import (
+    Writer,
     check_output_paths,
     model_writer,
     npz_writer,
@@ -91,6 +93,7 @@ def prune(
     options: PruneOptions | None = None,
     *,
     progress: ProgressCallback | None = None,
+    keep_scores: bool = True,
     **kwargs: Any,
 ) -> PruneResult:
     """Prune a model with iterative SynFlow.
@@ -100,6 +103,8 @@ def prune(
         options: a PruneOptions; or pass its fields as keyword arguments instead, with
             `sparsity=` or `compression=` (e.g. `prune("m.onnx", sparsity=0.99)`).
         progress: called as progress(done, total) after each iteration.
+        keep_scores: return the dense network's log-scores (float64: twice the memory of a
+            float32 model); with False, `log_scores` is an empty dict.
 
     Returns:
         PruneResult(model, masks, log_scores, report).
@@ -108,7 +113,9 @@ def prune(
         options = make_options(**kwargs)
     elif kwargs:
         raise TypeError("pass either options or keyword options, not both")
-    state = build_pipeline()(initial_state(model, options, progress))
+    start = initial_state(model, options, progress)
+    start.keep_scores = keep_scores
+    state = build_pipeline()(start)
     assert state.pruned is not None and state.masks is not None
     assert state.log_scores is not None and state.report is not None
     return PruneResult(state.pruned, state.masks, state.log_scores, state.report)
@@ -134,6 +141,25 @@ def score(
     assert state.graph is not None and state.dag is not None
     scores = FlowEngine(state.graph, state.dag, resolve_provider(options.provider)).run()
     return ScoreResult(scores.log(), scores.log_flow, state.dag)
+
+
+# Models larger than this are written with external data even if the input had none.
+EXTERNAL_OVER_BYTES = 1_800_000_000
+
+
+def _check_not_input_data(source: str | os.PathLike[str] | None, path: Path) -> None:
+    """The output's data file must not be one of the input's external data files."""
+    if source is None or not Path(source).is_file():
+        return
+    base = Path(source).resolve().parent
+    skeleton = onnx.load(os.fspath(source), load_external_data=False)
+    for t in skeleton.graph.initializer:
+        info = {e.key: e.value for e in t.external_data}
+        if "location" in info and (base / info["location"]).resolve() == path.resolve():
+            raise OnnxflowError(
+                f"the output's external data file {path} is the input's external data; "
+                "choose another output name"
+            )
 
 
 def default_output(source: str | os.PathLike[str]) -> Path:
@@ -175,8 +201,18 @@ def save(
     paths = output_paths(
         Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report, plot))
     )
+    external = result.report.external_data or result.model.ByteSize() > EXTERNAL_OVER_BYTES
+    if external:
+        paths["external data"] = data_path(paths["output"])
+        _check_not_input_data(source, paths["external data"])
     check_output_paths(source, paths)
-    writers = {paths["output"]: model_writer(result.model)}
+    writers: dict[Path, Writer] = {}
+    if external:  # the data file first: the model writer needs its layout
+        out = ExternalDataWriter(result.model, paths["external data"].name)
+        writers[paths["external data"]] = out.write_data
+        writers[paths["output"]] = out.write_model
+    else:
+        writers[paths["output"]] = model_writer(result.model)
     if "--masks" in paths:
         writers[paths["--masks"]] = npz_writer(result.masks)
     if "--scores" in paths:

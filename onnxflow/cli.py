@@ -182,7 +182,10 @@ def prune(
     ) as bar:
         task = bar.add_task("prune", total=options.iterations)
         result = api.prune(
-            model, options, progress=lambda done, total: bar.update(task, completed=done)
+            model,
+            options,
+            progress=lambda done, total: bar.update(task, completed=done),
+            keep_scores=scores is not None,
         )
     api.save(result, output, masks=masks, scores=scores, report=report, plot=plot, source=model)
     if not quiet:

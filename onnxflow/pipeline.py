@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -36,6 +37,12 @@ class PruneState:
 
     options: PruneOptions
     source: str | None = None
+    base_dir: Path | None = None
+    """Folder of the model file: where its external data lives."""
+    external_data: bool = False
+    """The input keeps tensors in external data files (the output then does too)."""
+    bytes_before: int = 0
+    """Size of the input: its protobuf and its external data."""
     model: onnx.ModelProto | None = None
     """The model as loaded: the basis of the output, never modified in place."""
     graph: gs.Graph | None = None
@@ -53,6 +60,8 @@ class PruneState:
     """Serialized size of the pruned model with every weight stored densely."""
     report: Report | None = None
     progress: ProgressCallback | None = None
+    keep_scores: bool = True
+    """Keep the dense network's log-scores (float64, per weight) in `log_scores`."""
     timings: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 

@@ -59,6 +59,8 @@ class Report:
     """Size of the pruned model with dense weights (= bytes_after without sparse storage)."""
     pattern_skipped: list[str] = field(default_factory=list)
     """Layers an N:M pattern could not be applied to (their shape does not allow it)."""
+    external_data: bool = False
+    """The input kept tensors in external data files; the output is written that way too."""
 
     @property
     def params(self) -> int:
@@ -117,6 +119,7 @@ class Report:
                 "bytes_after": self.bytes_after,
                 "bytes_after_dense": self.bytes_after_dense,
                 "pattern_skipped_layers": self.pattern_skipped,
+                "external_data": self.external_data,
             },
             "seconds": self.seconds,
         }

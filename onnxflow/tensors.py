@@ -6,9 +6,13 @@ the original, whichever kind of storage it is.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from onnxflow.external import is_external, read_external
 
 
 def _constant_value(node: onnx.NodeProto) -> onnx.AttributeProto | None:
@@ -38,9 +42,12 @@ def rewrite_stored(model: onnx.ModelProto, name: str, values: np.ndarray) -> Non
     raise KeyError(name)
 
 
-def read_stored(model: onnx.ModelProto, name: str) -> np.ndarray:
+def read_stored(model: onnx.ModelProto, name: str, base_dir: Path | None = None) -> np.ndarray:
+    """The stored tensor's values (from its external file, in `base_dir`, if it is there)."""
     for t in model.graph.initializer:
         if t.name == name:
+            if is_external(t) and base_dir is not None:
+                return read_external(t, base_dir)
             return numpy_helper.to_array(t)
     for node in model.graph.node:
         attr = _constant_value(node)

@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError, one_line
+from onnxflow.external import constant_array
 from onnxflow.flow.model import build_flow_model
 from onnxflow.runtime import ort_session
 
@@ -51,7 +52,7 @@ class FlowEngine:
             raise OnnxflowError(f"onnxruntime cannot run the flow model: {one_line(e)}") from None
         tensors = graph.tensors()
         self.weights = {
-            layer.name: np.abs(np.asarray(tensors[layer.name].values, dtype=np.float32))
+            layer.name: np.abs(constant_array(tensors[layer.name]), dtype=np.float32)
             for layer in dag.layers
         }
         """|W| with pruned entries set to zero (updated in place by `prune`)."""

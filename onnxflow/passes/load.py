@@ -13,17 +13,21 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError, Message
-from onnx import external_data_helper, helper
+from onnx import helper
 
 from onnxflow.errors import OnnxflowError, one_line
+from onnxflow.external import external_bytes, load_small
 from onnxflow.passes.sparse_storage import densify
 from onnxflow.pipeline import Pass, PruneState
 
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
-def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Load an ONNX file, turning every way it can be wrong into a one-line `OnnxflowError`."""
+def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
+    """Load an ONNX file, turning every way it can be wrong into a one-line `OnnxflowError`.
+
+    Returns the model and whether it stores tensors in external data files (large ones are
+    left there, to be read when needed)."""
     p = os.fspath(path)
     if not os.path.exists(p):
         raise OnnxflowError(f"no such file: {p}")
@@ -48,12 +52,10 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     base = Path(p).resolve().parent
     for tensor in _tensors(model):
         check_tensor(tensor, base, p)
-    try:
-        external_data_helper.load_external_data_for_model(model, str(base))
-    except OSError as e:
-        raise OnnxflowError(f"cannot read external data of {p}: {one_line(e)}") from None
-    check_model(model, p, p)
-    return model
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model))
+    lazy = load_small(model, base)  # large initializers are read when needed
+    check_model(model, p, p, on_disk=lazy)
+    return model, external
 
 
 def _decode_text(message: Message) -> None:
@@ -165,14 +167,16 @@ def _check_external(t: onnx.TensorProto, base: Path, label: str, expected: int) 
         )
 
 
-def check_model(model: onnx.ModelProto, label: str, path: str | None = None) -> None:
+def check_model(
+    model: onnx.ModelProto, label: str, path: str | None = None, *, on_disk: bool = False
+) -> None:
     """Reject protobufs that are not models and models that fail onnx.checker."""
     if not isinstance(model, onnx.ModelProto):
         raise OnnxflowError(f"{label}: expected an onnx.ModelProto, got {type(model).__name__}")
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxflowError(f"{label} is not an ONNX model: it has no graph nodes")
     try:
-        if model.ByteSize() > _PROTOBUF_LIMIT and path is not None:
+        if (on_disk or model.ByteSize() > _PROTOBUF_LIMIT) and path is not None:
             onnx.checker.check_model(path)  # the checker reads large models from disk
         else:
             onnx.checker.check_model(model)
@@ -189,7 +193,14 @@ class LoadPass(Pass):
         if state.model is None:
             if state.source is None:
                 raise OnnxflowError("no model given")
-            state.model = load_model(state.source)
+            state.model, state.external_data = load_model(state.source)
+            state.base_dir = Path(state.source).resolve().parent
         else:
+            if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(state.model)):
+                raise OnnxflowError(
+                    "the model's tensors are in external data files that were not loaded: "
+                    "pass the model's path, or load it with its external data"
+                )
             check_model(state.model, state.source or "model")
         state.model = densify(state.model)
+        state.bytes_before = state.model.ByteSize() + external_bytes(state.model)

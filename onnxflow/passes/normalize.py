@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from onnxflow.dag import weight_view_nodes
 from onnxflow.errors import OnnxflowError, one_line
+from onnxflow.external import attach
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.runtime import ort_session
 
@@ -158,6 +159,7 @@ class NormalizePass(Pass):
     def run(self, state: PruneState) -> None:
         assert state.model is not None
         graph = gs.import_onnx(state.model)
+        attach(graph, state.base_dir)  # large weights still in external files: read on demand
         # IR < 4 lists initializers as graph inputs too; they are not inputs to feed.
         graph.inputs = [t for t in graph.inputs if isinstance(t, gs.Variable)]
         shapes = resolve_input_shapes(graph.inputs, dict(state.options.input_shapes))

@@ -25,8 +25,9 @@ class ReportPass(Pass):
             provider=state.provider or "cpu",
             log_flow=state.log_flow,
             seconds=time.perf_counter() - state.started,
-            bytes_before=state.model.ByteSize(),
+            bytes_before=state.bytes_before,
             bytes_after=state.pruned.ByteSize(),
             bytes_after_dense=state.bytes_dense or state.pruned.ByteSize(),
             pattern_skipped=state.pattern_skipped,
+            external_data=state.external_data,
         )

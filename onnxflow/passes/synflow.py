@@ -76,7 +76,7 @@ class SynFlowPass(Pass):
                     scores = baseline(masks)
                 assert scores is not None
                 if step == 0:
-                    state.log_scores = scores.log()
+                    state.log_scores = scores.log() if state.keep_scores else {}
                 if pattern is not None:
                     assert limit is not None
                     masks = pattern.restrict(scores, masks, limit)
