@@ -11,7 +11,7 @@ import onnx
 
 from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError
-from onnxflow.external import ExternalDataWriter, data_path
+from onnxflow.external import ExternalDataWriter, data_path, model_bytes
 from onnxflow.flow.engine import FlowEngine
 from onnxflow.options import PruneOptions
 from onnxflow.passes import (
@@ -201,7 +201,7 @@ def save(
     paths = output_paths(
         Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report, plot))
     )
-    external = result.report.external_data or result.model.ByteSize() > EXTERNAL_OVER_BYTES
+    external = result.report.external_data or model_bytes(result.model) > EXTERNAL_OVER_BYTES
     if external:
         paths["external data"] = data_path(paths["output"])
         _check_not_input_data(source, paths["external data"])

@@ -191,6 +191,20 @@ class ExternalDataWriter:
         f.write(skeleton.SerializeToString())
 
 
+def _field_bytes(size: int) -> int:
+    """A length-delimited protobuf field of `size` bytes: 1 tag byte, varint length, data."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Serialized size of a model held in memory, counted one initializer at a time:
+    protobuf's `ByteSize()` serializes the whole model to measure it (a full copy), and fails
+    past 2 GB."""
+    graph = int(_copy_without(model.graph, "initializer").ByteSize())
+    graph += sum(_field_bytes(int(t.ByteSize())) for t in model.graph.initializer)
+    return int(_copy_without(model, "graph").ByteSize()) + _field_bytes(graph)
+
+
 def data_path(output: str | os.PathLike[str]) -> Path:
     """The external data file written beside `output`."""
     p = Path(output)

@@ -113,27 +113,29 @@ def local_counts(sizes: Sequence[int], k: int, caps: Sequence[int]) -> list[int]
 def select_global(
     names: Sequence[str], scores: FlowScores, masks: dict[str, np.ndarray], k: int
 ) -> dict[str, np.ndarray]:
-    """Keep the k best weights over all layers (one threshold on the log-scores)."""
+    """Keep the k best weights over all layers (one threshold on the log-scores).
+
+    The new masks are written over `masks` (and returned), so no second set of N booleans
+    is held; scores of pruned weights are set to 0 in place.
+    """
     vals = {}
     for n in names:  # pruned weights score 0 already (the engine feeds them as 0); make sure
-        vals[n] = v = scores.values[n].ravel()
-        np.multiply(v, masks[n].ravel(), out=v)
+        vals[n] = v = scores.values[n].reshape(-1)
+        np.multiply(v, masks[n].reshape(-1), out=v)
     sample, sampled = _sample_keys(names, vals, scores.units)
+    out = {n: masks[n].reshape(-1) for n in names}
     for margin in (4.0, 16.0, math.inf):
-        chosen = _select_band(names, vals, scores.units, k, sample, sampled, margin)
-        if chosen is not None:
-            return {n: chosen[n].reshape(masks[n].shape) for n in names}
+        if _select_band(names, vals, scores.units, k, sample, sampled, margin, out):
+            return {n: out[n].reshape(masks[n].shape) for n in names}
     # Fewer positive scores than k: keep them all, then blocked weights in network order.
     extra = k - sum(int(np.count_nonzero(vals[n] > 0)) for n in names)
-    out = {}
     for n in names:
-        keep = vals[n] > 0
-        if extra > 0:
-            blocked = np.flatnonzero(~keep & masks[n].ravel())[:extra]
-            keep[blocked] = True
-            extra -= blocked.size
-        out[n] = keep.reshape(masks[n].shape)
-    return out
+        keep, v = out[n], vals[n]  # `out` still holds the old masks here
+        blocked = np.flatnonzero(keep & (v == 0))[: max(extra, 0)]
+        np.greater(v, 0, out=keep)
+        keep[blocked] = True
+        extra -= blocked.size
+    return {n: out[n].reshape(masks[n].shape) for n in names}
 
 
 def _sample_keys(
@@ -174,9 +176,11 @@ def _select_band(
     sample: np.ndarray,
     sampled: int,
     margin: float,
-) -> dict[str, np.ndarray] | None:
-    """Keep all scores above a band around the estimated threshold and rank the band exactly.
-    None if the band missed the threshold (then a wider one is tried)."""
+    out: dict[str, np.ndarray],
+) -> bool:
+    """Keep all scores above a band around the estimated threshold and rank the band exactly,
+    writing the masks into `out`. False, with `out` untouched, if the band missed the
+    threshold (then a wider one is tried)."""
     total = sum(v.size for v in vals.values())
     hi, lo = math.inf, -math.inf
     if not math.isinf(margin) and sample.size:
@@ -187,30 +191,32 @@ def _select_band(
             hi = sample[min(int(rank - spread), sample.size - 1)]
         if rank + spread < sample.size:
             lo = sample[int(rank + spread)]
-    above: dict[str, np.ndarray] = {}
-    band_keys, band_idx = [], []
+    band_keys, band_idx, t_his = [], [], []
     n_above = 0
     for n in names:
         v, u = vals[n], units[n]
         t_hi, t_lo = _linear_threshold(hi - u), _linear_threshold(lo - u)
-        above[n] = a = v > t_hi
+        t_his.append(t_hi)
+        a = v > t_hi
         n_above += int(np.count_nonzero(a))
         band = v > t_lo
         np.logical_xor(band, a, out=band)  # above is a subset of v > t_lo
+        del a
         idx = np.flatnonzero(band)
         band_idx.append(idx)
         band_keys.append(np.log(v[idx], dtype=np.float64) + u)
     need = k - n_above
     keys = np.concatenate(band_keys)
     if need < 0 or need > keys.size:
-        return None
+        return False  # `out` untouched
     # The band is in (layer, index) order, so top_k's tie-break by position is ours.
     chosen = top_k(keys, need)
     start = 0
-    for n, idx in zip(names, band_idx, strict=True):
-        above[n][idx[chosen[start : start + idx.size]]] = True
+    for n, idx, t_hi in zip(names, band_idx, t_his, strict=True):
+        np.greater(vals[n], t_hi, out=out[n])
+        out[n][idx[chosen[start : start + idx.size]]] = True
         start += idx.size
-    return above
+    return True
 
 
 def fits_pattern(shape: Sequence[int], axis: int | None, m: int) -> bool:

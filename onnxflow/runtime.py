@@ -68,10 +68,16 @@ def resolve_provider(provider: str) -> str:
     return "cuda" if usable else "cpu"
 
 
-def ort_session(model: bytes | str, provider: str) -> ort.InferenceSession:
-    """A session on `cpu` or `cuda` (already resolved), CPU as fallback for ops CUDA lacks."""
+def ort_session(model: bytes | str, provider: str, *, arena: bool = True) -> ort.InferenceSession:
+    """A session on `cpu` or `cuda` (already resolved), CPU as fallback for ops CUDA lacks.
+
+    `arena=False` turns off onnxruntime's CPU memory arena, which grows in powers of two and
+    keeps its peak: large models then hold only the tensors alive, at the cost of fresh
+    allocations every run."""
     providers = [_PROVIDERS["cpu"]]
     if provider == "cuda":
         providers.insert(0, _PROVIDERS["cuda"])
     ort.set_default_logger_severity(4)
-    return ort.InferenceSession(model, _options(), providers=providers)
+    options = _options()
+    options.enable_cpu_mem_arena = arena
+    return ort.InferenceSession(model, options, providers=providers)

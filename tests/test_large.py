@@ -109,3 +109,9 @@ def test_a_model_object_with_unloaded_external_data_is_refused(tmp_path) -> None
     model = onnx.load(src, load_external_data=False)
     with pytest.raises(onnxflow.OnnxflowError, match="pass the model's path"):
         onnxflow.prune(model, sparsity=0.9, iterations=2)
+
+
+def test_model_bytes_is_exact_without_serializing_the_model() -> None:
+    for path in [MODEL, *sorted((MODEL.parents[1] / "tests" / "exported").glob("*.onnx"))]:
+        model = onnx.load(path)
+        assert onnxflow.external.model_bytes(model) == model.ByteSize(), path.name

@@ -24,6 +24,11 @@ props = settings(max_examples=200, deadline=None, derandomize=True)
 NINF = -np.inf
 
 
+def fresh(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """select_global writes its result over the masks it is given: pass copies."""
+    return {n: m.copy() for n, m in masks.items()}
+
+
 def reference_top_k(values: np.ndarray, k: int) -> np.ndarray:
     """The k largest by a stable sort: equal values go to the lower index."""
     order = np.lexsort((np.arange(values.size), -values))
@@ -221,7 +226,7 @@ def test_select_global_example() -> None:
         5: ([False, True, True], [[False, True], [True, True]]),
     }
     for k, (a, b) in cases.items():
-        got = select_global(names, scores, masks, k)
+        got = select_global(names, scores, fresh(masks), k)
         assert got["a"].tolist() == a, k
         assert got["b"].tolist() == b, k
 
@@ -233,7 +238,7 @@ def test_select_global_units_decide_across_layers() -> None:
     scores = flow_scores(
         {"a": np.array([1.0, 0.9, 0.8]), "b": np.array([1e-3, 2e-3, 3e-3])}, {"a": 0.0, "b": 10.0}
     )
-    got = select_global(names, scores, masks, 4)
+    got = select_global(names, scores, fresh(masks), 4)
     assert got["a"].tolist() == [True, False, False]
     assert got["b"].tolist() == [True, True, True]
 
@@ -252,9 +257,9 @@ def test_select_global_matches_full_sort(seed: int) -> None:
     kept = sum(int(m.sum()) for m in masks.values())
     before = {n: (scores.values[n].copy(), masks[n].copy()) for n in names}
     for k in sorted({0, 1, 2, kept // 3, kept // 2, kept - 1, kept}):
-        got = select_global(names, scores, masks, k)
+        got = select_global(names, scores, fresh(masks), k)
         assert_selection(names, got, reference_select(names, scores, masks, k), masks, k)
-    for n in names:  # inputs untouched
+    for n in names:  # inputs untouched (pruned weights score 0 already)
         np.testing.assert_array_equal(scores.values[n], before[n][0])
         np.testing.assert_array_equal(masks[n], before[n][1])
 
@@ -275,7 +280,7 @@ def test_select_global_large(levels: int | None) -> None:
     kept = sum(int(m.sum()) for m in masks.values())
     positive = sum(int(np.count_nonzero(scores.values[n] > 0)) for n in names)
     for k in (1, 1000, kept // 10, kept // 2, positive - 1, positive, positive + 5, kept):
-        got = select_global(names, scores, masks, k)
+        got = select_global(names, scores, fresh(masks), k)
         assert_selection(names, got, reference_select(names, scores, masks, k), masks, k)
 
 
@@ -289,7 +294,7 @@ def test_select_global_units_far_apart() -> None:
     scores = flow_scores(values, {"tiny": -2000.0, "mid": 0.0, "huge": 1500.0})
     masks = {n: np.ones(s, bool) for n, s in shapes.items()}
     for k in (100, 300, 650, 1000, 1100):
-        got = select_global(names, scores, masks, k)
+        got = select_global(names, scores, fresh(masks), k)
         assert_selection(names, got, reference_select(names, scores, masks, k), masks, k)
 
 
@@ -302,7 +307,7 @@ def test_select_global_respects_masks_whatever_the_scores() -> None:
     )
     masks = {"a": np.array([False, True, True]), "b": np.array([False, True])}
     for k in (1, 2, 3):
-        got = select_global(names, scores, masks, k)
+        got = select_global(names, scores, fresh(masks), k)
         assert sum(int(got[n].sum()) for n in names) == k
         for n in names:
             assert not (got[n] & ~masks[n]).any(), f"k={k}: re-selected a pruned weight of {n}"
@@ -313,7 +318,7 @@ def test_select_global_is_deterministic() -> None:
     names, scores, masks = random_layers(
         rng, [(50,), (20, 3)], p_pruned=0.1, p_blocked=0.3, levels=4
     )
-    a = select_global(names, scores, masks, 60)
+    a = select_global(names, scores, fresh(masks), 60)
     copy = flow_scores({n: v.copy() for n, v in scores.values.items()}, scores.units)
     b = select_global(list(names), copy, {n: m.copy() for n, m in masks.items()}, 60)
     for n in names:

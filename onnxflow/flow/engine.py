@@ -40,6 +40,10 @@ class FlowScores:
         return out
 
 
+# Above this much weight memory, the flow session runs without onnxruntime's CPU arena.
+ARENA_MAX_BYTES = 256 << 20
+
+
 class FlowEngine:
     """One onnxruntime session of the flow model, fed |W| * mask of every prunable weight."""
 
@@ -47,7 +51,11 @@ class FlowEngine:
         self.flow = build_flow_model(graph, dag)
         self.dag = dag
         try:
-            self.session = ort_session(self.flow.model.SerializeToString(), provider)
+            self.session = ort_session(
+                self.flow.model.SerializeToString(),
+                provider,
+                arena=sum(layer.size for layer in dag.layers) * 4 < ARENA_MAX_BYTES,
+            )
         except Exception as e:  # noqa: BLE001 - ORT raises many types; all mean "cannot run"
             raise OnnxflowError(f"onnxruntime cannot run the flow model: {one_line(e)}") from None
         tensors = graph.tensors()

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import helper
 
 from onnxflow.errors import OnnxflowError, one_line
-from onnxflow.external import external_bytes, load_small
+from onnxflow.external import external_bytes, load_small, model_bytes
 from onnxflow.passes.sparse_storage import densify
 from onnxflow.pipeline import Pass, PruneState
 
@@ -176,7 +176,7 @@ def check_model(
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxflowError(f"{label} is not an ONNX model: it has no graph nodes")
     try:
-        if (on_disk or model.ByteSize() > _PROTOBUF_LIMIT) and path is not None:
+        if (on_disk or model_bytes(model) > _PROTOBUF_LIMIT) and path is not None:
             onnx.checker.check_model(path)  # the checker reads large models from disk
         else:
             onnx.checker.check_model(model)
@@ -203,4 +203,4 @@ class LoadPass(Pass):
                 )
             check_model(state.model, state.source or "model")
         state.model = densify(state.model)
-        state.bytes_before = state.model.ByteSize() + external_bytes(state.model)
+        state.bytes_before = model_bytes(state.model) + external_bytes(state.model)

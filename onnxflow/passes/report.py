@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from onnxflow.external import model_bytes
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.report import build_report
 
@@ -26,8 +27,8 @@ class ReportPass(Pass):
             log_flow=state.log_flow,
             seconds=time.perf_counter() - state.started,
             bytes_before=state.bytes_before,
-            bytes_after=state.pruned.ByteSize(),
-            bytes_after_dense=state.bytes_dense or state.pruned.ByteSize(),
+            bytes_after=model_bytes(state.pruned),
+            bytes_after_dense=state.bytes_dense or model_bytes(state.pruned),
             pattern_skipped=state.pattern_skipped,
             external_data=state.external_data,
         )

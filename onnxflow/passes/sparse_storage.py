@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxflow.errors import OnnxflowError
+from onnxflow.external import model_bytes
 from onnxflow.pipeline import Pass, PruneState
 
 # sparse_initializer exists from IR version 6 on.
@@ -112,6 +113,6 @@ class SparseStoragePass(Pass):
 
     def run(self, state: PruneState) -> None:
         assert state.pruned is not None and state.masks is not None
-        state.bytes_dense = state.pruned.ByteSize()
+        state.bytes_dense = model_bytes(state.pruned)
         if state.options.sparse_storage:
             to_sparse_storage(state.pruned, set(state.masks))
