@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import helper
 
 from onnxflow.errors import OnnxflowError, one_line
-from onnxflow.external import external_bytes, load_small, model_bytes
+from onnxflow.external import external_bytes, is_external, load_small, model_bytes
 from onnxflow.passes.sparse_storage import densify
 from onnxflow.pipeline import Pass, PruneState
 
@@ -52,7 +52,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
     base = Path(p).resolve().parent
     for tensor in _tensors(model):
         check_tensor(tensor, base, p)
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model))
+    external = any(is_external(t) for t in _tensors(model))
     lazy = load_small(model, base)  # large initializers are read when needed
     check_model(model, p, p, on_disk=lazy)
     return model, external
@@ -103,7 +103,7 @@ def check_tensor(t: onnx.TensorProto, base: Path, label: str) -> None:
     if t.data_type == onnx.TensorProto.STRING:
         return
     expected = count * itemsize
-    if t.data_location == onnx.TensorProto.EXTERNAL:
+    if is_external(t):
         _check_external(t, base, label, expected)
     elif t.HasField("raw_data"):
         if len(t.raw_data) != expected and itemsize >= 1 and t.data_type not in _PACKED:
@@ -196,7 +196,7 @@ class LoadPass(Pass):
             state.model, state.external_data = load_model(state.source)
             state.base_dir = Path(state.source).resolve().parent
         else:
-            if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(state.model)):
+            if any(is_external(t) for t in _tensors(state.model)):
                 raise OnnxflowError(
                     "the model's tensors are in external data files that were not loaded: "
                     "pass the model's path, or load it with its external data"
