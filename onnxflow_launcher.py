@@ -15,7 +15,24 @@ def main() -> int:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
+    except ImportError as e:  # onnxruntime turns Ctrl-C during its import into ImportError
+        if _interrupted(e):
+            sys.stderr.write("error: interrupted\n")
+            return 130
+        sys.stderr.write(f"error: cannot import onnxflow's dependencies: {e}\n")
+        return 2
     return cli_main()
+
+
+def _interrupted(e: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is in the exception's chain of causes."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -211,3 +211,25 @@ def test_external_data_model_prunes_and_its_files_stay_unchanged(tmp_path: Path)
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
     kept = sum(int(np.count_nonzero(weights[n])) for n in ("conv1.weight", "fc.weight"))
     assert 0 < kept < weights["conv1.weight"].size + weights["fc.weight"].size
+
+
+def test_ctrl_c_during_onnxruntime_import_is_an_interruption(monkeypatch, capsys) -> None:
+    """onnxruntime re-raises a Ctrl-C during its native import as ImportError("initialization
+    failed") caused by the KeyboardInterrupt: still one line and exit 130."""
+    import builtins
+
+    import onnxflow_launcher
+
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "onnxflow.cli":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as e:
+                raise ImportError("initialization failed") from e
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    assert onnxflow_launcher.main() == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
