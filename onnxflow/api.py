@@ -11,7 +11,7 @@ import onnx
 
 from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError
-from onnxflow.external import ExternalDataWriter, data_path, model_bytes
+from onnxflow.external import ExternalDataWriter, data_path, external_info
 from onnxflow.flow.engine import FlowEngine
 from onnxflow.options import PruneOptions
 from onnxflow.passes import (
@@ -154,7 +154,7 @@ def _check_not_input_data(source: str | os.PathLike[str] | None, path: Path) -> 
     base = Path(source).resolve().parent
     skeleton = onnx.load(os.fspath(source), load_external_data=False)
     for t in skeleton.graph.initializer:
-        info = {e.key: e.value for e in t.external_data}
+        info = external_info(t)
         if "location" in info and (base / info["location"]).resolve() == path.resolve():
             raise OnnxflowError(
                 f"the output's external data file {path} is the input's external data; "
@@ -201,7 +201,8 @@ def save(
     paths = output_paths(
         Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report, plot))
     )
-    external = result.report.external_data or model_bytes(result.model) > EXTERNAL_OVER_BYTES
+    # bytes_after is the pruned model's size, measured once by ReportPass.
+    external = result.report.external_data or result.report.bytes_after > EXTERNAL_OVER_BYTES
     if external:
         paths["external data"] = data_path(paths["output"])
         _check_not_input_data(source, paths["external data"])

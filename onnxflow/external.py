@@ -63,14 +63,18 @@ def load_small(model: onnx.ModelProto, base: Path) -> bool:
     return lazy
 
 
+def external_info(t: onnx.TensorProto) -> dict[str, str]:
+    """A tensor's external-data entries (`location`, `offset`, `length`, ...) as a dict."""
+    return {e.key: e.value for e in t.external_data}
+
+
 def _declared_bytes(t: onnx.TensorProto) -> int:
-    info = {e.key: e.value for e in t.external_data}
-    return int(info.get("length", 0) or 0)
+    return int(external_info(t).get("length", 0) or 0)
 
 
 def read_external(t: onnx.TensorProto, base: Path) -> np.ndarray:
     """The values of an external tensor, read from its file (checked by LoadPass)."""
-    info = {e.key: e.value for e in t.external_data}
+    info = external_info(t)
     offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
     with open(base / info["location"], "rb") as f:
         f.seek(offset)

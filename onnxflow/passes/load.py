@@ -16,7 +16,13 @@ from google.protobuf.message import DecodeError, Message
 from onnx import helper
 
 from onnxflow.errors import OnnxflowError, one_line
-from onnxflow.external import external_bytes, is_external, load_small, model_bytes
+from onnxflow.external import (
+    external_bytes,
+    external_info,
+    is_external,
+    load_small,
+    model_bytes,
+)
 from onnxflow.passes.sparse_storage import densify
 from onnxflow.pipeline import Pass, PruneState
 
@@ -131,7 +137,7 @@ _PACKED = {
 
 
 def _check_external(t: onnx.TensorProto, base: Path, label: str, expected: int) -> None:
-    info = {e.key: e.value for e in t.external_data}
+    info = external_info(t)
     location = info.get("location", "")
     if not location:
         raise OnnxflowError(f"{label}: tensor {t.name!r} has external data without a location")

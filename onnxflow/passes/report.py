@@ -19,6 +19,9 @@ class ReportPass(Pass):
         assert state.model is not None and state.pruned is not None
         options = dataclasses.asdict(state.options)
         options["input_shapes"] = {k: list(v) for k, v in state.options.input_shapes.items()}
+        # SparseStoragePass measured the dense model; only a sparse one is measured again.
+        dense = state.bytes_dense if state.bytes_dense is not None else model_bytes(state.pruned)
+        after = model_bytes(state.pruned) if state.options.sparse_storage else dense
         state.report = build_report(
             state.dag,
             state.masks,
@@ -27,8 +30,8 @@ class ReportPass(Pass):
             log_flow=state.log_flow,
             seconds=time.perf_counter() - state.started,
             bytes_before=state.bytes_before,
-            bytes_after=model_bytes(state.pruned),
-            bytes_after_dense=state.bytes_dense or model_bytes(state.pruned),
+            bytes_after=after,
+            bytes_after_dense=dense,
             pattern_skipped=state.pattern_skipped,
             external_data=state.external_data,
         )
