@@ -208,3 +208,44 @@ def test_highly_compressed_network_keeps_scoring_exactly() -> None:
         np.testing.assert_array_equal(np.isneginf(got.log_scores[name]), np.isneginf(w))
         finite = np.isfinite(w)
         np.testing.assert_allclose(got.log_scores[name][finite], w[finite], atol=1e-3)
+
+
+def test_a_dead_branch_does_not_drown_a_live_one_at_a_sum() -> None:
+    """y = x W1 A1..A5 + x W1 B with B all zero, the live path's flow shrinking far below
+    float32 range: the dead branch's unit is -inf, so aligning the two at the Add keeps
+    the live flow however far below the dead branch's last finite unit it lies."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    dims = [8, 6, 6, 6, 6, 6, 4]
+    live = [rng.uniform(0.5, 1.0, (a, b)) * 1e-30 for a, b in itertools.pairwise(dims)]
+    names = [f"w{i}" for i in range(len(live))]
+    inits = [
+        numpy_helper.from_array(w.astype(np.float32), n)
+        for n, w in [*zip(names, live, strict=True), ("dead", np.zeros((6, 4)))]
+    ]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["t0"])]
+    for i in range(1, len(live)):
+        nodes.append(helper.make_node("MatMul", [f"t{i - 1}", f"w{i}"], [f"t{i}"]))
+    nodes += [
+        helper.make_node("MatMul", ["t0", "dead"], ["b"]),
+        helper.make_node("Add", [f"t{len(live) - 1}", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dead_branch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    want, log_r = reference_mlp_log_scores(  # MatMul weights are (in, out): transposed
+        [numpy_helper.to_array(t).astype(np.float64).T for t in inits[:-1]]
+    )
+    assert log_r < 4 * FLOAT32_TINY_LOG  # R is far below float32 range
+    result = onnxflow.score(model)
+    assert result.log_flow == pytest.approx(log_r, abs=1e-3)
+    for name, w in zip(names, want, strict=True):
+        np.testing.assert_allclose(result.log_scores[name], w.T, rtol=0, atol=1e-3)
+    assert np.isneginf(result.log_scores["dead"]).all()

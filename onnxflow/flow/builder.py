@@ -22,6 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 Shape = tuple[int, ...]
 
+_F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
 
 @dataclass(frozen=True)
 class Flow:
@@ -190,21 +192,16 @@ class FlowBuilder:
         return self.node("Sum", list(scales))
 
     def rescale(self, f: Flow) -> Flow:
-        """Divide by the tensor's max (if positive) and move its log into the unit.
+        """Divide by the tensor's max and move its log into the unit.
 
-        An all-zero flow (every path through it pruned) gets unit -inf, so it cannot
-        outweigh a real flow when aligned with it later.
+        An all-zero flow (every path through it pruned) gets unit log(0) = -inf, so it cannot
+        outweigh a real flow when aligned with it later; its tensor stays 0 (the divisor is
+        never below the smallest float32, so 0/0 cannot occur).
         """
-        mx = self.node("ReduceMax", [f.tensor], keepdims=0)
-        pos = self.node("Greater", [mx, self.f32(0.0)])
-        denom = self.node("Where", [pos, mx, self.f32(1.0)])
-        tensor = self.node("Div", [f.tensor, denom])
-        log = self.node("Log", [self.node("Cast", [denom], to=TensorProto.DOUBLE)])
-        scale = self.node(
-            "Where",
-            [pos, self.node("Add", [f.scale, log]), self.const(np.array(-np.inf), "ninf")],
-        )
-        return Flow(tensor, scale)
+        mx = self.node("Relu", [self.node("ReduceMax", [f.tensor], keepdims=0)])  # empty: -inf
+        tensor = self.node("Div", [f.tensor, self.node("Max", [mx, self.f32(_F32_TINY)])])
+        log = self.node("Log", [self.node("Cast", [mx], to=TensorProto.DOUBLE)])
+        return Flow(tensor, self.node("Add", [f.scale, log]))
 
     def align(self, flows: Sequence[Flow]) -> tuple[list[str], str]:
         """Express several flows in one common unit (the largest): tensors and that unit."""

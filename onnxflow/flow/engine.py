@@ -106,7 +106,10 @@ class FlowEngine:
         results = self._results
 
         def unit(name: str | None) -> float:
-            return 0.0 if name is None else float(results[name])
+            u = 0.0 if name is None else float(results[name])
+            if np.isnan(u) or u == np.inf:
+                raise OnnxflowError("non-finite synaptic flow (a flow's scale is NaN or inf)")
+            return u
 
         values: dict[str, np.ndarray] = {}
         units: dict[str, float] = {}

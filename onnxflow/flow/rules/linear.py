@@ -5,6 +5,10 @@ the transposed weight); the flow at the weight, dR/d|W|, is the weight-gradient 
 evaluated with the forward flow `f` at its input and the backward flow `b` at its output.
 For convolutions that is itself a convolution of `f` by `b` with stride and dilation swapped
 (one per group), or a plain matrix product for 1x1 convolutions.
+
+Pointwise convolutions (1x1, stride 1, no padding, one group: most of a ResNet's layers) run
+all three products as matrix products, which onnxruntime's CPU kernels compute faster than
+Conv and ConvTranspose (no im2col, no col2im).
 """
 
 from __future__ import annotations
@@ -222,7 +226,8 @@ def _im2col_grad(
     for tap in itertools.product(*(range(d) for d in k)):
         starts = [tap[i] * dilations[i] for i in range(nd)]
         stops = [starts[i] + (out_sp[i] - 1) * strides[i] + 1 for i in range(nd)]
-        piece = g.node("Slice", [x, g.i64(starts), g.i64(stops), axes, steps])
+        whole = taps == 1 and set(strides) == {1} and stops == list(x_shape[2:]) and not any(pads)
+        piece = x if whole else g.node("Slice", [x, g.i64(starts), g.i64(stops), axes, steps])
         cols.append(g.reshape(piece, [c, 1, -1]))
     col = cols[0] if taps == 1 else g.node("Concat", cols, axis=1)  # (C, taps, N*P)
     b = g.reshape(gy, [cout, -1])
@@ -240,6 +245,30 @@ def _im2col_grad(
             ],
         )
     return g.reshape(dw, [cout, c // group, *k])
+
+
+def _pointwise(k: Shape, strides, dilations, pads, group: int) -> bool:
+    """Whether a Conv is a plain matrix product over channels (1x1, stride 1, no padding)."""
+    return group == 1 and all(d == 1 for d in (*k, *strides)) and not any(pads)
+
+
+def _pointwise_forward(g: FlowBuilder, x: str, x_shape: Shape, w: str, w_shape: Shape) -> str:
+    """y[n, o, p] = sum_i w[o, i] x[n, i, p]."""
+    n, c, sp = x_shape[0], x_shape[1], x_shape[2:]
+    w2 = g.reshape(w, w_shape[:2])
+    y = g.node("MatMul", [w2, g.reshape(x, [n, c, -1])])
+    return g.reshape(y, [n, w_shape[0], *sp])
+
+
+def _pointwise_backward(g: FlowBuilder, gy: str, gy_shape: Shape, w: str, w_shape: Shape) -> str:
+    """dx[n, i, p] = sum_o w[o, i] gy[n, o, p]."""
+    n, o, sp = gy_shape[0], gy_shape[1], gy_shape[2:]
+    w2 = g.reshape(w, w_shape[:2])
+    if n == 1:
+        dx = g.node("Gemm", [w2, g.reshape(gy, [o, -1])], transA=1)
+    else:
+        dx = g.node("MatMul", [g.node("Transpose", [w2]), g.reshape(gy, [n, o, -1])])
+    return g.reshape(dx, [n, w_shape[1], *sp])
 
 
 def _conv_attrs(w: Const, x_shape: Shape, strides, dilations, pads, auto_pad):
@@ -275,6 +304,9 @@ class Conv(FlowRule):
         strides=None,
     ):
         k, strides, dilations, pads = _conv_attrs(w, x.shape, strides, dilations, pads, auto_pad)
+        if _pointwise(k, strides, dilations, pads, group):
+            y = _pointwise_forward(g, x.tensor, x.shape, _operand(g, node, w), w.shape)
+            return Flow(y, g.scale_sum(x.scale, *_scales(w)))
         y = g.node(
             "Conv",
             [x.tensor, _operand(g, node, w)],
@@ -309,8 +341,10 @@ class Conv(FlowRule):
         wt = _operand(g, node, w)
         dx = dw = None
         if x.needs_grad:
-            dx = g.like(
-                _conv_transpose_full(
+            if _pointwise(k, strides, dilations, pads, group):
+                t = _pointwise_backward(g, gy.tensor, y_shape, wt, w.shape)
+            else:
+                t = _conv_transpose_full(
                     g,
                     gy.tensor,
                     wt,
@@ -321,9 +355,8 @@ class Conv(FlowRule):
                     in_sp=y_shape[2:],
                     k=k,
                     want=x.shape[2:],
-                ),
-                g.scale_sum(gy.scale, *_scales(w)),
-            )
+                )
+            dx = g.like(t, g.scale_sum(gy.scale, *_scales(w)))
         if isinstance(w, Flow) and w.needs_grad:
             t = _im2col_grad(
                 g,
