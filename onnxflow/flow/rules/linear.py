@@ -342,9 +342,9 @@ class Conv(FlowRule):
         dx = dw = None
         if x.needs_grad:
             if _pointwise(k, strides, dilations, pads, group):
-                t = _pointwise_backward(g, gy.tensor, y_shape, wt, w.shape)
+                tx = _pointwise_backward(g, gy.tensor, y_shape, wt, w.shape)
             else:
-                t = _conv_transpose_full(
+                tx = _conv_transpose_full(
                     g,
                     gy.tensor,
                     wt,
@@ -356,7 +356,7 @@ class Conv(FlowRule):
                     k=k,
                     want=x.shape[2:],
                 )
-            dx = g.like(t, g.scale_sum(gy.scale, *_scales(w)))
+            dx = g.like(tx, g.scale_sum(gy.scale, *_scales(w)))
         if isinstance(w, Flow) and w.needs_grad:
             t = _im2col_grad(
                 g,
