@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxflow.flow.engine import FlowScores
+from onnxflow.parallel import each
 
 _SAMPLE = 200_000
 
@@ -111,17 +112,23 @@ def local_counts(sizes: Sequence[int], k: int, caps: Sequence[int]) -> list[int]
 
 
 def select_global(
-    names: Sequence[str], scores: FlowScores, masks: dict[str, np.ndarray], k: int
+    names: Sequence[str],
+    scores: FlowScores,
+    masks: dict[str, np.ndarray],
+    k: int,
+    *,
+    zeroed: bool = False,
 ) -> dict[str, np.ndarray]:
     """Keep the k best weights over all layers (one threshold on the log-scores).
 
     The new masks are written over `masks` (and returned), so no second set of N booleans
-    is held; scores of pruned weights are set to 0 in place.
+    is held; scores of pruned weights are set to 0 in place, a pass over all scores that
+    `zeroed=True` skips where they are 0 already (the flow engine's scores of the masks it
+    was last pruned with).
     """
-    vals = {}
-    for n in names:  # pruned weights score 0 already (the engine feeds them as 0); make sure
-        vals[n] = v = scores.values[n].reshape(-1)
-        np.multiply(v, masks[n].reshape(-1), out=v)
+    vals = {n: scores.values[n].reshape(-1) for n in names}
+    if not zeroed:
+        each(lambda n: np.multiply(vals[n], masks[n].reshape(-1), out=vals[n]), names)
     sample, sampled = _sample_keys(names, vals, scores.units)
     out = {n: masks[n].reshape(-1) for n in names}
     for margin in (4.0, 16.0, math.inf):
@@ -191,31 +198,33 @@ def _select_band(
             hi = sample[min(int(rank - spread), sample.size - 1)]
         if rank + spread < sample.size:
             lo = sample[int(rank + spread)]
-    band_keys, band_idx, t_his = [], [], []
-    n_above = 0
-    for n in names:
+
+    def band(n: str) -> tuple[int, np.ndarray, np.ndarray, np.float32]:
         v, u = vals[n], units[n]
         t_hi, t_lo = _linear_threshold(hi - u), _linear_threshold(lo - u)
-        t_his.append(t_hi)
         a = v > t_hi
-        n_above += int(np.count_nonzero(a))
-        band = v > t_lo
-        np.logical_xor(band, a, out=band)  # above is a subset of v > t_lo
+        above = int(np.count_nonzero(a))
+        inside = v > t_lo
+        np.logical_xor(inside, a, out=inside)  # above is a subset of v > t_lo
         del a
-        idx = np.flatnonzero(band)
-        band_idx.append(idx)
-        band_keys.append(np.log(v[idx], dtype=np.float64) + u)
-    need = k - n_above
-    keys = np.concatenate(band_keys)
+        idx = np.flatnonzero(inside)
+        return above, idx, np.log(v[idx], dtype=np.float64) + u, t_hi
+
+    bands = each(band, names)
+    need = k - sum(b[0] for b in bands)
+    keys = np.concatenate([b[2] for b in bands])
     if need < 0 or need > keys.size:
         return False  # `out` untouched
     # The band is in (layer, index) order, so top_k's tie-break by position is ours.
     chosen = top_k(keys, need)
-    start = 0
-    for n, idx, t_hi in zip(names, band_idx, t_his, strict=True):
+    starts = np.cumsum([0] + [b[1].size for b in bands])
+
+    def write(i: int) -> None:
+        n, (_, idx, _, t_hi) = names[i], bands[i]
         np.greater(vals[n], t_hi, out=out[n])
-        out[n][idx[chosen[start : start + idx.size]]] = True
-        start += idx.size
+        out[n][idx[chosen[starts[i] : starts[i + 1]]]] = True
+
+    each(write, range(len(names)))
     return True
 
 

@@ -257,8 +257,10 @@ def test_select_global_matches_full_sort(seed: int) -> None:
     kept = sum(int(m.sum()) for m in masks.values())
     before = {n: (scores.values[n].copy(), masks[n].copy()) for n in names}
     for k in sorted({0, 1, 2, kept // 3, kept // 2, kept - 1, kept}):
-        got = select_global(names, scores, fresh(masks), k)
-        assert_selection(names, got, reference_select(names, scores, masks, k), masks, k)
+        want = reference_select(names, scores, masks, k)
+        for zeroed in (False, True):  # pruned weights score 0 here: both are right
+            got = select_global(names, scores, fresh(masks), k, zeroed=zeroed)
+            assert_selection(names, got, want, masks, k)
     for n in names:  # inputs untouched (pruned weights score 0 already)
         np.testing.assert_array_equal(scores.values[n], before[n][0])
         np.testing.assert_array_equal(masks[n], before[n][1])
@@ -280,8 +282,10 @@ def test_select_global_large(levels: int | None) -> None:
     kept = sum(int(m.sum()) for m in masks.values())
     positive = sum(int(np.count_nonzero(scores.values[n] > 0)) for n in names)
     for k in (1, 1000, kept // 10, kept // 2, positive - 1, positive, positive + 5, kept):
-        got = select_global(names, scores, fresh(masks), k)
-        assert_selection(names, got, reference_select(names, scores, masks, k), masks, k)
+        want = reference_select(names, scores, masks, k)
+        for zeroed in (False, True):
+            got = select_global(names, scores, fresh(masks), k, zeroed=zeroed)
+            assert_selection(names, got, want, masks, k)
 
 
 def test_select_global_units_far_apart() -> None:

@@ -13,6 +13,7 @@ from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.external import constant_array
 from onnxflow.flow.model import build_flow_model
+from onnxflow.parallel import each
 from onnxflow.runtime import ort_session
 
 logger = logging.getLogger(__name__)
@@ -58,14 +59,18 @@ class FlowEngine:
             )
         except Exception as e:  # noqa: BLE001 - ORT raises many types; all mean "cannot run"
             raise OnnxflowError(f"onnxruntime cannot run the flow model: {one_line(e)}") from None
-        tensors = graph.tensors()
-        self.weights = {
-            layer.name: np.abs(constant_array(tensors[layer.name]), dtype=np.float32)
-            for layer in dag.layers
-        }
-        """|W| with pruned entries set to zero (updated in place by `prune`)."""
+        self._tensors = graph.tensors()
+        self.weights = {layer.name: self.magnitude(layer.name) for layer in dag.layers}
+        """The flow model's weight inputs: |W| times any factor folded into the weight
+        (`FlowModel.weight_factors`), pruned entries zero (updated in place by `prune`)."""
+        for name, factor in self.flow.weight_factors.items():
+            np.multiply(self.weights[name], factor, out=self.weights[name])
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._results = self._bind_buffers()
+
+    def magnitude(self, name: str) -> np.ndarray:
+        """|W| of prunable weight `name` as stored in the model, unpruned (a new array)."""
+        return np.abs(constant_array(self._tensors[name]), dtype=np.float32)
 
     def _bind_buffers(self) -> dict[str, np.ndarray]:
         """Bind the weights and preallocated output buffers once: each run then writes its
@@ -91,8 +96,12 @@ class FlowEngine:
 
     def prune(self, masks: dict[str, np.ndarray]) -> None:
         """Zero the weights whose mask is False, for every later run."""
-        for name, w in self.weights.items():
+
+        def zero(name: str) -> None:
+            w = self.weights[name]
             np.multiply(w, masks[name], out=w)
+
+        each(zero, self.weights)
 
     def run(self) -> FlowScores:
         """Scores of the current (masked) network. The returned arrays are buffers that the
@@ -119,10 +128,13 @@ class FlowEngine:
                 values[layer.name] = np.zeros(layer.shape, np.float32)
                 units[layer.name] = 0.0
                 continue
-            values[layer.name] = v = results[entry[0]]
+            values[layer.name] = results[entry[0]]
             units[layer.name] = unit(entry[1])
-            if not np.isfinite(v.max(initial=0.0)):  # NaN and inf propagate through max
-                raise OnnxflowError(f"non-finite synaptic flow at weight {layer.name!r}")
+        names = list(values)
+        maxima = each(lambda n: values[n].max(initial=0.0), names)
+        for name, mx in zip(names, maxima, strict=True):
+            if not np.isfinite(mx):  # NaN and inf propagate through max
+                raise OnnxflowError(f"non-finite synaptic flow at weight {name!r}")
         parts = [
             np.log(float(results[t])) + unit(s)
             for t, s in self.flow.output_flows

@@ -21,8 +21,11 @@ from onnx import TensorProto, helper
 from onnxflow.dag import WeightDag, is_float_dtype
 from onnxflow.errors import OnnxflowError, UnsupportedOpError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
+from onnxflow.flow.fold import batchnorm_folds
 from onnxflow.flow.registry import FlowRule, get_flow_rule
+from onnxflow.flow.rules.elementwise import PassThrough
 
+PASS_THROUGH = PassThrough()
 MIN_OPSET = 17
 
 
@@ -36,6 +39,8 @@ class FlowModel:
     path from the weight to an output."""
     output_flows: list[tuple[str, str | None]] = field(default_factory=list)
     """(float64 sum, log-unit) of each model output: R = sum of exp(log(sum) + unit)."""
+    weight_factors: dict[str, np.ndarray] = field(default_factory=dict)
+    """Weight name -> factor folded into it: the input is fed |W| * mask * factor."""
 
 
 @dataclass
@@ -64,6 +69,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
     weights = {layer.name for layer in dag.layers}
     for layer in dag.layers:
         values[layer.name] = g.weight_input(layer.name, layer.shape)
+    factors, folded = batchnorm_folds(graph, dag)
 
     def value_of(t: gs.Tensor) -> Flow | Const | None:
         if t is None or t.name == "":
@@ -81,7 +87,9 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
             from_input = any(t.name in derived for t in node.inputs if t is not None)
             _copy_verbatim(g, node, inputs, values, derived if from_input else None)
             continue
-        rule = get_flow_rule(node.op, node.domain or "", opset)
+        rule = (
+            PASS_THROUGH if id(node) in folded else get_flow_rule(node.op, node.domain or "", opset)
+        )
         if rule is None:
             raise UnsupportedOpError(node.op, node.domain or "", node.name)
         ctx = NodeContext(node.name, node.op, [_shape(t) for t in node.outputs])
@@ -154,7 +162,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
         producer_name="onnxflow",
     )
     model.ir_version = helper.find_min_ir_version_for(opsets, True)
-    return FlowModel(model, dict(g.weights), scores, output_flows)
+    return FlowModel(model, dict(g.weights), scores, output_flows, factors)
 
 
 def _shape(t: gs.Tensor) -> tuple[int, ...]:

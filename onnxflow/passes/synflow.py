@@ -58,7 +58,7 @@ class SynFlowPass(Pass):
         kept, per_group = total, None
         counts = schedule_counts(total, target / total, opts.iterations, opts.schedule)
         counts[-1] = target
-        baseline = _baseline(opts.method, opts.seed, engine.weights)
+        baseline = _baseline(opts.method, opts.seed, engine)
         for step, k in enumerate(counts):
             limit = pattern.per_group(step, len(counts)) if pattern is not None else None
             if step == 0 or k < kept or limit != per_group:
@@ -86,7 +86,9 @@ class SynFlowPass(Pass):
                 rest = {n: masks[n] & ~kept_first[n] for n in kept_first} or masks
                 k_rest = max(0, k - sum(int(np.count_nonzero(r)) for r in kept_first.values()))
                 if opts.scope == "global":
-                    masks = select_global(names, scores, rest, k_rest)
+                    # The engine's scores are 0 exactly where it was pruned: at `masks`.
+                    zeroed = rest is masks and pattern is None and baseline is None
+                    masks = select_global(names, scores, rest, k_rest, zeroed=zeroed)
                 else:
                     masks = select_local(names, scores, rest, k_rest, sizes)
                 for n, first in kept_first.items():
@@ -153,18 +155,19 @@ class _Pattern:
 
 
 def _baseline(
-    method: str, seed: int, weights: dict[str, np.ndarray]
+    method: str, seed: int, engine: FlowEngine
 ) -> Callable[[dict[str, np.ndarray]], FlowScores] | None:
     """The paper's baselines as fixed scores on the masked network: |W|, or seeded uniform
     noise. None for SynFlow, whose scores come from the flow engine."""
     if method == "synflow":
         return None
     if method == "magnitude":
-        fixed = {n: w.copy() for n, w in weights.items()}
+        fixed = {n: engine.magnitude(n) for n in engine.weights}
     else:
         rng = np.random.default_rng(seed)
         fixed = {
-            n: rng.random(w.shape, dtype=np.float32) + np.float32(1e-6) for n, w in weights.items()
+            n: rng.random(w.shape, dtype=np.float32) + np.float32(1e-6)
+            for n, w in engine.weights.items()
         }
 
     def scores(masks: dict[str, np.ndarray]) -> FlowScores:
