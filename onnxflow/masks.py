@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from onnxflow.flow.engine import FlowScores
+from onnxflow.flow.engine import FlowScores, raise_non_finite
 from onnxflow.parallel import each
 
 _SAMPLE = 200_000
@@ -156,6 +156,8 @@ def _sample_keys(
     for n in names:
         s = vals[n][::step]
         sampled += s.size
+        if not np.isfinite(s).all():
+            raise_non_finite(n)
         s = s[s > 0]
         parts.append(np.log(s, dtype=np.float64) + units[n])
     return np.sort(np.concatenate(parts))[::-1], sampled

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from onnxflow.errors import OnnxflowError
 from onnxflow.flow.engine import FlowScores
 from onnxflow.masks import local_counts, schedule_counts, select_global, select_local, top_k
 
@@ -427,3 +428,11 @@ def test_select_local_zero_scores_rank_between() -> None:
     masks = {"a": np.array([False, False, True, True, True])}
     got = select_local(names, scores, masks, 2, [5])
     assert got["a"].tolist() == [False, False, True, True, False]
+
+
+def test_select_global_refuses_non_finite_scores() -> None:
+    rng = np.random.default_rng(0)
+    names, scores, masks = random_layers(rng, [(50, 40), (30,)], p_pruned=0.0, p_blocked=0.0)
+    scores.values[names[0]][...] = np.nan  # a NaN flow spreads over whole layers
+    with pytest.raises(OnnxflowError, match="non-finite synaptic flow at weight"):
+        select_global(names, scores, fresh(masks), 10, zeroed=True)

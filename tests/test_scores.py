@@ -249,3 +249,33 @@ def test_a_dead_branch_does_not_drown_a_live_one_at_a_sum() -> None:
     for name, w in zip(names, want, strict=True):
         np.testing.assert_allclose(result.log_scores[name], w.T, rtol=0, atol=1e-3)
     assert np.isneginf(result.log_scores["dead"]).all()
+
+
+def test_a_flow_beyond_float32_within_one_op_is_an_error_not_a_wrong_ranking() -> None:
+    """Units keep flows in range across ops, but a single op can still overflow float32
+    (weights of 1e30 times a factor of 1e30): that is reported, never ranked."""
+    from onnx import TensorProto, helper
+
+    inits = [
+        numpy_helper.from_array(np.full((8, 8), 1e30, np.float32), "w1"),
+        numpy_helper.from_array(np.array(1e30, np.float32), "big"),
+        numpy_helper.from_array(np.full((8, 4), 1e30, np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Mul", ["h", "big"], ["s"]),
+        helper.make_node("MatMul", ["s", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "overflow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(onnxflow.OnnxflowError, match="non-finite synaptic flow"):
+        onnxflow.score(model)
+    with pytest.raises(onnxflow.OnnxflowError, match="non-finite synaptic flow"):
+        onnxflow.prune(model, sparsity=0.5, iterations=3)

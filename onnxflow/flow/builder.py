@@ -75,6 +75,7 @@ class FlowBuilder:
         self.outputs: list[onnx.ValueInfoProto] = []
         self._counter = itertools.count()
         self._const_cache: dict[str, str] = {}
+        self._reshapes: dict[tuple[str, tuple[int, ...]], str] = {}
         self.weights: dict[str, str] = {}
         """Prunable weight name -> flow-model input carrying |W| * mask."""
         self.zero_scale = self.const(np.array(0.0), "scale0")
@@ -150,7 +151,11 @@ class FlowBuilder:
         )
 
     def reshape(self, x: str, shape: Sequence[int]) -> str:
-        return self.node("Reshape", [x, self.i64(list(shape), "shape")])
+        """`x` reshaped; a tensor reshaped alike twice (forward and backward) is one node."""
+        key = (x, tuple(shape))
+        if key not in self._reshapes:
+            self._reshapes[key] = self.node("Reshape", [x, self.i64(list(shape), "shape")])
+        return self._reshapes[key]
 
     def reduce(self, op: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
         """ReduceSum/ReduceMean/ReduceMax over `axes` in this opset's spelling."""

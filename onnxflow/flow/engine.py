@@ -41,6 +41,10 @@ class FlowScores:
         return out
 
 
+def raise_non_finite(name: str) -> None:
+    raise OnnxflowError(f"non-finite synaptic flow at weight {name!r}")
+
+
 # Above this much weight memory, the flow session runs without onnxruntime's CPU arena.
 ARENA_MAX_BYTES = 256 << 20
 
@@ -103,9 +107,13 @@ class FlowEngine:
 
         each(zero, self.weights)
 
-    def run(self) -> FlowScores:
+    def run(self, *, check: bool = True) -> FlowScores:
         """Scores of the current (masked) network. The returned arrays are buffers that the
-        next run overwrites."""
+        next run overwrites.
+
+        Every score is checked to be finite unless `check` is False (a pass over all N
+        scores, which the pruning loop makes on the dense network only); the log-units and
+        R are always checked."""
         try:
             self.session.run_with_iobinding(self._io)
         except Exception as e:  # noqa: BLE001 - e.g. a shape the model declares but breaks
@@ -130,11 +138,11 @@ class FlowEngine:
                 continue
             values[layer.name] = results[entry[0]]
             units[layer.name] = unit(entry[1])
-        names = list(values)
+        names = list(values) if check else []
         maxima = each(lambda n: values[n].max(initial=0.0), names)
         for name, mx in zip(names, maxima, strict=True):
             if not np.isfinite(mx):  # NaN and inf propagate through max
-                raise OnnxflowError(f"non-finite synaptic flow at weight {name!r}")
+                raise_non_finite(name)
         parts = [
             np.log(float(results[t])) + unit(s)
             for t, s in self.flow.output_flows

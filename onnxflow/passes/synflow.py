@@ -63,7 +63,9 @@ class SynFlowPass(Pass):
             limit = pattern.per_group(step, len(counts)) if pattern is not None else None
             if step == 0 or k < kept or limit != per_group:
                 per_group = limit
-                scores = engine.run() if step == 0 or baseline is None else None
+                # Later global selections check a sample of the scores instead of all N.
+                check = step == 0 or opts.scope != "global"
+                scores = engine.run(check=check) if step == 0 or baseline is None else None
                 if step == 0:
                     assert scores is not None
                     if scores.log_flow == -np.inf:
