@@ -148,7 +148,7 @@ def select_global(
 def _sample_keys(
     names: Sequence[str], vals: dict[str, np.ndarray], units: dict[str, float]
 ) -> tuple[np.ndarray, int]:
-    """Log-scores of a regular sample of the positive scores, best first, and the number of
+    """Log-scores of a regular sample of the positive scores (unordered), and the number of
     entries (positive or not) the sample was drawn from."""
     total = sum(v.size for v in vals.values())
     step = max(1, total // _SAMPLE)
@@ -160,7 +160,7 @@ def _sample_keys(
             raise_non_finite(n)
         s = s[s > 0]
         parts.append(np.log(s, dtype=np.float64) + units[n])
-    return np.sort(np.concatenate(parts))[::-1], sampled
+    return np.concatenate(parts), sampled
 
 
 _LOG_F32_MAX = math.log(float(np.finfo(np.float32).max))
@@ -196,10 +196,15 @@ def _select_band(
         rank = k / total * sampled  # expected position of the threshold in the sample
         frac = min(1.0, k / total)
         spread = margin * (math.sqrt(sampled * frac * (1 - frac)) + 4)
+        # Positions counted from the best; np.partition counts from the worst.
+        at_hi = sample.size - 1 - min(int(rank - spread), sample.size - 1)
+        at_lo = sample.size - 1 - int(rank + spread)
+        wanted = [i for i, ok in ((at_hi, rank - spread >= 0), (at_lo, at_lo >= 0)) if ok]
+        part = np.partition(sample, wanted) if wanted else sample
         if rank - spread >= 0:
-            hi = sample[min(int(rank - spread), sample.size - 1)]
-        if rank + spread < sample.size:
-            lo = sample[int(rank + spread)]
+            hi = part[at_hi]
+        if at_lo >= 0:
+            lo = part[at_lo]
 
     def band(n: str) -> tuple[int, np.ndarray, np.ndarray, np.float32]:
         v, u = vals[n], units[n]

@@ -150,6 +150,11 @@ class FlowBuilder:
             value=numpy_helper.from_array(np.zeros(1, np.float32)),
         )
 
+    def sum(self, xs: Sequence[str]) -> str:
+        """Elementwise sum of two or more tensors (Add for two: onnxruntime's variadic Sum
+        costs several times more per call, which adds up over the scalar units)."""
+        return self.node("Add" if len(xs) == 2 else "Sum", list(xs))
+
     def reshape(self, x: str, shape: Sequence[int]) -> str:
         """`x` reshaped; a tensor reshaped alike twice (forward and backward) is one node."""
         key = (x, tuple(shape))
@@ -194,16 +199,19 @@ class FlowBuilder:
         scales = tuple(s for s in scales if s != self.zero_scale) or (self.zero_scale,)
         if len(scales) == 1:
             return scales[0]
-        return self.node("Sum", list(scales))
+        return self.sum(scales)
 
-    def rescale(self, f: Flow) -> Flow:
+    def rescale(self, f: Flow, shape: Shape | None = None) -> Flow:
         """Divide by the tensor's max and move its log into the unit.
 
         An all-zero flow (every path through it pruned) gets unit log(0) = -inf, so it cannot
         outweigh a real flow when aligned with it later; its tensor stays 0 (the divisor is
-        never below the smallest float32, so 0/0 cannot occur).
+        never below the smallest float32, so 0/0 cannot occur). So does an empty one (its
+        max is -inf), unless its `shape` shows it is not empty.
         """
-        mx = self.node("Relu", [self.node("ReduceMax", [f.tensor], keepdims=0)])  # empty: -inf
+        mx = self.node("ReduceMax", [f.tensor], keepdims=0)
+        if shape is None or 0 in shape:
+            mx = self.node("Relu", [mx])
         tensor = self.node("Div", [f.tensor, self.node("Max", [mx, self.f32(_F32_TINY)])])
         log = self.node("Log", [self.node("Cast", [mx], to=TensorProto.DOUBLE)])
         return Flow(tensor, self.node("Add", [f.scale, log]))
@@ -232,4 +240,4 @@ class FlowBuilder:
         if len(flows) == 1:
             return flows[0]
         tensors, scale = self.align(flows)
-        return Flow(self.node("Sum", tensors), scale)
+        return Flow(self.sum(tensors), scale)

@@ -99,7 +99,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
         for t, shape, out in zip(node.outputs, ctx.out_shapes, outs, strict=False):
             if isinstance(out, Flow):
                 if rule.rescales:
-                    out = g.rescale(out)
+                    out = g.rescale(out, shape if t.shape is not None else None)
                 values[t.name] = replace(out, shape=shape, needs_grad=needs)
             elif isinstance(out, Const):
                 values[t.name] = out
@@ -135,7 +135,8 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
                 continue
             # Flow reaching a weight is only multiplied by |W| and read out: no renormalizing.
             rescale = step.rule.rescales and t.name not in weights
-            grads[t.name].append(g.rescale(r) if rescale else r)
+            known = _shape(t) if t.shape is not None else None
+            grads[t.name].append(g.rescale(r, known) if rescale else r)
 
     scores = {}
     for layer in dag.layers:
