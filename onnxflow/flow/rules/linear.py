@@ -200,7 +200,7 @@ def _im2col_grad(
     dilations: Sequence[int],
     pads: Sequence[int],
 ) -> str | None:
-    """Weight-gradient of a Conv as im2col (one strided Slice per kernel tap) and one matrix
+    """Weight-gradient of a Conv as im2col (one Slice per kernel tap) and one matrix
     product: dW[o, i, k] = sum_p b[o, p] * x_pad[i, p*stride + k*dilation].
 
     Returns None when the im2col matrix would be too large.
@@ -215,21 +215,37 @@ def _im2col_grad(
         max(0, (out_sp[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - sp[i] - begins[i])
         for i in range(nd)
     ]
-    if any(begins) or any(ends):
-        x = g.node("Pad", [x, g.i64([0, 0, *begins, 0, 0, *ends])])
     if n > 1:
         x = g.node("Transpose", [x], perm=_perm_swap01(nd))
         gy = g.node("Transpose", [gy], perm=_perm_swap01(nd))
-    axes = g.i64(list(range(2, nd + 2)))
-    steps = g.i64(list(strides))
-    cols = []
-    for tap in itertools.product(*(range(d) for d in k)):
-        starts = [tap[i] * dilations[i] for i in range(nd)]
-        stops = [starts[i] + (out_sp[i] - 1) * strides[i] + 1 for i in range(nd)]
-        whole = taps == 1 and set(strides) == {1} and stops == list(x_shape[2:]) and not any(pads)
-        piece = x if whole else g.node("Slice", [x, g.i64(starts), g.i64(stops), axes, steps])
-        cols.append(g.reshape(piece, [c, 1, -1]))
-    col = cols[0] if taps == 1 else g.node("Concat", cols, axis=1)  # (C, taps, N*P)
+    if taps > 1 and any(st > 1 for st in strides):
+        # Strided taps: one Conv whose kernel is one-hot per tap copies them all, several
+        # times faster than strided Slices in onnxruntime.
+        eye = np.eye(taps, dtype=np.float32).reshape(taps, 1, *k)
+        col = g.node(
+            "Conv",
+            [g.reshape(x, [c * n, 1, *sp]), g.const(eye, "taps")],
+            kernel_shape=list(k),
+            strides=list(strides),
+            dilations=list(dilations),
+            pads=begins + ends,
+        )  # (C*N, taps, *out_sp)
+        if n > 1:
+            col = g.node("Transpose", [g.reshape(col, [c, n, taps, -1])], perm=[0, 2, 1, 3])
+    else:
+        if any(begins) or any(ends):
+            x = g.node("Pad", [x, g.i64([0, 0, *begins, 0, 0, *ends])])
+        axes = g.i64(list(range(2, nd + 2)))
+        steps = g.i64(list(strides))
+        cols = []
+        for tap in itertools.product(*(range(d) for d in k)):
+            starts = [tap[i] * dilations[i] for i in range(nd)]
+            stops = [starts[i] + (out_sp[i] - 1) * strides[i] + 1 for i in range(nd)]
+            whole = taps == 1 and set(strides) == {1} and stops == list(sp) and not any(pads)
+            piece = x if whole else g.node("Slice", [x, g.i64(starts), g.i64(stops), axes, steps])
+            cols.append(g.reshape(piece, [c, 1, -1]))
+        col = cols[0] if taps == 1 else g.node("Concat", cols, axis=1)
+    col = g.reshape(col, [c, taps, -1])  # (C, taps, N*P)
     b = g.reshape(gy, [cout, -1])
     if group == 1:
         dw = g.node("Gemm", [b, g.reshape(col, [c * taps, -1])], transB=1)
