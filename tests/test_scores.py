@@ -210,11 +210,27 @@ def test_highly_compressed_network_keeps_scoring_exactly() -> None:
         np.testing.assert_allclose(got.log_scores[name][finite], w[finite], atol=1e-3)
 
 
+def xy_model(nodes: list, inits: list) -> onnx.ModelProto:
+    """A graph from input x (1, 8) to output y (1, 4), opset 17."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        "xy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def test_a_dead_branch_does_not_drown_a_live_one_at_a_sum() -> None:
     """y = x W1 A1..A5 + x W1 B with B all zero, the live path's flow shrinking far below
     float32 range: the dead branch's unit is -inf, so aligning the two at the Add keeps
     the live flow however far below the dead branch's last finite unit it lies."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     rng = np.random.default_rng(0)
     dims = [8, 6, 6, 6, 6, 6, 4]
@@ -231,15 +247,7 @@ def test_a_dead_branch_does_not_drown_a_live_one_at_a_sum() -> None:
         helper.make_node("MatMul", ["t0", "dead"], ["b"]),
         helper.make_node("Add", [f"t{len(live) - 1}", "b"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "dead_branch",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = xy_model(nodes, inits)
     want, log_r = reference_mlp_log_scores(  # MatMul weights are (in, out): transposed
         [numpy_helper.to_array(t).astype(np.float64).T for t in inits[:-1]]
     )
@@ -254,7 +262,7 @@ def test_a_dead_branch_does_not_drown_a_live_one_at_a_sum() -> None:
 def test_a_flow_beyond_float32_within_one_op_is_an_error_not_a_wrong_ranking() -> None:
     """Units keep flows in range across ops, but a single op can still overflow float32
     (weights of 1e30 times a factor of 1e30): that is reported, never ranked."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     inits = [
         numpy_helper.from_array(np.full((8, 8), 1e30, np.float32), "w1"),
@@ -266,15 +274,7 @@ def test_a_flow_beyond_float32_within_one_op_is_an_error_not_a_wrong_ranking() -
         helper.make_node("Mul", ["h", "big"], ["s"]),
         helper.make_node("MatMul", ["s", "w2"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "overflow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = xy_model(nodes, inits)
     with pytest.raises(onnxflow.OnnxflowError, match="non-finite synaptic flow"):
         onnxflow.score(model)
     with pytest.raises(onnxflow.OnnxflowError, match="non-finite synaptic flow"):
