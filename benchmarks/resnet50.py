@@ -6,7 +6,7 @@ Measures, in one run on this machine:
   2. The reference: PyTorch float64 autograd SynFlow (the official algorithm: 100 iterations,
      global threshold), same weights, in a fresh subprocess (median of --ref-repeats runs).
   3. One onnxflow iteration (flow-model run + selection + mask update) as a multiple of one
-     onnxruntime forward pass of the original model: 20 interleaved pairs, the ratio of the
+     onnxruntime forward pass of the original model: 60 interleaved pairs, the ratio of the
      medians and the median of the pairs' ratios.
 
 Needs PyTorch for the model and the reference (`pip install torch==2.13.0`); without it,
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the reference models live beside the 
 SHAPE = (1, 3, 224, 224)
 SPARSITY = 0.99
 ITERATIONS = 100
-PAIRS = 20  # forward/iteration pairs timed for the iteration ratio
+PAIRS = 60  # forward/iteration pairs timed for the iteration ratio
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float]:

@@ -22,6 +22,10 @@ from onnxflow.flow.engine import FlowScores, raise_non_finite
 from onnxflow.parallel import each
 
 _SAMPLE = 200_000
+# Up to this many weights, each layer's "above the band" booleans are kept from the band pass
+# to the mask write (one comparison of all scores fewer); beyond, they are computed again so
+# that large models never hold a second byte per weight.
+_KEEP_ABOVE = 1 << 26
 
 
 def schedule_counts(total: int, density: float, iterations: int, schedule: str) -> list[int]:
@@ -206,16 +210,18 @@ def _select_band(
         if at_lo >= 0:
             lo = part[at_lo]
 
-    def band(n: str) -> tuple[int, np.ndarray, np.ndarray, np.float32]:
+    keep_above = total <= _KEEP_ABOVE
+
+    def band(n: str) -> tuple[int, np.ndarray, np.ndarray, np.float32, np.ndarray | None]:
         v, u = vals[n], units[n]
         t_hi, t_lo = _linear_threshold(hi - u), _linear_threshold(lo - u)
         a = v > t_hi
         above = int(np.count_nonzero(a))
         inside = v > t_lo
         np.logical_xor(inside, a, out=inside)  # above is a subset of v > t_lo
-        del a
         idx = np.flatnonzero(inside)
-        return above, idx, np.log(v[idx], dtype=np.float64) + u, t_hi
+        keys = np.log(v[idx], dtype=np.float64) + u
+        return above, idx, keys, t_hi, a if keep_above else None
 
     bands = each(band, names)
     need = k - sum(b[0] for b in bands)
@@ -227,8 +233,11 @@ def _select_band(
     starts = np.cumsum([0] + [b[1].size for b in bands])
 
     def write(i: int) -> None:
-        n, (_, idx, _, t_hi) = names[i], bands[i]
-        np.greater(vals[n], t_hi, out=out[n])
+        n, (_, idx, _, t_hi, above) = names[i], bands[i]
+        if above is None:
+            np.greater(vals[n], t_hi, out=out[n])
+        else:
+            np.copyto(out[n], above)
         out[n][idx[chosen[starts[i] : starts[i + 1]]]] = True
 
     each(write, range(len(names)))

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import onnxflow.masks as masks_module
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.engine import FlowScores
 from onnxflow.masks import local_counts, schedule_counts, select_global, select_local, top_k
@@ -267,10 +268,16 @@ def test_select_global_matches_full_sort(seed: int) -> None:
         np.testing.assert_array_equal(masks[n], before[n][1])
 
 
+@pytest.mark.parametrize("keep_above", [True, False], ids=["small", "large-model path"])
 @pytest.mark.parametrize("levels", [None, 50, 3])
-def test_select_global_large(levels: int | None) -> None:
+def test_select_global_large(
+    levels: int | None, keep_above: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Enough weights that the threshold is located from a sample (> 200k), with and
-    without heavy ties at the threshold."""
+    without heavy ties at the threshold; on the path of models small enough to keep the
+    band pass's booleans, and on the large models' path that compares again."""
+    if not keep_above:
+        monkeypatch.setattr(masks_module, "_KEEP_ABOVE", 0)
     rng = np.random.default_rng(7)
     names, scores, masks = random_layers(
         rng,
