@@ -23,6 +23,9 @@ def _options() -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.log_severity_level = 4  # fatal only: errors are reported by onnxflow, on one line
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Worker threads go on spinning after a run by default, taking the cores that the numpy
+    # work between two flow-model runs (selection, masking) needs.
+    so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
 
