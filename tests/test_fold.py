@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import netgen
 import numpy as np
 import pytest
@@ -28,17 +31,20 @@ def test_every_conv_batchnorm_pair_is_folded() -> None:
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert set(engine.flow.weight_factors) == {n.input[1] for n in convs}
     ops = [n.op_type for n in engine.flow.model.graph.node]
-    unfolded = engine_of_without_folding(model)
+    with no_folding():
+        unfolded = engine_of(model)
     unfolded_ops = [n.op_type for n in unfolded.flow.model.graph.node]
     assert unfolded_ops.count("Mul") - ops.count("Mul") == 2 * len(convs)  # forward, backward
     for name, factor in engine.flow.weight_factors.items():  # fed |W| * s, s > 0 per channel
         np.testing.assert_allclose(engine.weights[name], engine.magnitude(name) * factor, rtol=1e-6)
 
 
-def engine_of_without_folding(model) -> FlowEngine:
+@contextmanager
+def no_folding() -> Iterator[None]:
+    """Flow models built inside fold nothing (the reference the folding is checked against)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(flow_model, "batchnorm_folds", lambda graph, dag: ({}, set()))
-        return engine_of(model)
+        yield
 
 
 @pytest.mark.parametrize(
@@ -50,8 +56,7 @@ def test_folding_leaves_scores_and_masks_unchanged(build) -> None:
     model = build()
     folded_scores = onnxflow.score(model)
     folded = onnxflow.prune(model, sparsity=0.9, iterations=5)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(flow_model, "batchnorm_folds", lambda graph, dag: ({}, set()))
+    with no_folding():
         plain_scores = onnxflow.score(model)
         plain = onnxflow.prune(model, sparsity=0.9, iterations=5)
     assert folded_scores.log_flow == pytest.approx(plain_scores.log_flow, rel=1e-6)
