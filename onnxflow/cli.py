@@ -284,6 +284,8 @@ def _print_summary(report: Report, output: Path) -> None:
             f"[yellow]warning:[/] --pattern skipped layers whose input channels do not split "
             f"into groups: {', '.join(report.pattern_skipped)}"
         )
+    for note in report.notes:  # parts left dense or out of the flow
+        Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {note}")
     if report.emptied:
         Console(stderr=True, soft_wrap=True).print(
             f"[yellow]warning:[/] layers pruned to nothing: {', '.join(report.emptied)}"

@@ -56,6 +56,8 @@ class PruneState:
     pruned: onnx.ModelProto | None = None
     pattern_skipped: list[str] = field(default_factory=list)
     """Layers the N:M pattern could not be applied to."""
+    notes: list[str] = field(default_factory=list)
+    """One-line notes on parts of the model left dense or out of the flow, and why."""
     bytes_dense: int | None = None
     """Serialized size of the pruned model with every weight stored densely."""
     report: Report | None = None

@@ -61,6 +61,8 @@ class Report:
     """Layers an N:M pattern could not be applied to (their shape does not allow it)."""
     external_data: bool = False
     """The input kept tensors in external data files; the output is written that way too."""
+    notes: list[str] = field(default_factory=list)
+    """One-line notes on parts of the model left dense or out of the flow, and why."""
 
     @property
     def params(self) -> int:
@@ -121,6 +123,7 @@ class Report:
                 "pattern_skipped_layers": self.pattern_skipped,
                 "external_data": self.external_data,
             },
+            "notes": self.notes,
             "seconds": self.seconds,
         }
 

@@ -19,9 +19,22 @@ logger = logging.getLogger(__name__)
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+LOG_SEVERITY = 4
+"""onnxruntime log level of every session onnxflow starts: fatal only. Its warnings (graph
+optimizer notes such as `unsqueeze_elimination.cc ... cannot remove node`) mean nothing to a
+user, and its errors are raised as exceptions that onnxflow reports on one line."""
+
+
+def quiet_onnxruntime() -> None:
+    """Silence onnxruntime's default logger, which sessions started by other libraries use
+    (graph-surgeon's constant folding creates its own session, without options): call before
+    any such session is created."""
+    ort.set_default_logger_severity(LOG_SEVERITY)
+
+
 def _options() -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.log_severity_level = 4  # fatal only: errors are reported by onnxflow, on one line
+    so.log_severity_level = LOG_SEVERITY
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Worker threads go on spinning after a run by default, taking the cores that the numpy
     # work between two flow-model runs (selection, masking) needs.
@@ -45,7 +58,7 @@ def _cuda_usable() -> bool:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    ort.set_default_logger_severity(4)
+    quiet_onnxruntime()
     try:
         sess = ort.InferenceSession(
             model.SerializeToString(), _options(), providers=[_PROVIDERS["cuda"]]
@@ -55,7 +68,7 @@ def _cuda_usable() -> bool:
         logger.debug("CUDA provider not usable: %s", e)
         return False
     finally:
-        ort.set_default_logger_severity(4)
+        quiet_onnxruntime()
 
 
 def resolve_provider(provider: str) -> str:
@@ -80,7 +93,7 @@ def ort_session(model: bytes | str, provider: str, *, arena: bool = True) -> ort
     providers = [_PROVIDERS["cpu"]]
     if provider == "cuda":
         providers.insert(0, _PROVIDERS["cuda"])
-    ort.set_default_logger_severity(4)
+    quiet_onnxruntime()
     options = _options()
     options.enable_cpu_mem_arena = arena
     return ort.InferenceSession(model, options, providers=providers)

@@ -19,8 +19,11 @@ import onnx_graphsurgeon as gs
 from onnxflow.dag import weight_view_nodes
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.external import attach
+from onnxflow.passes.computed_weights import computed_weight_views, computed_weights_note
+from onnxflow.passes.inline_if import inline_constant_ifs
 from onnxflow.pipeline import Pass, PruneState
-from onnxflow.runtime import ort_session
+from onnxflow.runtime import ort_session, quiet_onnxruntime
+from onnxflow.tensors import stored_tensor_names
 
 logger = logging.getLogger(__name__)
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
@@ -170,17 +173,40 @@ class NormalizePass(Pass):
             check_size(t.name, shapes[t.name], np.dtype(t.dtype).itemsize)
         _name_nodes(graph)
         _infer_shapes(graph)  # static shapes let folding evaluate Shape ops of activations
-        views = weight_view_nodes(graph)
-        graph.fold_constants(
-            fold_shapes=True, error_ok=True, should_exclude_node=lambda n: n.name in views
-        )
+        views = weight_view_nodes(graph) - computed_weight_views(graph)
+        quiet_onnxruntime()  # folding runs its own onnxruntime session
+        fold = dict(fold_shapes=True, error_ok=True, flatten_subgraphs=False)
+        graph.fold_constants(**fold, should_exclude_node=lambda n: n.name in views)
+        if inline_constant_ifs(graph):  # the branch taken may fold further
+            graph.fold_constants(**fold, should_exclude_node=lambda n: n.name in views)
         graph.cleanup(remove_unused_graph_inputs=False)
         graph.toposort()
+        check_produced(graph)
+        note = computed_weights_note(graph, stored_tensor_names(state.model))
+        if note is not None:
+            state.notes.append(note)
         # Folding only removes nodes: static shapes found before it still hold. Infer again
         # only if some tensor still lacks one.
         if not all(_static(t) for t in graph.tensors().values() if isinstance(t, gs.Variable)):
             _infer_shapes(graph)
         state.graph = graph
+
+
+def check_produced(graph: gs.Graph) -> None:
+    """Every tensor a node reads is a graph input, a constant or an earlier node's output.
+
+    A rewrite that breaks this (graph-surgeon's own `If` flattening did) would otherwise
+    surface as an onnxruntime error that blames the model, or as an internal error; this
+    names the node instead."""
+    seen = {t.name for t in graph.inputs}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if isinstance(t, gs.Variable) and t.name and t.name not in seen:
+                raise OnnxflowError(
+                    f"node {node.name!r} ({node.op}) reads {t.name!r}, which no node produces "
+                    "after constant folding; onnxflow cannot analyse this graph"
+                )
+        seen.update(t.name for t in node.outputs)
 
 
 def _static(t: gs.Variable) -> bool:
