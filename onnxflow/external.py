@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import Message
-from onnx import external_data_helper, numpy_helper
+from onnx import external_data_helper, helper, numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxflow.errors import OnnxflowError, one_line
@@ -42,16 +42,18 @@ def is_external(t: onnx.TensorProto) -> bool:
     return t.data_location == onnx.TensorProto.EXTERNAL
 
 
-def load_small(model: onnx.ModelProto, base: Path) -> bool:
-    """Load the external data of every tensor except large initializers, in place.
+def load_small(model: onnx.ModelProto, base: Path, lazy_bytes: int | None = None) -> bool:
+    """Load the external data of every tensor except initializers of `lazy_bytes` or more
+    (default `LAZY_BYTES`), in place.
 
     Returns whether some initializer was left in its file (read later with `read_external`).
     """
+    lazy_bytes = LAZY_BYTES if lazy_bytes is None else lazy_bytes
     lazy = False
     initializers = [t for t in model.graph.initializer if is_external(t)]
     attributes = [t for t in external_data_helper._get_attribute_tensors(model) if is_external(t)]
     for i, t in enumerate([*initializers, *attributes]):
-        if i < len(initializers) and _declared_bytes(t) >= LAZY_BYTES:
+        if i < len(initializers) and external_nbytes(t) >= lazy_bytes:
             lazy = True
             continue
         try:
@@ -68,17 +70,42 @@ def external_info(t: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
 
 
-def _declared_bytes(t: onnx.TensorProto) -> int:
-    return int(external_info(t).get("length", 0) or 0)
+# Sub-byte types pack several values per byte.
+_BITS = {
+    getattr(onnx.TensorProto, n): bits
+    for n, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    if hasattr(onnx.TensorProto, n)
+}
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's raw data as its shape and type declare them (0 for strings)."""
+    count = 1
+    for d in t.dims:
+        count *= int(d)
+    if t.data_type in _BITS:
+        return (count * _BITS[t.data_type] + 7) // 8
+    if t.data_type == onnx.TensorProto.STRING:
+        return 0
+    return count * int(helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
+
+
+def external_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes an external tensor occupies in its file. `length` is optional in the external
+    data entries (the TorchScript exporter's > 2 GB models omit it): without it, the size
+    its shape and type declare, which LoadPass has checked the file holds."""
+    length = external_info(t).get("length")
+    return int(length) if length else tensor_nbytes(t)
+
 
 
 def read_external(t: onnx.TensorProto, base: Path) -> np.ndarray:
     """The values of an external tensor, read from its file (checked by LoadPass)."""
     info = external_info(t)
-    offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
+    offset, length = int(info.get("offset", 0)), external_nbytes(t)
     with open(base / info["location"], "rb") as f:
         f.seek(offset)
-        raw = f.read(length) if length else f.read()
+        raw = f.read(length)
     tmp = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type, raw_data=raw)
     del raw
     return numpy_helper.to_array(tmp)
@@ -119,7 +146,7 @@ def constant_array(c: gs.Constant) -> np.ndarray:
 
 def external_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the model's tensors that are still in external files."""
-    return sum(_declared_bytes(t) for t in _all_tensors(model) if is_external(t))
+    return sum(external_nbytes(t) for t in _all_tensors(model) if is_external(t))
 
 
 # --- writing -----------------------------------------------------------------------------

@@ -72,6 +72,11 @@ def model_file(build: Callable[[Path], onnx.ModelProto | bytes], *extra: str) ->
     return setup
 
 
+def _write(path: Path, data: bytes, *extra: str) -> tuple[Path, list[str]]:
+    path.write_bytes(data)
+    return path, ["prune", str(path), *extra]
+
+
 def good(*extra: str) -> Setup:
     return model_file(lambda tmp: small_model(), *extra)
 
@@ -140,6 +145,14 @@ CASES: dict[str, tuple[Setup, str]] = {
             "0.5",
         ),
         r"not an ONNX model|not a readable ONNX model",
+    ),
+    "json-file": (
+        lambda tmp: _write(tmp / "m.json", b'{"layers": [1, 2]}', "--sparsity", "0.5"),
+        r"m\.json is not a readable ONNX model \(Message type \"onnx\.ModelProto\" has no field",
+    ),
+    "text-file": (
+        lambda tmp: _write(tmp / "m.textproto", b"hello world\n", "--sparsity", "0.5"),
+        r"m\.textproto is not a readable ONNX model \(1:1 : Message type",
     ),
     "no-nodes": (model_file(no_graph_node, "--sparsity", "0.5"), r"no graph nodes"),
     "fails-checker": (model_file(checker_fails, "--sparsity", "0.5"), r"fails onnx.checker"),

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import onnx
+from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError, Message
 from onnx import helper
 
@@ -27,6 +29,13 @@ from onnxflow.passes.sparse_storage import densify
 from onnxflow.pipeline import Pass, PruneState
 
 _PROTOBUF_LIMIT = 2**31 - 1
+
+# What onnx.load raises for a file in one of its text formats that does not parse.
+_TEXT_PARSE_ERRORS: tuple[type[Exception], ...] = (
+    json_format.ParseError,
+    text_format.ParseError,
+    onnx.parser.ParseError,
+)
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
@@ -44,11 +53,14 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
     if os.path.getsize(p) == 0:
         raise OnnxflowError(f"{p} is empty, not an ONNX model")
     try:
-        model = onnx.load(p, load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise OnnxflowError(f"{p} is not a readable ONNX model ({one_line(e)})") from None
+        with warnings.catch_warnings():  # onnx warns that its text format is experimental
+            warnings.simplefilter("ignore")
+            model = onnx.load(p, load_external_data=False)
     except OSError as e:
         raise OnnxflowError(f"cannot read {p}: {one_line(e)}") from None
+    except (DecodeError, RuntimeError, ValueError, *_TEXT_PARSE_ERRORS) as e:
+        # onnx picks the format by extension: .json, .textproto, .onnxtxt are parsed as text
+        raise OnnxflowError(f"{p} is not a readable ONNX model ({one_line(e)})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxflowError(f"{p} is not an ONNX model: it has no graph nodes")
     try:

@@ -21,6 +21,7 @@ from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.external import attach
 from onnxflow.passes.computed_weights import computed_weight_views, computed_weights_note
 from onnxflow.passes.inline_if import inline_constant_ifs
+from onnxflow.passes.selection import cut_selection
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.runtime import ort_session, quiet_onnxruntime
 from onnxflow.tensors import stored_tensor_names
@@ -182,9 +183,10 @@ class NormalizePass(Pass):
         graph.cleanup(remove_unused_graph_inputs=False)
         graph.toposort()
         check_produced(graph)
-        note = computed_weights_note(graph, stored_tensor_names(state.model))
-        if note is not None:
-            state.notes.append(note)
+        stored = stored_tensor_names(state.model)
+        for note in (cut_selection(graph, stored), computed_weights_note(graph, stored)):
+            if note is not None:
+                state.notes.append(note)
         # Folding only removes nodes: static shapes found before it still hold. Infer again
         # only if some tensor still lacks one.
         if not all(_static(t) for t in graph.tensors().values() if isinstance(t, gs.Variable)):
