@@ -69,6 +69,21 @@ def inline_constant_ifs(graph: gs.Graph) -> int:
     return taken
 
 
+def refuse_control_flow_on_flow(graph: gs.Graph, active: set[str]) -> None:
+    """Refuse, naming the node, an `If`, `Loop` or `Scan` whose subgraphs read a tensor
+    computed from the model's input (`active`): the flow would enter them through names of
+    the outer graph that are not the node's inputs, and they have no flow rule."""
+    for node in graph.nodes:
+        for sub in node.subgraphs():
+            read = sorted(n for n in sub._foreign_tensors() if n in active)
+            if read:
+                raise OnnxflowError(
+                    f"node {node.name!r} ({node.op}) runs a subgraph on {read[0]!r}, which "
+                    "carries the flow, and its condition or trip count is only known at run "
+                    "time; onnxflow cannot score through it (see docs/flow_rules.md)"
+                )
+
+
 def _unique(name: str, prefix: str, taken: set[str]) -> str:
     """`name`, or `prefix + name` (then with a counter) if that is already used."""
     out = name if name not in taken else prefix + name

@@ -1,18 +1,20 @@
-"""Leave data-dependent selection (detection post-processing) out of the synaptic flow.
+"""Leave what detection post-processing selects by the flow's values out of the flow.
 
 A detection network ends in post-processing that keeps a data-dependent subset of its
-predictions: `NonZero` of `scores > threshold`, `TopK` of the scores, `NonMaxSuppression`
-of the boxes, and everything computed from what they select (gathered boxes, RoIAlign on
-the proposals, the final labels). Which predictions survive depends on data, and SynFlow
-has none: the all-ones input selects arbitrary anchors, and an index computed from a flow
-has no flow rule. The data-free choice is the network's dense prediction: R is taken at the
-float tensors that enter the selection (the heads' scores and box regressions for every
-anchor), the selection and what follows are dropped from the analysis graph, and weight
-layers after it (Faster R-CNN's box head, which sees RoIAlign of selected proposals) are
-not prunable: they stay dense, and a note says so. The pruned model keeps every node.
+predictions: `NonZero` of `scores > threshold`, the indices of `TopK` of the scores,
+`NonMaxSuppression` of the boxes. Those indices are chosen by the values of the flow (on the
+all-ones input SynFlow uses, arbitrary anchors), and the nodes that apply them to a flow
+(`Gather`/`GatherND` of the box regressions by them, RoIAlign of the features on the chosen
+proposals, a factor cast from them) have no flow rule that would mean anything. The
+data-free choice is the network's dense prediction: those nodes and everything after them
+are dropped from the analysis graph, and R is taken at the float flows they read (the heads'
+scores and box regressions for every anchor). Weight layers after them (Faster R-CNN's box
+head, which sees RoIAlign of selected proposals) are not prunable there: they stay dense,
+and a note says so. The pruned model keeps every node.
 
-A selection of ids that are not activations (CLIP's argmax over token ids) is not cut: it
-does not depend on a flow.
+Nothing is dropped where the selection only ends the flow (an ArgMax label beside the
+probabilities) or passes it (TopK's values, as MaxPool's winners), nor where the selection
+is not made on a flow (CLIP's argmax over token ids).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from onnxflow.dag import PRUNABLE_OPERANDS, is_float_dtype, weight_source
 
 SELECTION_OPS = frozenset({"NonZero", "TopK", "NonMaxSuppression", "ArgMax", "ArgMin", "Unique"})
 """Ops whose result (indices, or a count) depends on the values of their input."""
+
+NO_FLOW_RULE = frozenset({"NonMaxSuppression", "Unique"})
+"""Selection ops that cannot stay on the flow path: they are dropped with what they read."""
 
 
 def _is_float(t: gs.Tensor) -> bool:
@@ -47,27 +52,45 @@ def activations(graph: gs.Graph) -> set[str]:
 
 
 def cut_selection(graph: gs.Graph, stored: set[str]) -> str | None:
-    """Drop the selection nodes fed by activations, and everything downstream of them, from
-    a toposorted analysis graph; their float activation inputs become outputs. Returns the
-    one-line note, or None if the graph has no such selection."""
+    """Drop from a toposorted analysis graph the nodes that combine a flow with indices
+    selected by the flow (and everything after them); the flows they read become outputs.
+    Returns the one-line note, or None if nothing was dropped."""
     active = activations(graph)
+    selected: set[str] = set()  # indices, counts and boxes chosen by the flow's values
+    inside: set[str] = set()  # tensors produced by dropped nodes
+    frontier: dict[str, gs.Tensor] = {}
     cut: list[gs.Node] = []
-    inside: set[str] = set()  # tensors produced in the cut part
+    first: gs.Node | None = None
     for node in graph.nodes:
         names = [t.name for t in node.inputs if t is not None and t.name]
         selects = node.op in SELECTION_OPS and bool(names) and names[0] in active
-        if selects or any(n in inside for n in names):
+        flows = [
+            t
+            for t in node.inputs
+            if t is not None and t.name in active and _is_float(t)
+            and t.name not in selected and t.name not in inside
+        ]  # fmt: skip
+        reads_selected = any(n in selected for n in names)
+        if (
+            any(n in inside for n in names)
+            or (reads_selected and flows)
+            or (selects and node.op in NO_FLOW_RULE)
+        ):
             cut.append(node)
             inside.update(t.name for t in node.outputs)
+            for t in flows:
+                frontier.setdefault(t.name, t)
+        elif selects:
+            first = first or node
+            # TopK's values are a flow (its rule passes them); its indices are a choice.
+            chosen = node.outputs[1:] if node.op == "TopK" else node.outputs
+            selected.update(t.name for t in chosen)
+        elif reads_selected:  # arithmetic on the indices (anchor = index // classes)
+            selected.update(t.name for t in node.outputs)
     if not cut:
         return None
-    cut_ids = {id(n) for n in cut}
-    frontier: dict[str, gs.Tensor] = {}
-    for node in cut:
-        for t in node.inputs:
-            if t is not None and t.name in active and t.name not in inside and _is_float(t):
-                frontier.setdefault(t.name, t)
     dense = [n.name for n in cut if _has_stored_weight(n, stored)]
+    cut_ids = {id(n) for n in cut}
     kept = [t for t in graph.outputs if t.name not in inside]
     graph.outputs = kept + [t for name, t in frontier.items() if all(o.name != name for o in kept)]
     for node in cut:  # detach, so cleanup removes them whatever else they read
@@ -75,11 +98,11 @@ def cut_selection(graph: gs.Graph, stored: set[str]) -> str | None:
         node.outputs.clear()
     graph.nodes = [n for n in graph.nodes if id(n) not in cut_ids]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    first = next(n for n in cut if n.op in SELECTION_OPS)
+    where = first or cut[0]
     note = (
-        f"the data-dependent selection starting at node {first.name!r} ({first.op}) and the "
-        f"{len(cut) - 1} nodes after it are left out of the synaptic flow; R is taken at the "
-        f"{len(frontier)} tensors entering it"
+        f"{len(cut)} nodes that use what node {where.name!r} ({where.op}) selects by the "
+        f"flow's values are left out of the synaptic flow; R is taken at the {len(frontier)} "
+        "tensors they read"
     )
     if dense:
         shown = ", ".join(repr(n) for n in dense[:3]) + (
