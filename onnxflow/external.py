@@ -98,7 +98,6 @@ def external_nbytes(t: onnx.TensorProto) -> int:
     return int(length) if length else tensor_nbytes(t)
 
 
-
 def read_external(t: onnx.TensorProto, base: Path) -> np.ndarray:
     """The values of an external tensor, read from its file (checked by LoadPass)."""
     info = external_info(t)

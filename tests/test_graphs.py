@@ -75,7 +75,9 @@ def if_model(branch_returns: str) -> onnx.ModelProto:
     The then-branch returns a constant (`constant`), a tensor of the outer graph (`outer`,
     through an Identity as the checker wants) or a flow computed inside (`computed`)."""
     then_nodes = {
-        "constant": [helper.make_node("Constant", [], ["t"], value=_const("v", np.ones(1, np.float32)))],
+        "constant": [
+            helper.make_node("Constant", [], ["t"], value=_const("v", np.ones(1, np.float32)))
+        ],
         "outer": [helper.make_node("Identity", ["c1"], ["t"])],
         "computed": [helper.make_node("Relu", ["c1"], ["t"])],
     }[branch_returns]
@@ -86,11 +88,17 @@ def if_model(branch_returns: str) -> onnx.ModelProto:
         helper.make_node("Shape", ["x"], ["s"], name="shape"),
         helper.make_node("Gather", ["s", "zero"], ["n"], name="batch"),
         helper.make_node("Equal", ["n", "one"], ["cond"], name="is_one"),
-        helper.make_node("If", ["cond"], ["picked"], name="if", then_branch=then, else_branch=other),
+        helper.make_node(
+            "If", ["cond"], ["picked"], name="if", then_branch=then, else_branch=other
+        ),
         helper.make_node("Mul", ["c1", "picked"], ["m"], name="use"),
         helper.make_node("Conv", ["m", "w2"], ["y"], name="conv2"),
     ]
-    inits = [*_weights(), _const("zero", np.array(0, np.int64)), _const("one", np.array(1, np.int64))]
+    inits = [
+        *_weights(),
+        _const("zero", np.array(0, np.int64)),
+        _const("one", np.array(1, np.int64)),
+    ]
     return _model(nodes, inits, [_out("y", [1, 4, 6, 6])])
 
 
@@ -234,7 +242,11 @@ def selection_model(with_selection: bool) -> onnx.ModelProto:
         helper.make_node("Conv", ["c1", "w2"], ["c2"], name="conv2"),
         helper.make_node("Reshape", ["c2", "flat"], ["feat"], name="flatten2"),
     ]
-    inits = [*_weights(), _const("flat", np.array([1, -1], np.int64)), _const("k", np.array([5], np.int64))]
+    inits = [
+        *_weights(),
+        _const("flat", np.array([1, -1], np.int64)),
+        _const("k", np.array([5], np.int64)),
+    ]
     if not with_selection:
         return _model(nodes, inits, [_out("top", [1, 5]), _out("feat", [1, 144])])
     nodes += [
@@ -339,7 +351,10 @@ def test_external_model_without_length_loads_lazily_and_prunes(tmp_path, monkeyp
     lazy = {t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL}
     assert lazy == {"w1"}
     out = tmp_path / "pruned.onnx"
-    assert main(["prune", str(path), "--sparsity", "0.5", "--iterations", "2", "-q", "-o", str(out)]) == 0
+    assert (
+        main(["prune", str(path), "--sparsity", "0.5", "--iterations", "2", "-q", "-o", str(out)])
+        == 0
+    )
     ref = onnxflow.prune(onnx.load(path), sparsity=0.5, iterations=2)
     pruned = onnx.load(out)
     for t in pruned.graph.initializer:

@@ -108,7 +108,9 @@ def cut_selection(graph: gs.Graph, stored: set[str]) -> str | None:
         shown = ", ".join(repr(n) for n in dense[:3]) + (
             f" and {len(dense) - 3} more" if len(dense) > 3 else ""
         )
-        note += f"; {len(dense)} weight layer{'s' if len(dense) > 1 else ''} there stay dense: {shown}"
+        note += (
+            f"; {len(dense)} weight layer{'s' if len(dense) > 1 else ''} there stay dense: {shown}"
+        )
     return note
 
 
