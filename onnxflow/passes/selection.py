@@ -13,8 +13,9 @@ head, which sees RoIAlign of selected proposals) are not prunable there: they st
 and a note says so. The pruned model keeps every node.
 
 Nothing is dropped where the selection only ends the flow (an ArgMax label beside the
-probabilities) or passes it (TopK's values, as MaxPool's winners), nor where the selection
-is not made on a flow (CLIP's argmax over token ids).
+probabilities) or passes it (TopK's values, as MaxPool's winners), where a fixed-size
+selection feeds an op whose rule applies it (GatherElements by TopK's indices), nor where
+the selection is not made on a flow (CLIP's argmax over token ids).
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ SELECTION_OPS = frozenset({"NonZero", "TopK", "NonMaxSuppression", "ArgMax", "Ar
 
 NO_FLOW_RULE = frozenset({"NonMaxSuppression", "Unique"})
 """Selection ops that cannot stay on the flow path: they are dropped with what they read."""
+
+VARIABLE_SIZE = frozenset({"NonZero", "NonMaxSuppression", "Unique"})
+"""Selections whose result has a data-dependent size: the analysis graph's static shapes
+(from one run on ones) do not hold for the flow model's values."""
+
+TAKES_INDICES = frozenset({"GatherElements"})
+"""Ops whose flow rule applies indices that the flow model computes on the flow (TopK's, as
+MaxPool picks its winners; docs/flow_rules.md): they keep fixed-size selections."""
 
 
 def _is_float(t: gs.Tensor) -> bool:
@@ -56,7 +65,7 @@ def cut_selection(graph: gs.Graph, stored: set[str]) -> str | None:
     selected by the flow (and everything after them); the flows they read become outputs.
     Returns the one-line note, or None if nothing was dropped."""
     active = activations(graph)
-    selected: set[str] = set()  # indices, counts and boxes chosen by the flow's values
+    selected: dict[str, bool] = {}  # indices chosen by the flow's values -> variable size
     inside: set[str] = set()  # tensors produced by dropped nodes
     frontier: dict[str, gs.Tensor] = {}
     cut: list[gs.Node] = []
@@ -70,12 +79,11 @@ def cut_selection(graph: gs.Graph, stored: set[str]) -> str | None:
             if t is not None and t.name in active and _is_float(t)
             and t.name not in selected and t.name not in inside
         ]  # fmt: skip
-        reads_selected = any(n in selected for n in names)
-        if (
-            any(n in inside for n in names)
-            or (reads_selected and flows)
-            or (selects and node.op in NO_FLOW_RULE)
-        ):
+        kinds = {selected[n] for n in names if n in selected}
+        applies = bool(flows) and (
+            True in kinds or (False in kinds and node.op not in TAKES_INDICES)
+        )
+        if any(n in inside for n in names) or applies or (selects and node.op in NO_FLOW_RULE):
             cut.append(node)
             inside.update(t.name for t in node.outputs)
             for t in flows:
@@ -84,9 +92,9 @@ def cut_selection(graph: gs.Graph, stored: set[str]) -> str | None:
             first = first or node
             # TopK's values are a flow (its rule passes them); its indices are a choice.
             chosen = node.outputs[1:] if node.op == "TopK" else node.outputs
-            selected.update(t.name for t in chosen)
-        elif reads_selected:  # arithmetic on the indices (anchor = index // classes)
-            selected.update(t.name for t in node.outputs)
+            selected.update((t.name, node.op in VARIABLE_SIZE) for t in chosen)
+        elif kinds and not flows:  # arithmetic on the indices (anchor = index // classes)
+            selected.update((t.name, True in kinds) for t in node.outputs)
     if not cut:
         return None
     dense = [n.name for n in cut if _has_stored_weight(n, stored)]
