@@ -1,8 +1,9 @@
 """Graphs real exports are made of: constant-condition If, weights computed in the graph,
 detection post-processing, external data without `length`, onnxruntime's own log lines.
 
-Each case is a hand-built graph (no torch needed); the torchvision detection models these
-stand for are checked in test_detection_exports_prune (skipped without torch).
+Each case is a hand-built graph (no torch needed); timm's StdConv2d/ScaledStdConv2d as
+PyTorch exports them are checked in test_timm_weight_standardization_export (skipped
+without torch and timm).
 """
 
 from __future__ import annotations
@@ -224,6 +225,26 @@ def test_cli_prints_the_dense_layer_note(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "warning: 1 layer with weights computed in the graph" in err
     assert "'std_conv'" in err
+
+
+def test_timm_weight_standardization_export(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    layers = pytest.importorskip("timm.layers")
+    net = torch.nn.Sequential(
+        layers.StdConv2d(3, 8, 3, padding=0),
+        torch.nn.ReLU(),
+        layers.ScaledStdConv2d(8, 8, 3, padding=0),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 4 * 4, 4),
+    ).eval()
+    path = tmp_path / "std.onnx"
+    x = torch.rand(1, 3, 8, 8)
+    torch.onnx.export(net, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"])
+    got = onnxflow.prune(str(path), sparsity=0.5, iterations=2)
+    assert len(got.masks) == 1  # the Linear; both standardized convs stay dense
+    (note,) = got.report.notes
+    assert note.startswith("2 layers with weights computed in the graph"), note
 
 
 # -- detection post-processing: data-dependent selection -------------------------------------
