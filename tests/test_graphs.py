@@ -153,7 +153,10 @@ def test_a_run_time_if_on_the_flow_path_is_refused_naming_the_node() -> None:
     cond.CopyFrom(helper.make_node("Greater", ["x_sum", "zero_f"], ["cond"], name="is_one"))
     model.graph.node.insert(0, helper.make_node("ReduceSum", ["x"], ["x_sum"], keepdims=0))
     model.graph.initializer.append(_const("zero_f", np.array(0.0, np.float32)))
-    with pytest.raises(OnnxflowError, match=r"node 'if' \(If\) runs a subgraph on 'c1'"):
+    with pytest.raises(
+        OnnxflowError,
+        match=r"node 'if' \(If\) runs a subgraph on 'c1', which carries the flow, with a",
+    ):
         onnxflow.prune(model, sparsity=0.5, iterations=1)
 
 
@@ -289,6 +292,28 @@ def test_selection_is_cut_and_r_taken_at_what_it_reads() -> None:
     assert "3 nodes that use what node 'topk' (TopK) selects" in note, note
     assert "'head'" in note and "1 tensors they read" in note
     assert [n.name for n in got.model.graph.node][-3:] == ["pick", "flatten3", "head"]
+
+
+def test_control_flow_reading_the_selection_implicitly_is_cut() -> None:
+    """Mask R-CNN pastes its masks in a Loop whose body reads the mask head's output by name
+    (not as a Loop input): it is after the selection, so it is cut, not refused."""
+    model = selection_model(True)
+    then = _branch("then", [helper.make_node("Identity", ["p2"], ["t"])], "t")
+    other = _branch("else", [helper.make_node("Neg", ["p2"], ["e"])], "e")
+    model.graph.node.extend(
+        [
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0, name="total"),
+            helper.make_node("Greater", ["total", "zero_f"], ["cond"], name="positive"),
+            helper.make_node(
+                "If", ["cond"], ["z"], name="paste", then_branch=then, else_branch=other
+            ),
+        ]
+    )
+    model.graph.initializer.append(_const("zero_f", np.array(0.0, np.float32)))
+    model.graph.output.append(_out("z", [1, 5]))
+    got = onnxflow.prune(model, sparsity=0.5, iterations=2)
+    assert set(got.masks) == {"w1", "w2"}
+    assert got.report.notes[0].startswith("4 nodes that use what node 'topk'")
 
 
 def test_topk_values_and_argmax_labels_are_not_cut() -> None:

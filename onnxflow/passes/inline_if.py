@@ -69,19 +69,23 @@ def inline_constant_ifs(graph: gs.Graph) -> int:
     return taken
 
 
-def refuse_control_flow_on_flow(graph: gs.Graph, active: set[str]) -> None:
-    """Refuse, naming the node, an `If`, `Loop` or `Scan` whose subgraphs read a tensor
-    computed from the model's input (`active`): the flow would enter them through names of
-    the outer graph that are not the node's inputs, and they have no flow rule."""
+def refuse_control_flow(graph: gs.Graph, active: set[str]) -> None:
+    """Refuse, naming the node, an `If`, `Loop` or `Scan` left after folding and inlining:
+    its condition or trip count is known only at run time, and no flow rule runs a subgraph.
+    The message says which tensor carrying the flow (`active`) it reads, if any: the flow
+    enters subgraphs through names of the outer graph, not only through the node's inputs."""
     for node in graph.nodes:
-        for sub in node.subgraphs():
-            read = sorted(n for n in sub._foreign_tensors() if n in active)
-            if read:
-                raise OnnxflowError(
-                    f"node {node.name!r} ({node.op}) runs a subgraph on {read[0]!r}, which "
-                    "carries the flow, and its condition or trip count is only known at run "
-                    "time; onnxflow cannot score through it (see docs/flow_rules.md)"
-                )
+        subgraphs = list(node.subgraphs())
+        if not subgraphs:
+            continue
+        read = sorted(n for sub in subgraphs for n in sub._foreign_tensors() if n in active)
+        read += [t.name for t in node.inputs if t is not None and t.name in active]
+        on = f" on {read[0]!r}, which carries the flow," if read else ""
+        raise OnnxflowError(
+            f"node {node.name!r} ({node.op}) runs a subgraph{on} with a condition or trip "
+            "count known only at run time; onnxflow cannot score through it "
+            "(see docs/flow_rules.md)"
+        )
 
 
 def _unique(name: str, prefix: str, taken: set[str]) -> str:

@@ -20,7 +20,7 @@ from onnxflow.dag import weight_view_nodes
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.external import attach
 from onnxflow.passes.computed_weights import computed_weight_views, computed_weights_note
-from onnxflow.passes.inline_if import inline_constant_ifs, refuse_control_flow_on_flow
+from onnxflow.passes.inline_if import inline_constant_ifs, refuse_control_flow
 from onnxflow.passes.selection import activations, cut_selection
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.runtime import ort_session, quiet_onnxruntime
@@ -187,7 +187,7 @@ class NormalizePass(Pass):
         for note in (cut_selection(graph, stored), computed_weights_note(graph, stored)):
             if note is not None:
                 state.notes.append(note)
-        refuse_control_flow_on_flow(graph, activations(graph))
+        refuse_control_flow(graph, activations(graph))
         # Folding only removes nodes: static shapes found before it still hold. Infer again
         # only if some tensor still lacks one.
         if not all(_static(t) for t in graph.tensors().values() if isinstance(t, gs.Variable)):

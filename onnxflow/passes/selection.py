@@ -39,6 +39,15 @@ TAKES_INDICES = frozenset({"GatherElements"})
 MaxPool picks its winners; docs/flow_rules.md): they keep fixed-size selections."""
 
 
+def reads(node: gs.Node) -> list[str]:
+    """Names of the tensors a node reads: its inputs, and the outer-graph tensors that its
+    subgraphs (If branches, Loop and Scan bodies) use by name."""
+    names = [t.name for t in node.inputs if t is not None and t.name]
+    for sub in node.subgraphs():
+        names += [n for n in sub._foreign_tensors() if n not in names]
+    return names
+
+
 def _is_float(t: gs.Tensor) -> bool:
     return t.dtype is not None and is_float_dtype(t.dtype)
 
@@ -51,7 +60,7 @@ def activations(graph: gs.Graph) -> set[str]:
     derived = set(inputs)  # computed from any graph input
     active = {t.name for t in graph.inputs if _is_float(t)}
     for node in graph.nodes:
-        names = [t.name for t in node.inputs if t is not None and t.name]
+        names = reads(node)
         if any(n in active for n in names):
             active.update(t.name for t in node.outputs)
         elif any(n in derived for n in names):
@@ -71,7 +80,7 @@ def cut_selection(graph: gs.Graph, stored: set[str]) -> str | None:
     cut: list[gs.Node] = []
     first: gs.Node | None = None
     for node in graph.nodes:
-        names = [t.name for t in node.inputs if t is not None and t.name]
+        names = reads(node)
         selects = node.op in SELECTION_OPS and bool(names) and names[0] in active
         flows = [
             t
