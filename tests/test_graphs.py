@@ -135,6 +135,25 @@ def test_constant_if_is_inlined_and_scores_as_its_branch(branch_returns) -> None
     assert [n.op_type for n in got.model.graph.node].count("If") == 1
 
 
+def test_nested_constant_ifs_are_inlined() -> None:
+    """An If in the taken branch, on a condition of the outer graph, goes too."""
+    model = if_model("computed")
+    outer = next(n for n in model.graph.node if n.op_type == "If")
+    inner = helper.make_node(
+        "If",
+        ["cond"],
+        ["t"],
+        then_branch=_branch("in_then", [helper.make_node("Relu", ["c1"], ["t1"])], "t1"),
+        else_branch=_branch("in_else", [helper.make_node("Neg", ["c1"], ["t2"])], "t2"),
+    )
+    then = next(a for a in outer.attribute if a.name == "then_branch")
+    then.g.CopyFrom(_branch("then", [inner], "t"))
+    got = onnxflow.prune(model, sparsity=0.5, iterations=2)
+    want = onnxflow.prune(inlined_model("computed"), sparsity=0.5, iterations=2)
+    for name in want.log_scores:
+        np.testing.assert_allclose(got.log_scores[name], want.log_scores[name], rtol=1e-6)
+
+
 def test_inline_constant_ifs_on_a_graph_surgeon_graph() -> None:
     graph = gs.import_onnx(if_model("constant"))
     graph.fold_constants(fold_shapes=True, flatten_subgraphs=False)

@@ -61,8 +61,7 @@ def inline_constant_ifs(graph: gs.Graph) -> int:
         for out, inner_out in zip(outputs, branch.outputs, strict=True):
             name = _unique("Identity", f"{node.name}/", names)
             inlined.append(gs.Node("Identity", name, inputs=[inner_out], outputs=[out]))
-        graph.nodes[index : index + 1] = inlined
-        index += len(inlined)
+        graph.nodes[index : index + 1] = inlined  # an If inside the branch is seen next
         taken += 1
     if taken:
         graph.toposort()

@@ -178,7 +178,7 @@ class NormalizePass(Pass):
         quiet_onnxruntime()  # folding runs its own onnxruntime session
         fold = dict(fold_shapes=True, error_ok=True, flatten_subgraphs=False)
         graph.fold_constants(**fold, should_exclude_node=lambda n: n.name in views)
-        if inline_constant_ifs(graph):  # the branch taken may fold further
+        while inline_constant_ifs(graph):  # the branch taken may fold further
             graph.fold_constants(**fold, should_exclude_node=lambda n: n.name in views)
         graph.cleanup(remove_unused_graph_inputs=False)
         graph.toposort()
