@@ -248,6 +248,8 @@ def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool, plot: Pat
     console = _stdout()
     console.print(table)
     console.print(f"{len(rows)} prunable weights, {params:,} parameters, {nonzero:,} nonzero")
+    for note in result.notes:  # parts left dense or out of the flow
+        Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {note}")
     for m in result.missing_rules:
         Console(stderr=True).print(
             f"[yellow]warning:[/] no flow rule for {m.op_type!r} (domain "

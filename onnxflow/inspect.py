@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ class Inspection:
     nonzero: dict[str, int]
     """Nonzero entries of each prunable weight (its current density times its size)."""
     missing_rules: list[MissingRule]
+    notes: list[str] = field(default_factory=list)
+    """One-line notes on parts of the model left dense or out of the flow (as prune's)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class Inspection:
                 for layer in self.dag.layers
             ],
             "missing_rules": [vars(m) for m in self.missing_rules],
+            "notes": self.notes,
         }
 
 
@@ -86,4 +89,4 @@ def inspect_model(
         for node in _flow_nodes(state.graph, state.dag)
         if get_flow_rule(node.op, node.domain or "", opset) is None
     ]
-    return Inspection(state.dag, nonzero, missing)
+    return Inspection(state.dag, nonzero, missing, list(state.notes))

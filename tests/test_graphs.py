@@ -247,6 +247,8 @@ def test_cli_prints_the_dense_layer_note(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "warning: 1 layer with weights computed in the graph" in err
     assert "'std_conv'" in err
+    assert main(["inspect", str(path)]) == 0
+    assert "warning: 1 layer with weights computed in the graph" in capsys.readouterr().err
 
 
 def test_timm_weight_standardization_export(tmp_path) -> None:
