@@ -207,13 +207,52 @@ def _stored_in_axis(node: gs.Node, pos: int, rank: int) -> int | None:
     return axis
 
 
+def _from_inputs(graph: gs.Graph) -> set[str]:
+    """Names of the tensors computed from the graph inputs' values (not only their shapes)."""
+    names = {t.name for t in graph.inputs}
+    for node in graph.nodes:
+        if node.op not in ("Shape", "Size") and any(
+            t is not None and t.name in names for t in node.inputs
+        ):
+            names.update(t.name for t in node.outputs)
+    return names
+
+
+def lookup_table(
+    node: gs.Node, stored: Container[str], tables: Container[str], runtime: Container[str]
+) -> gs.Constant | None:
+    """The prunable table of an embedding lookup `Gather(W, ids)`: W is already the weight
+    of a weight layer (`tables`: a tied embedding, GPT-2's wte shared with the output
+    projection) and the ids are computed from the inputs (`runtime`). The lookup is
+    one-hot(ids) @ W, the same tensor's second use as a weight layer."""
+    if node.op != "Gather" or not _is_default_domain(node) or len(node.inputs) != 2:
+        return None
+    src = weight_source(node.inputs[0], stored)
+    if src is None or src.name not in tables or node.inputs[1].name not in runtime:
+        return None
+    return src
+
+
 def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
     """Find the prunable weights of a toposorted graph and the layer-to-layer edges."""
     layers: dict[str, WeightLayer] = {}
     upstream: dict[str, set[str]] = {}  # tensor name -> nearest weight layers before it
+    tables = {f[1].name for n in graph.nodes if (f := prunable_operand(n, stored))}
+    runtime = _from_inputs(graph) if tables else set()
+    lookups_only: set[str] = set()  # layers seen only as lookups so far
     for node in graph.nodes:
         feeding = set().union(*(upstream.get(t.name, set()) for t in node.inputs if t is not None))
         found = prunable_operand(node, stored)
+        table = lookup_table(node, stored, tables, runtime)
+        if table is not None and found is None:
+            layer = layers.get(table.name)
+            if layer is None:
+                layer = layers[table.name] = WeightLayer(table.name, "Gather", [], tuple(table.shape))
+                lookups_only.add(table.name)
+            layer.nodes.append(node.name)  # a lookup: no multiply-accumulates, no in_axis
+            for t in node.outputs:
+                upstream[t.name] = {table.name}
+            continue
         if found is None:
             for t in node.outputs:
                 upstream[t.name] = feeding
@@ -223,6 +262,9 @@ def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
         axis = _stored_in_axis(node, pos, len(w.shape))
         if layer is None:
             layer = layers[w.name] = WeightLayer(w.name, node.op, [], tuple(w.shape), in_axis=axis)
+        elif w.name in lookups_only:
+            lookups_only.discard(w.name)
+            layer.op, layer.in_axis = node.op, axis
         elif layer.in_axis != axis:
             layer.in_axis = None
         layer.nodes.append(node.name)

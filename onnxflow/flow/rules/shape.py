@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxflow.flow.builder import Flow
+from onnxflow.flow.builder import Const, Flow
 from onnxflow.flow.registry import FlowRule, flow_rule
+from onnxflow.flow.sources import token_source
 
 
 @flow_rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -33,14 +34,14 @@ class Transpose(FlowRule):
 
 @flow_rule("Concat")
 class Concat(FlowRule):
-    """Flows are brought to one unit and concatenated; constant parts carry no flow."""
+    """Flows are brought to one unit and concatenated. A constant part is a learned token
+    (class, register, distillation token, learned query): a flow source of ones, unless it
+    is all zero (padding), see flow/sources.py."""
 
     def forward(self, g, node, *inputs, axis):
-        flows = [v for v in inputs if isinstance(v, Flow)]
-        tensors, scale = g.align(flows)
-        it = iter(tensors)
-        parts = [next(it) if isinstance(v, Flow) else g.zeros(v.shape) for v in inputs]
-        return Flow(g.node("Concat", parts, axis=axis), scale)
+        inputs = [token_source(g, v) if isinstance(v, Const) else v for v in inputs]
+        tensors, scale = g.align(inputs)
+        return Flow(g.node("Concat", tensors, axis=axis), scale)
 
     def backward(self, g, node, grads, *inputs, axis):
         (gy,) = grads

@@ -1,0 +1,67 @@
+"""Where flow comes from besides the float inputs: learned tokens, lookups, constant data.
+
+The paper's R is the total weight of the paths from the inputs to the outputs, each input
+carrying 1. Some networks start paths inside the graph:
+
+- a learned token concatenated beside the data (a class, register or distillation token, a
+  learned query) is one more input position: it carries 1 in each element, like the input;
+- a float value that a weight layer reads as its data operand although it does not come
+  from the input (Swin V2's position-bias MLP over a constant coordinate table, a one-hot
+  of the ids) is that layer's input: it carries 1;
+- an embedding lookup `Gather(E, ids)` is one-hot(ids) @ E; on the all-ones input of that
+  product each position receives the column sums of |E| (whether E is pruned or not).
+
+A constant *added* to a flow stays a bias (a position embedding is added, so it carries no
+flow: the paper's R has no biases), and values computed from integer inputs by anything but
+a lookup (attention masks, causal masks, rotary tables) are data, never flow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from onnxflow.flow.builder import Const, Flow, FlowBuilder, Shape
+
+
+def token_source(g: FlowBuilder, c: Const) -> Flow:
+    """A float constant concatenated beside a flow: ones (a learned token), or zeros when
+    the constant is all zero (padding holds no parameter). A constant the flow model
+    computes (an Expand of a token over the batch) is tested when the flow model runs."""
+    values = c.values
+    if values is not None:
+        fill = g.ones(c.shape) if np.any(values != 0) else g.zeros(c.shape)
+        return Flow(fill, g.zero_scale, c.shape)
+    nonzero = g.node(
+        "Cast",
+        [g.node("Greater", [g.node("ReduceMax", [g.node("Abs", [c.name])], keepdims=0),
+                            g.f32(0.0)])],
+        to=TensorProto.FLOAT,
+    )  # fmt: skip
+    return Flow(g.node("Mul", [g.ones(c.shape), nonzero]), g.zero_scale, c.shape)
+
+
+def data_source(g: FlowBuilder, c: Const) -> Flow:
+    """A weight layer's data operand that is not a flow: that layer's input, all ones."""
+    return Flow(g.ones(c.shape), g.zero_scale, c.shape)
+
+
+def lookup_forward(g: FlowBuilder, table: str, table_shape: Shape, idx_rank: int,
+                   axis: int, out_shape: Shape) -> str:  # fmt: skip
+    """Flow of `Gather(table, ids, axis)` as one-hot(ids) times the table on an all-ones
+    input: at every looked-up position, the sum of the table over `axis`."""
+    axis %= len(table_shape)
+    total = g.reduce("ReduceSum", table, [axis], keepdims=1)
+    lead, trail = list(table_shape[:axis]), list(table_shape[axis + 1 :])
+    return g.expand_to(g.reshape(total, lead + [1] * idx_rank + trail), (), out_shape)
+
+
+def lookup_backward(g: FlowBuilder, gy: str, table_shape: Shape, idx_rank: int,
+                    axis: int) -> str:  # fmt: skip
+    """Transpose of `lookup_forward`: every row of the table receives the flow of every
+    looked-up position (each one-hot input is all ones)."""
+    axis %= len(table_shape)
+    if idx_rank:
+        gy = g.reduce("ReduceSum", gy, list(range(axis, axis + idx_rank)), keepdims=1)
+    lead, trail = list(table_shape[:axis]), list(table_shape[axis + 1 :])
+    return g.expand_to(g.reshape(gy, lead + [1] + trail), (), table_shape)
