@@ -144,21 +144,25 @@ def test_class_token_model_prunes_with_every_layer_kept() -> None:
     assert all(np.isfinite(s).all() for s in pruned.log_scores.values())
 
 
-def test_zero_constant_concatenated_is_padding_not_a_source() -> None:
-    """An all-zero part of a Concat holds no parameter: a head reading only it has R = 0,
-    and the message does not blame zero weights (no weight is zero)."""
-    model, _ = class_token_model(cls=np.zeros((1, 1, D)))
-    # Cut the attention out: the head reads the padding directly.
-    graph = model.graph
-    gather = next(n for n in graph.node if n.op_type == "Gather")
-    concat = next(n for n in graph.node if n.op_type == "Concat")
-    gather.input[0] = concat.output[0]
-    model = onnx.utils.Extractor(model).extract_model(["x"], ["output"])
-    model.ir_version = 10
+def test_zero_initialized_token_is_a_source() -> None:
+    """transformers' DeiT initializes its class and distillation tokens to zero: a token is
+    a source of ones whatever its values."""
+    model, g = class_token_model(cls=np.zeros((1, 1, D)))
+    check_against(model, g.weights, ref_class_token)
+
+
+def test_no_path_is_not_blamed_on_zero_weights() -> None:
+    """R = 0 with no zero weight (the head reads a selection that picks a constant): the
+    message says no path carries flow, not that a zero weight cuts them."""
+    g = G()
+    h = g.op("MatMul", "x", g.w("a", (4, 3)))
+    h = g.op("Where", g.c(np.zeros((1, 3), bool)), h, g.c(np.ones((1, 3), np.float32)))
+    y = g.op("MatMul", h, g.w("b", (3, 2)))
+    model = g.model([helper.make_tensor_value_info("x", F, [1, 4])], y)
     with pytest.raises(OnnxflowError, match="R = 0") as e:
         onnxflow.prune(model, sparsity=0.5)
     assert "zero weight" not in str(e.value)
-    assert "no input-output path" in str(e.value)
+    assert "no input-output path carries flow" in str(e.value)
 
 
 def test_zero_weights_on_every_path_are_named_as_the_cause() -> None:

@@ -4,7 +4,8 @@ The paper's R is the total weight of the paths from the inputs to the outputs, e
 carrying 1. Some networks start paths inside the graph:
 
 - a learned token concatenated beside the data (a class, register or distillation token, a
-  learned query) is one more input position: it carries 1 in each element, like the input;
+  learned query) is one more input position: it carries 1 in each element, like the input,
+  whatever its values;
 - a float value that a weight layer reads as its data operand although it does not come
   from the input (Swin V2's position-bias MLP over a constant coordinate table, a one-hot
   of the ids) is that layer's input: it carries 1;
@@ -18,27 +19,15 @@ a lookup (attention masks, causal masks, rotary tables) are data, never flow.
 
 from __future__ import annotations
 
-import numpy as np
-from onnx import TensorProto
-
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, Shape
 
 
 def token_source(g: FlowBuilder, c: Const) -> Flow:
-    """A float constant concatenated beside a flow: ones (a learned token), or zeros when
-    the constant is all zero (padding holds no parameter). A constant the flow model
-    computes (an Expand of a token over the batch) is tested when the flow model runs."""
-    values = c.values
-    if values is not None:
-        fill = g.ones(c.shape) if np.any(values != 0) else g.zeros(c.shape)
-        return Flow(fill, g.zero_scale, c.shape)
-    nonzero = g.node(
-        "Cast",
-        [g.node("Greater", [g.node("ReduceMax", [g.node("Abs", [c.name])], keepdims=0),
-                            g.f32(0.0)])],
-        to=TensorProto.FLOAT,
-    )  # fmt: skip
-    return Flow(g.node("Mul", [g.ones(c.shape), nonzero]), g.zero_scale, c.shape)
+    """A float constant concatenated beside a flow: a learned token, all ones whatever its
+    values (transformers' DeiT initializes its tokens to zero; a token's initial value says
+    nothing about the paths it opens). A zero constant concatenated as padding looks the
+    same in an exported graph and is counted alike."""
+    return Flow(g.ones(c.shape), g.zero_scale, c.shape)
 
 
 def data_source(g: FlowBuilder, c: Const) -> Flow:

@@ -107,8 +107,9 @@ def _no_flow_message(engine: FlowEngine) -> str:
     cause = (
         "every input-output path crosses a zero weight"
         if engine.flow_with_unit_weights() > -np.inf
-        else "no input-output path reaches an output through the prunable weights (the "
-        "outputs read only constants or padding)"
+        else "no input-output path carries flow whatever the weights are (the outputs reach "
+        "the inputs and learned tokens only through constants: a zero factor, a selection "
+        "that picks a constant)"
     )
     return f"the network carries no synaptic flow (R = 0): {cause}, so there is nothing to rank"
 

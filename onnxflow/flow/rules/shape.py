@@ -35,8 +35,8 @@ class Transpose(FlowRule):
 @flow_rule("Concat")
 class Concat(FlowRule):
     """Flows are brought to one unit and concatenated. A constant part is a learned token
-    (class, register, distillation token, learned query): a flow source of ones, unless it
-    is all zero (padding), see flow/sources.py."""
+    (class, register, distillation token, learned query): a flow source of ones, see
+    flow/sources.py."""
 
     def forward(self, g, node, *inputs, axis):
         inputs = [token_source(g, v) if isinstance(v, Const) else v for v in inputs]
