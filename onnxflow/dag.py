@@ -50,6 +50,10 @@ class WeightDag:
     """Prunable layers in network order."""
 
     layers: list[WeightLayer]
+    copies: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    """Stored copies of a layer's tensor (an exporter's folded transpose of a tied embedding
+    table): copy name -> (layer name, the permutation that makes the copy from the layer's
+    tensor). A copy gets its layer's mask, permuted; it is not a layer of its own."""
 
     @property
     def size(self) -> int:
@@ -233,6 +237,60 @@ def lookup_table(
     return src
 
 
+def tie_lookup_copies(
+    graph: gs.Graph, stored: Container[str]
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Re-tie embedding tables that an exporter untied: GPT-2's output projection shares the
+    token table, but constant folding stores its transpose as a second tensor. A weight-layer
+    operand equal to a lookup table (`Gather(E, ids)` by run-time ids) or to its transpose
+    is rewritten, in this analysis graph, as Transpose(E): one layer, one mask for the
+    shared tensor. Returns the copies (see `WeightDag.copies`)."""
+    from onnxflow.external import constant_array
+
+    runtime = _from_inputs(graph)
+    tables: dict[str, gs.Constant] = {}
+    for node in graph.nodes:
+        if node.op == "Gather" and _is_default_domain(node) and len(node.inputs) == 2:
+            src = weight_source(node.inputs[0], stored)
+            if src is not None and node.inputs[1].name in runtime and len(src.shape) == 2:
+                tables[src.name] = src
+    copies: dict[str, tuple[str, tuple[int, ...]]] = {}
+    views: dict[str, gs.Variable] = {}
+    for node in list(graph.nodes):
+        for pos in PRUNABLE_OPERANDS.get(node.op, ()) if _is_default_domain(node) else ():
+            t = node.inputs[pos] if pos < len(node.inputs) else None
+            if not is_float_constant(t) or t.name in tables or t.name not in stored:
+                continue
+            if t.name not in views:
+                for table in tables.values():
+                    perm = _copy_of(constant_array(table), t, constant_array)
+                    if perm is None:
+                        continue
+                    view = gs.Variable(f"{t.name}/tied", dtype=t.dtype, shape=list(t.shape))
+                    graph.nodes.insert(
+                        0,
+                        gs.Node(
+                            "Transpose", inputs=[table], outputs=[view], attrs={"perm": list(perm)}
+                        ),
+                    )
+                    views[t.name] = view
+                    copies[t.name] = (table.name, perm)
+                    break
+            if t.name in views:
+                node.inputs[pos] = views[t.name]
+    return copies
+
+
+def _copy_of(table: np.ndarray, t: gs.Constant, read) -> tuple[int, ...] | None:
+    """The permutation that makes `t` from `table` (2-D), or None if `t` is no copy of it."""
+    shape = tuple(int(d) for d in t.shape)
+    for perm in ((1, 0), (0, 1)):
+        if shape == tuple(table.shape[p] for p in perm):
+            if t.dtype == table.dtype and np.array_equal(read(t), table.transpose(perm)):
+                return perm
+    return None
+
+
 def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
     """Find the prunable weights of a toposorted graph and the layer-to-layer edges."""
     layers: dict[str, WeightLayer] = {}
@@ -247,7 +305,9 @@ def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
         if table is not None and found is None:
             layer = layers.get(table.name)
             if layer is None:
-                layer = layers[table.name] = WeightLayer(table.name, "Gather", [], tuple(table.shape))
+                layer = layers[table.name] = WeightLayer(
+                    table.name, "Gather", [], tuple(table.shape)
+                )
                 lookups_only.add(table.name)
             layer.nodes.append(node.name)  # a lookup: no multiply-accumulates, no in_axis
             for t in node.outputs:

@@ -10,9 +10,11 @@ are checked against central differences of that reference, R against its value.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -297,3 +299,61 @@ def test_gather_at_indices_computed_from_the_ids() -> None:
 
     result = check_against(model, g.weights, ref)
     assert np.isfinite(result.log_flow)
+
+
+def test_exported_transposed_copy_of_a_tied_table_shares_its_mask() -> None:
+    """Constant folding stores GPT-2's tied output projection as a second tensor, the
+    transpose of the token table: it is re-tied, one layer, one mask written to both."""
+    g = G(11)
+    table = g.w("wte", (V, E))
+    g.c(g.weights["wte"].T.copy(), "wte_T")
+    x = g.op("Gather", table, "ids")
+    x = g.op("MatMul", x, g.w("mlp", (E, E)))
+    y = g.op("MatMul", x, "wte_T")
+    model = g.model([helper.make_tensor_value_info("ids", I64, [1, T])], y)
+    dense = onnxflow.score(model)
+    assert [layer.name for layer in dense.dag.layers] == ["wte", "mlp"]
+    assert dense.dag.copies == {"wte_T": ("wte", (1, 0))}
+    assert np.isfinite(dense.log_scores["wte"]).all()
+    pruned = onnxflow.prune(model, sparsity=0.5, iterations=2)
+    stored = {t.name: numpy_helper.to_array(t) for t in pruned.model.graph.initializer}
+    assert (stored["wte"] == 0).any()
+    np.testing.assert_array_equal(stored["wte_T"], stored["wte"].T)
+
+
+HERE = Path(__file__).resolve().parent / "exported"
+EXPORTS = {  # file: what it covers (tests/exported/make_sources_models.py)
+    "hf_vit.onnx": "class token, head on token 0 (TorchScript)",
+    "hf_deit_dynamo.onnx": "zero-initialized class and distillation tokens (dynamo)",
+    "gpt2_torchscript.onnx": "tied wte, masks from attention_mask (TorchScript)",
+    "gpt2_dynamo.onnx": "tied wte, masks from attention_mask (dynamo)",
+    "llama_dynamo.onnx": "rotary tables and causal mask from positions (dynamo)",
+    "clip_text.onnx": "pooling at the argmax of the ids (TorchScript)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+def test_real_exports_prune_with_every_weight_scored(name: str) -> None:
+    """Each was refused before (R = 0, non-finite flow, computed gather indices): now R > 0,
+    no weight scores 0, and the pruned model runs with the original's output shapes."""
+    path = HERE / name
+    dense = onnxflow.score(path)
+    assert np.isfinite(dense.log_flow)
+    for layer, s in dense.log_scores.items():
+        assert np.isfinite(s).all(), layer
+    pruned = onnxflow.prune(path, sparsity=0.5, iterations=3)
+    original = onnx.load(path)
+    feeds = {
+        i.name: np.ones([d.dim_value or 1 for d in i.type.tensor_type.shape.dim],
+                        helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+        for i in original.graph.input
+    }  # fmt: skip
+    want = ort.InferenceSession(original.SerializeToString()).run(None, feeds)
+    got = ort.InferenceSession(pruned.model.SerializeToString()).run(None, feeds)
+    assert [w.shape for w in want] == [x.shape for x in got]
+    assert all(np.isfinite(x).all() for x in got)
+    if name.startswith("gpt2"):
+        (copy, (table, perm)), = dense.dag.copies.items()
+        assert table in {layer.name for layer in dense.dag.layers}
+        stored = {t.name: numpy_helper.to_array(t) for t in pruned.model.graph.initializer}
+        np.testing.assert_array_equal(stored[copy], stored[table].transpose(perm))

@@ -1,18 +1,19 @@
 """Export small real architectures whose flow starts inside the graph (needs torch,
-transformers, timm; onnxscript for dynamo). Random weights, tiny configs, nothing downloaded.
+transformers; onnxscript for dynamo). Random weights, tiny configs, nothing downloaded.
 
     python tests/exported/make_sources_models.py [outdir]
 
-- hf_vit.onnx: transformers ViT (class token concatenated, head reads token 0);
-- timm_deit.onnx: timm DeiT with a distillation token (two learned tokens, two heads);
-- gpt2_torchscript.onnx: transformers GPT-2 (wte tied to lm_head, causal and padding
-  masks computed from the attention_mask input), TorchScript exporter;
-- llama_dynamo.onnx: transformers LLaMA (rotary tables and causal mask computed from
-  positions), dynamo exporter;
+- hf_vit.onnx: transformers ViT (class token concatenated, head reads token 0), TorchScript;
+- hf_deit_dynamo.onnx: transformers DeiT with teacher (class and distillation tokens, both
+  zero-initialized; two heads), dynamo;
+- gpt2_torchscript.onnx, gpt2_dynamo.onnx: transformers GPT-2 (wte tied to lm_head, which
+  both exporters store a second time, transposed; causal and padding masks computed from
+  the attention_mask input);
+- llama_dynamo.onnx: transformers LLaMA (rotary tables and causal mask computed from the
+  positions and the attention mask), dynamo;
 - clip_text.onnx: transformers CLIP text model (pooling at the argmax of the ids).
 
-The committed files (see tests/test_sources_exported.py) are written to tests/exported/;
-with an `outdir`, every model goes there instead (for checks that need not be committed).
+The files are committed for tests/test_sources.py, which needs no torch.
 """
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ class _Logits(torch.nn.Module):
 
 def main(out: Path) -> None:
     warnings.filterwarnings("ignore")
-    import timm
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,
+        DeiTConfig,
+        DeiTForImageClassificationWithTeacher,
         GPT2Config,
         GPT2LMHeadModel,
         LlamaConfig,
@@ -79,42 +81,45 @@ def main(out: Path) -> None:
     )
 
     torch.manual_seed(0)
+    pixels = torch.ones(1, 3, 16, 16)
+    small = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     vit = ViTForImageClassification(
-        ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
-                  num_attention_heads=2, intermediate_size=32, num_labels=3)
-    ).eval()  # fmt: skip
-    _export(_Logits(vit, "logits"), (torch.ones(1, 3, 16, 16),), out / "hf_vit.onnx",
-            ["pixel_values"], ["logits"], dynamo=False)  # fmt: skip
-
-    deit = timm.create_model(
-        "deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=16,
-        embed_dim=16, depth=1, num_heads=2, num_classes=3,
-    ).eval()  # fmt: skip
-    _export(deit, (torch.ones(1, 3, 32, 32),), out / "timm_deit.onnx", ["x"], ["logits"],
-            dynamo=False)  # fmt: skip
-
-    gpt2 = GPT2LMHeadModel(
-        GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+        ViTConfig(image_size=16, patch_size=8, num_labels=3, **small)
     ).eval()
+    _export(_Logits(vit, "logits"), (pixels,), out / "hf_vit.onnx", ["pixel_values"],
+            ["logits"], dynamo=False)  # fmt: skip
+    deit = DeiTForImageClassificationWithTeacher(  # class and distillation tokens, zero init
+        DeiTConfig(image_size=16, patch_size=8, num_labels=3, **small)
+    ).eval()
+    _export(_Logits(deit, "logits"), (pixels,), out / "hf_deit_dynamo.onnx", ["pixel_values"],
+            ["logits"], dynamo=True)  # fmt: skip
+
     ids = torch.randint(0, 40, (1, 6))
-    _export(_Logits(gpt2, "logits"), (ids, torch.ones(1, 6, dtype=torch.long)),
-            out / "gpt2_torchscript.onnx", ["input_ids", "attention_mask"], ["logits"],
-            dynamo=False)  # fmt: skip
+    mask = torch.ones(1, 6, dtype=torch.long)
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                   bos_token_id=1, eos_token_id=2)
+    ).eval()  # fmt: skip
+    for dynamo in (False, True):
+        name = "gpt2_dynamo.onnx" if dynamo else "gpt2_torchscript.onnx"
+        _export(_Logits(gpt2, "logits"), (ids, mask), out / name,
+                ["input_ids", "attention_mask"], ["logits"], dynamo=dynamo)  # fmt: skip
 
     llama = LlamaForCausalLM(
         LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+                    bos_token_id=1, eos_token_id=2)
     ).eval()  # fmt: skip
-    _export(_Logits(llama, "logits"), (ids,), out / "llama_dynamo.onnx", ["input_ids"],
-            ["logits"], dynamo=True)  # fmt: skip
+    _export(_Logits(llama, "logits"), (ids, mask), out / "llama_dynamo.onnx",
+            ["input_ids", "attention_mask"], ["logits"], dynamo=True)  # fmt: skip
 
     clip = CLIPTextModel(
         CLIPTextConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, max_position_embeddings=8, eos_token_id=2)
+                       num_attention_heads=2, max_position_embeddings=8, bos_token_id=1,
+                       eos_token_id=2)
     ).eval()  # fmt: skip
     _export(_Logits(clip, "pooler_output"), (ids,), out / "clip_text.onnx", ["input_ids"],
             ["pooled"], dynamo=False)  # fmt: skip
-
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
