@@ -6,7 +6,7 @@ tensors change), as Torch-Pruning keeps its dependency graph apart from importan
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -256,38 +256,44 @@ def tie_lookup_copies(
                 tables[src.name] = src
     copies: dict[str, tuple[str, tuple[int, ...]]] = {}
     views: dict[str, gs.Variable] = {}
+    arrays: dict[str, np.ndarray] = {}  # tables read once, when a candidate matches a shape
     for node in list(graph.nodes):
         for pos in PRUNABLE_OPERANDS.get(node.op, ()) if _is_default_domain(node) else ():
             t = node.inputs[pos] if pos < len(node.inputs) else None
-            if not is_float_constant(t) or t.name in tables or t.name not in stored:
+            if not isinstance(t, gs.Constant) or not is_float_constant(t):
                 continue
-            if t.name not in views:
-                for table in tables.values():
-                    perm = _copy_of(constant_array(table), t, constant_array)
-                    if perm is None:
-                        continue
+            if t.name in tables or t.name not in stored:
+                continue
+            for table in tables.values() if t.name not in views else ():
+                perm = _copy_of(table, t, arrays, constant_array)
+                if perm is not None:
                     view = gs.Variable(f"{t.name}/tied", dtype=t.dtype, shape=list(t.shape))
+                    attrs = {"perm": list(perm)}
                     graph.nodes.insert(
-                        0,
-                        gs.Node(
-                            "Transpose", inputs=[table], outputs=[view], attrs={"perm": list(perm)}
-                        ),
+                        0, gs.Node("Transpose", f"{t.name}/tied", attrs, [table], [view])
                     )
-                    views[t.name] = view
-                    copies[t.name] = (table.name, perm)
+                    views[t.name], copies[t.name] = view, (table.name, perm)
                     break
             if t.name in views:
                 node.inputs[pos] = views[t.name]
     return copies
 
 
-def _copy_of(table: np.ndarray, t: gs.Constant, read) -> tuple[int, ...] | None:
-    """The permutation that makes `t` from `table` (2-D), or None if `t` is no copy of it."""
+def _copy_of(
+    table: gs.Constant,
+    t: gs.Constant,
+    arrays: dict[str, np.ndarray],
+    read: Callable[[gs.Constant], np.ndarray],
+) -> tuple[int, ...] | None:
+    """The permutation that makes `t` from the 2-D `table`, or None if `t` is no copy."""
     shape = tuple(int(d) for d in t.shape)
     for perm in ((1, 0), (0, 1)):
-        if shape == tuple(table.shape[p] for p in perm):
-            if t.dtype == table.dtype and np.array_equal(read(t), table.transpose(perm)):
-                return perm
+        if shape != tuple(int(table.shape[p]) for p in perm) or t.dtype != table.dtype:
+            continue
+        if table.name not in arrays:
+            arrays[table.name] = read(table)
+        if np.array_equal(read(t), arrays[table.name].transpose(perm)):
+            return perm
     return None
 
 

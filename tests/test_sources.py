@@ -49,7 +49,9 @@ class G:
     def op(self, op: str, *inputs: str, **attrs: object) -> str:
         self.n += 1
         out = f"{op.lower()}{self.n}"
-        self.nodes.append(helper.make_node(op, list(inputs), [out], name=f"/{op}_{self.n}", **attrs))
+        self.nodes.append(
+            helper.make_node(op, list(inputs), [out], name=f"/{op}_{self.n}", **attrs)
+        )
         return out
 
     def model(self, inputs: list[onnx.ValueInfoProto], out: str) -> onnx.ModelProto:
@@ -198,9 +200,7 @@ def causal_lm(tied: bool = True) -> tuple[onnx.ModelProto, G]:
         g.op("Unsqueeze", pos, g.c(np.array([2], np.int64))),
     )
     pad = g.op("Equal", g.op("Unsqueeze", m, g.c(np.array([1], np.int64))), g.c(np.float32(0)))
-    mask = g.op(
-        "Where", g.op("Or", later, pad), g.c(np.float32(-np.inf)), g.c(np.float32(0.0))
-    )
+    mask = g.op("Where", g.op("Or", later, pad), g.c(np.float32(-np.inf)), g.c(np.float32(0.0)))
     q = g.op("MatMul", x, g.w("blk.q", (E, E)))
     k = g.op("MatMul", x, g.w("blk.k", (E, E)))
     v = g.op("MatMul", x, g.w("blk.v", (E, E)))
@@ -353,7 +353,7 @@ def test_real_exports_prune_with_every_weight_scored(name: str) -> None:
     assert [w.shape for w in want] == [x.shape for x in got]
     assert all(np.isfinite(x).all() for x in got)
     if name.startswith("gpt2"):
-        (copy, (table, perm)), = dense.dag.copies.items()
+        ((copy, (table, perm)),) = dense.dag.copies.items()
         assert table in {layer.name for layer in dense.dag.layers}
         stored = {t.name: numpy_helper.to_array(t) for t in pruned.model.graph.initializer}
         np.testing.assert_array_equal(stored[copy], stored[table].transpose(perm))

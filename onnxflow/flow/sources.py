@@ -42,7 +42,7 @@ def lookup_forward(g: FlowBuilder, table: str, table_shape: Shape, idx_rank: int
     axis %= len(table_shape)
     total = g.reduce("ReduceSum", table, [axis], keepdims=1)
     lead, trail = list(table_shape[:axis]), list(table_shape[axis + 1 :])
-    return g.expand_to(g.reshape(total, lead + [1] * idx_rank + trail), (), out_shape)
+    return g.expand_to(g.reshape(total, [*lead, *[1] * idx_rank, *trail]), (), out_shape)
 
 
 def lookup_backward(g: FlowBuilder, gy: str, table_shape: Shape, idx_rank: int,
@@ -53,4 +53,4 @@ def lookup_backward(g: FlowBuilder, gy: str, table_shape: Shape, idx_rank: int,
     if idx_rank:
         gy = g.reduce("ReduceSum", gy, list(range(axis, axis + idx_rank)), keepdims=1)
     lead, trail = list(table_shape[:axis]), list(table_shape[axis + 1 :])
-    return g.expand_to(g.reshape(gy, lead + [1] + trail), (), table_shape)
+    return g.expand_to(g.reshape(gy, [*lead, 1, *trail]), (), table_shape)

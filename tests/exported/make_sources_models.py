@@ -121,5 +121,6 @@ def main(out: Path) -> None:
     _export(_Logits(clip, "pooler_output"), (ids,), out / "clip_text.onnx", ["input_ids"],
             ["pooled"], dynamo=False)  # fmt: skip
 
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)

@@ -29,7 +29,10 @@ def _operand(g: FlowBuilder, node: NodeContext, v: Flow | Const) -> str:
         return v.tensor
     if isinstance(v, Const) and v.values is not None:
         return g.const_input(v, absolute=True)
-    raise OnnxflowError(f"node {node.name!r} ({node.op_type}): operand {v.name!r} is not supported")
+    raise OnnxflowError(
+        f"node {node.name!r} ({node.op_type}): an operand computed in the graph (neither the "
+        "data nor a stored weight, e.g. a weight computed at run time) is not supported yet"
+    )
 
 
 def _perm_swap01(nd: int) -> list[int]:

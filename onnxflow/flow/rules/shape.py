@@ -39,8 +39,8 @@ class Concat(FlowRule):
     flow/sources.py."""
 
     def forward(self, g, node, *inputs, axis):
-        inputs = [token_source(g, v) if isinstance(v, Const) else v for v in inputs]
-        tensors, scale = g.align(inputs)
+        flows = [token_source(g, v) if isinstance(v, Const) else v for v in inputs]
+        tensors, scale = g.align(flows)
         return Flow(g.node("Concat", tensors, axis=axis), scale)
 
     def backward(self, g, node, grads, *inputs, axis):
