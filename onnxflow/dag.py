@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxflow.external import constant_array
+
 # op type -> input positions that may hold the prunable weight.
 PRUNABLE_OPERANDS: dict[str, tuple[int, ...]] = {
     "Conv": (1,),
@@ -245,8 +247,6 @@ def tie_lookup_copies(
     operand equal to a lookup table (`Gather(E, ids)` by run-time ids) or to its transpose
     is rewritten, in this analysis graph, as Transpose(E): one layer, one mask for the
     shared tensor. Returns the copies (see `WeightDag.copies`)."""
-    from onnxflow.external import constant_array
-
     runtime = _from_inputs(graph)
     tables: dict[str, gs.Constant] = {}
     for node in graph.nodes:
@@ -255,6 +255,8 @@ def tie_lookup_copies(
             if src is not None and node.inputs[1].name in runtime and len(src.shape) == 2:
                 tables[src.name] = src
     copies: dict[str, tuple[str, tuple[int, ...]]] = {}
+    if not tables:
+        return copies
     views: dict[str, gs.Variable] = {}
     arrays: dict[str, np.ndarray] = {}  # tables read once, when a candidate matches a shape
     for node in list(graph.nodes):
