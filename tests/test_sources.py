@@ -321,6 +321,29 @@ def test_exported_transposed_copy_of_a_tied_table_shares_its_mask() -> None:
     np.testing.assert_array_equal(stored["wte_T"], stored["wte"].T)
 
 
+def test_slice_bounds_computed_from_the_ids() -> None:
+    """A Slice whose end is computed from an integer input (the count of attended tokens,
+    all T on the all-ones mask, minus one): its index map is the same Slice of the input's
+    flat positions, made when the flow model runs."""
+    g = G(13)
+    x = g.op("MatMul", "x", g.w("a", (PATCH, E)))  # (1, T, E)
+    end = g.op("Sub", g.op("ReduceSum", "attention_mask", keepdims=0), g.c(np.int64(1)))
+    end = g.op("Unsqueeze", end, g.c(np.array([0], np.int64)))
+    part = g.op("Slice", x, g.c(np.array([0], np.int64)), end, g.c(np.array([1], np.int64)))
+    y = g.op("MatMul", part, g.w("b", (E, 2)))
+    inputs = [
+        helper.make_tensor_value_info("x", F, [1, T, PATCH]),
+        helper.make_tensor_value_info("attention_mask", I64, [1, T]),
+    ]
+    model = g.model(inputs, y)
+    model.graph.value_info.clear()  # the sliced length is known only from a run
+
+    def ref(w: dict[str, np.ndarray]) -> float:
+        return float((np.ones((T - 1, PATCH)) @ w["a"] @ w["b"]).sum())
+
+    check_against(model, g.weights, ref)
+
+
 HERE = Path(__file__).resolve().parent / "exported"
 EXPORTS = {  # file: what it covers (tests/exported/make_sources_models.py)
     "hf_vit.onnx": "class token, head on token 0 (TorchScript)",

@@ -100,6 +100,18 @@ class Slice(FlowRule):
     attributes)."""
 
     def forward(self, g, node, data, starts=None, ends=None, axes=None, steps=None):
+        params = [starts, ends, axes, steps]
+        if any(isinstance(p, Const) and p.values is None for p in params):
+            # Computed when the flow model runs (from shapes, or integer inputs): the index
+            # map is the same Slice of the input's flat positions.
+            names = ["" if p is None else g.const_input(p) for p in params]
+            while names and not names[-1]:
+                names.pop()
+            size = int(np.prod(data.shape))
+            iota = g.const(np.arange(size, dtype=np.int64).reshape(data.shape), "iota")
+            index = node.saved["runtime_index"] = g.node("Slice", [iota, *names])
+            flat = g.node("Gather", [g.reshape(data.tensor, [-1]), g.reshape(index, [-1])])
+            return g.like(g.reshape(flat, list(node.out_shapes[0])), data)
         s, e = _values(node, starts, "starts"), _values(node, ends, "ends")
         ax = np.arange(len(s)) if axes is None else _values(node, axes, "axes")
         st = np.ones(len(s), np.int64) if steps is None else _values(node, steps, "steps")
@@ -111,6 +123,19 @@ class Slice(FlowRule):
         return _gather(g, data, index, node.out_shapes[0])
 
     def backward(self, g, node, grads, data, *rest, **attrs):
+        if "runtime_index" in node.saved:
+            size, gy = int(np.prod(data.shape)), grads[0]
+            flat = g.node(
+                "ScatterElements",
+                [
+                    g.zeros((size,)),
+                    g.reshape(node.saved["runtime_index"], [-1]),
+                    g.reshape(gy.tensor, [-1]),
+                ],
+                reduction="add",
+            )
+            back = g.like(g.reshape(flat, list(data.shape)), gy)
+            return [back] + [None] * len(rest)
         return [_scatter_back(g, grads[0], node.saved["index"], data.shape)] + [None] * len(rest)
 
 
