@@ -380,3 +380,16 @@ def test_real_exports_prune_with_every_weight_scored(name: str) -> None:
         assert table in {layer.name for layer in dense.dag.layers}
         stored = {t.name: numpy_helper.to_array(t) for t in pruned.model.graph.initializer}
         np.testing.assert_array_equal(stored[copy], stored[table].transpose(perm))
+
+
+def test_tied_table_excluded_still_carries_its_flow() -> None:
+    """With the tied table excluded, its lookup is a source and the re-tied projection
+    reads Transpose(E), which the flow model computes: |E^T|, not pruned."""
+    g = G(17)
+    table = g.w("wte", (V, E))
+    g.c(g.weights["wte"].T.copy(), "wte_T")
+    x = g.op("MatMul", g.op("Gather", table, "ids"), g.w("mlp", (E, E)))
+    model = g.model([helper.make_tensor_value_info("ids", I64, [1, T])], g.op("MatMul", x, "wte_T"))
+    pruned = onnxflow.prune(model, sparsity=0.5, iterations=2, exclude=("wte",))
+    assert set(pruned.masks) == {"mlp"}
+    assert all(np.isfinite(s).all() for s in pruned.log_scores.values())
