@@ -98,13 +98,19 @@ def class_token_model(cls: np.ndarray | None = None, seed: int = 0) -> tuple[onn
     return g.model([helper.make_tensor_value_info("x", F, [1, TOKENS, PATCH])], y), g
 
 
-def ref_class_token(w: dict[str, np.ndarray]) -> float:
-    """The positive linearization: the class token is a source of ones, the position
-    embedding a bias (dropped), Softmax passes flow."""
+def ref_class_token(w: dict[str, np.ndarray], token: float) -> float:
+    """The positive linearization: the class token is a source of ones in the unit of the
+    patches it joins (`token`: their largest element in the dense network, held fixed like
+    a source), the position embedding a bias (dropped), Softmax passes flow."""
     x = np.ones((1, TOKENS, PATCH)) @ w["embed"]
-    t = np.concatenate([np.ones((1, 1, D)), x], axis=1)
+    t = np.concatenate([np.full((1, 1, D), token), x], axis=1)
     t = ref_attention(w, t, "blk")
     return float((t[:, 0] @ w["head"]).sum())
+
+
+def class_token_ref(g: G) -> Callable[[dict[str, np.ndarray]], float]:
+    token = float((np.ones((1, TOKENS, PATCH)) @ _abs(g)["embed"]).max())
+    return lambda w: ref_class_token(w, token)
 
 
 def check_against(
@@ -137,7 +143,7 @@ def check_against(
 
 def test_class_token_is_a_flow_source() -> None:
     model, g = class_token_model()
-    result = check_against(model, g.weights, ref_class_token)
+    result = check_against(model, g.weights, class_token_ref(g))
     assert {layer.name for layer in result.dag.layers} == set(g.weights)
 
 
@@ -152,7 +158,7 @@ def test_zero_initialized_token_is_a_source() -> None:
     """transformers' DeiT initializes its class and distillation tokens to zero: a token is
     a source of ones whatever its values."""
     model, g = class_token_model(cls=np.zeros((1, 1, D)))
-    check_against(model, g.weights, ref_class_token)
+    check_against(model, g.weights, class_token_ref(g))
 
 
 def test_no_path_is_not_blamed_on_zero_weights() -> None:

@@ -4,8 +4,8 @@ The paper's R is the total weight of the paths from the inputs to the outputs, e
 carrying 1. Some networks start paths inside the graph:
 
 - a learned token concatenated beside the data (a class, register or distillation token, a
-  learned query) is one more input position: it carries 1 in each element, like the input,
-  whatever its values;
+  learned query) is one more input position: it carries 1 in each element, whatever its
+  values, in the unit of the data it joins (the scale the data has there);
 - a float value that a weight layer reads as its data operand although it does not come
   from the input (Swin V2's position-bias MLP over a constant coordinate table, a one-hot
   of the ids) is that layer's input: it carries 1;
@@ -22,12 +22,24 @@ from __future__ import annotations
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, Shape
 
 
-def token_source(g: FlowBuilder, c: Const) -> Flow:
-    """A float constant concatenated beside a flow: a learned token, all ones whatever its
-    values (transformers' DeiT initializes its tokens to zero; a token's initial value says
-    nothing about the paths it opens). A zero constant concatenated as padding looks the
+def token_source(g: FlowBuilder, c: Const, unit: str) -> Flow:
+    """A float constant concatenated beside a flow: a learned token, all ones in the `unit`
+    of the data it joins, whatever its values (transformers' DeiT initializes its tokens to
+    zero; a token's initial value says nothing about the paths it opens). In the real
+    network normalization keeps tokens and data at one scale; the positive linearization has
+    no normalization statistics, so the data's flow grows with depth, and a token entering
+    deep (CaiT, CoaT) with 1 would vanish beside it in float32. In that unit the data's
+    largest element is about 1 (every weight layer renormalizes to max 1). A dead join
+    (unit -inf) gives the token unit 0. A zero constant concatenated as padding looks the
     same in an exported graph and is counted alike."""
-    return Flow(g.ones(c.shape), g.zero_scale, c.shape)
+    return Flow(g.ones(c.shape), unit, c.shape)
+
+
+def finite_unit(g: FlowBuilder, unit: str) -> str:
+    """`unit`, or 0 where it is -inf (every flow there pruned)."""
+    if unit == g.zero_scale:
+        return unit
+    return g.node("Where", [g.node("IsInf", [unit]), g.zero_scale, unit])
 
 
 def data_source(g: FlowBuilder, c: Const) -> Flow:
