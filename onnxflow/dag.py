@@ -6,11 +6,13 @@ tensors change), as Torch-Pruning keeps its dependency graph apart from importan
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
+from onnxflow.external import constant_array
 
 # op type -> input positions that may hold the prunable weight.
 PRUNABLE_OPERANDS: dict[str, tuple[int, ...]] = {
@@ -50,6 +52,10 @@ class WeightDag:
     """Prunable layers in network order."""
 
     layers: list[WeightLayer]
+    copies: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    """Stored copies of a layer's tensor (an exporter's folded transpose of a tied embedding
+    table): copy name -> (layer name, the permutation that makes the copy from the layer's
+    tensor). A copy gets its layer's mask, permuted; it is not a layer of its own."""
 
     @property
     def size(self) -> int:
@@ -207,13 +213,114 @@ def _stored_in_axis(node: gs.Node, pos: int, rank: int) -> int | None:
     return axis
 
 
+def _from_inputs(graph: gs.Graph) -> set[str]:
+    """Names of the tensors computed from the graph inputs' values (not only their shapes)."""
+    names = {t.name for t in graph.inputs}
+    for node in graph.nodes:
+        if node.op not in ("Shape", "Size") and any(
+            t is not None and t.name in names for t in node.inputs
+        ):
+            names.update(t.name for t in node.outputs)
+    return names
+
+
+def lookup_table(
+    node: gs.Node, stored: Container[str], tables: Container[str], runtime: Container[str]
+) -> gs.Constant | None:
+    """The prunable table of an embedding lookup `Gather(W, ids)`: W is already the weight
+    of a weight layer (`tables`: a tied embedding, GPT-2's wte shared with the output
+    projection) and the ids are computed from the inputs (`runtime`). The lookup is
+    one-hot(ids) @ W, the same tensor's second use as a weight layer."""
+    if node.op != "Gather" or not _is_default_domain(node) or len(node.inputs) != 2:
+        return None
+    src = weight_source(node.inputs[0], stored)
+    if src is None or src.name not in tables or node.inputs[1].name not in runtime:
+        return None
+    return src
+
+
+def tie_lookup_copies(
+    graph: gs.Graph, stored: Container[str]
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Re-tie embedding tables that an exporter untied: GPT-2's output projection shares the
+    token table, but constant folding stores its transpose as a second tensor. A weight-layer
+    operand equal to a lookup table (`Gather(E, ids)` by run-time ids) or to its transpose
+    is rewritten, in this analysis graph, as Transpose(E): one layer, one mask for the
+    shared tensor. Returns the copies (see `WeightDag.copies`)."""
+    runtime = _from_inputs(graph)
+    tables: dict[str, gs.Constant] = {}
+    for node in graph.nodes:
+        if node.op == "Gather" and _is_default_domain(node) and len(node.inputs) == 2:
+            src = weight_source(node.inputs[0], stored)
+            if src is not None and node.inputs[1].name in runtime and len(src.shape) == 2:
+                tables[src.name] = src
+    copies: dict[str, tuple[str, tuple[int, ...]]] = {}
+    if not tables:
+        return copies
+    views: dict[str, gs.Variable] = {}
+    arrays: dict[str, np.ndarray] = {}  # tables read once, when a candidate matches a shape
+    for node in list(graph.nodes):
+        for pos in PRUNABLE_OPERANDS.get(node.op, ()) if _is_default_domain(node) else ():
+            t = node.inputs[pos] if pos < len(node.inputs) else None
+            if not isinstance(t, gs.Constant) or not is_float_constant(t):
+                continue
+            if t.name in tables or t.name not in stored:
+                continue
+            for table in tables.values() if t.name not in views else ():
+                perm = _copy_of(table, t, arrays, constant_array)
+                if perm is not None:
+                    view = gs.Variable(f"{t.name}/tied", dtype=t.dtype, shape=list(t.shape))
+                    attrs = {"perm": list(perm)}
+                    graph.nodes.insert(
+                        0, gs.Node("Transpose", f"{t.name}/tied", attrs, [table], [view])
+                    )
+                    views[t.name], copies[t.name] = view, (table.name, perm)
+                    break
+            if t.name in views:
+                node.inputs[pos] = views[t.name]
+    return copies
+
+
+def _copy_of(
+    table: gs.Constant,
+    t: gs.Constant,
+    arrays: dict[str, np.ndarray],
+    read: Callable[[gs.Constant], np.ndarray],
+) -> tuple[int, ...] | None:
+    """The permutation that makes `t` from the 2-D `table`, or None if `t` is no copy."""
+    shape = tuple(int(d) for d in t.shape)
+    for perm in ((1, 0), (0, 1)):
+        if shape != tuple(int(table.shape[p]) for p in perm) or t.dtype != table.dtype:
+            continue
+        if table.name not in arrays:
+            arrays[table.name] = read(table)
+        if np.array_equal(read(t), arrays[table.name].transpose(perm)):
+            return perm
+    return None
+
+
 def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
     """Find the prunable weights of a toposorted graph and the layer-to-layer edges."""
     layers: dict[str, WeightLayer] = {}
     upstream: dict[str, set[str]] = {}  # tensor name -> nearest weight layers before it
+    tables = {f[1].name for n in graph.nodes if (f := prunable_operand(n, stored))}
+    runtime = _from_inputs(graph) if tables else set()
+    lookups_only: set[str] = set()  # layers seen only as lookups so far
     for node in graph.nodes:
         feeding = set().union(*(upstream.get(t.name, set()) for t in node.inputs if t is not None))
         found = prunable_operand(node, stored)
+        table = lookup_table(node, stored, tables, runtime)
+        if table is not None and found is None:
+            layer = layers.get(table.name)
+            if layer is None:
+                layer = layers[table.name] = WeightLayer(
+                    table.name, "Gather", [], tuple(table.shape)
+                )
+                lookups_only.add(table.name)
+            layer.nodes.append(node.name)  # a lookup: no multiply-accumulates, no in_axis
+            for t in node.outputs:
+                upstream[t.name] = {table.name}
+            continue
         if found is None:
             for t in node.outputs:
                 upstream[t.name] = feeding
@@ -223,6 +330,9 @@ def build_weight_dag(graph: gs.Graph, stored: Container[str]) -> WeightDag:
         axis = _stored_in_axis(node, pos, len(w.shape))
         if layer is None:
             layer = layers[w.name] = WeightLayer(w.name, node.op, [], tuple(w.shape), in_axis=axis)
+        elif w.name in lookups_only:
+            lookups_only.discard(w.name)
+            layer.op, layer.in_axis = node.op, axis
         elif layer.in_axis != axis:
             layer.in_axis = None
         layer.nodes.append(node.name)

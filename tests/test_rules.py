@@ -92,6 +92,16 @@ class Net:
         b = self.signed(shape)
         return self.const(np.zeros(shape) if self.ref else b, "b")
 
+    def token(self, shape: Shape, beside: str) -> str:
+        """A learned token concatenated beside `beside`: random in the model; in the
+        reference a source of ones in the unit of `beside`, i.e. its largest element in the
+        dense network, held fixed (flow/sources.py)."""
+        b = self.signed(shape)
+        if not self.ref:
+            return self.const(b, "t")
+        top = float(run(self._model([beside], [None]))[0].max())
+        return self.const(np.full(shape, top), "t")
+
     def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs: Any) -> Any:
         outs = [self._name(op_type) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=outs[0], **attrs))
@@ -627,7 +637,8 @@ OP_CASES: dict[str, Op] = {
     "concat_channels": _concat(1),
     "concat_width": _concat(3),
     "concat_negative_axis": lambda net, y: net.op("Concat", net.pad_conv("x", 3), y, axis=-2),
-    "concat_constant": lambda net, y: net.op("Concat", net.bias((1, 2, 6, 6)), y, axis=1),
+    # a constant beside a flow is a learned token: a source of ones (flow/sources.py)
+    "concat_constant": lambda net, y: net.op("Concat", net.token((1, 2, 6, 6), y), y, axis=1),
     "transpose_nhwc": lambda net, y: net.op("Transpose", y, perm=[0, 2, 3, 1]),
     "transpose_default_perm": lambda net, y: net.op("Transpose", y),
     "reshape": lambda net, y: net.op("Reshape", y, net.ints([1, 9, 12])),

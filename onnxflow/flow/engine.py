@@ -107,6 +107,18 @@ class FlowEngine:
 
         each(zero, self.weights)
 
+    def flow_with_unit_weights(self) -> float:
+        """log R of the network with every prunable weight set to 1 (the weights restored
+        after): -inf when no path carries flow whatever the weights are."""
+        saved = {name: w.copy() for name, w in self.weights.items()}
+        try:
+            for w in self.weights.values():
+                w.fill(1.0)  # in place: the session reads these bound buffers
+            return self.run(check=False).log_flow
+        finally:
+            for name, w in self.weights.items():
+                np.copyto(w, saved[name])
+
     def run(self, *, check: bool = True) -> FlowScores:
         """Scores of the current (masked) network. The returned arrays are buffers that the
         next run overwrites.

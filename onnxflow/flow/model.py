@@ -24,6 +24,7 @@ from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
 from onnxflow.flow.fold import batchnorm_folds
 from onnxflow.flow.registry import FlowRule, get_flow_rule
 from onnxflow.flow.rules.elementwise import PassThrough
+from onnxflow.flow.sources import data_source, lookup_forward
 
 PASS_THROUGH = PassThrough()
 MIN_OPSET = 17
@@ -70,6 +71,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
     for layer in dag.layers:
         values[layer.name] = g.weight_input(layer.name, layer.shape)
     factors, folded = batchnorm_folds(graph, dag)
+    layer_nodes = {n for layer in dag.layers for n in layer.nodes}
 
     def value_of(t: gs.Tensor) -> Flow | Const | None:
         if t is None or t.name == "":
@@ -84,7 +86,10 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
     for node in graph.nodes:
         inputs = [value_of(t) for t in node.inputs]
         if not any(isinstance(v, Flow) for v in inputs):
-            from_input = any(t.name in derived for t in node.inputs if t is not None)
+            # Shapes are static: what Shape/Size compute does not depend on the input's values.
+            from_input = node.op not in ("Shape", "Size") and any(
+                t.name in derived for t in node.inputs if t is not None
+            )
             _copy_verbatim(g, node, inputs, values, derived if from_input else None)
             continue
         rule = (
@@ -93,6 +98,8 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
         if rule is None:
             raise UnsupportedOpError(node.op, node.domain or "", node.name)
         ctx = NodeContext(node.name, node.op, [_shape(t) for t in node.outputs])
+        if node.name in layer_nodes:
+            inputs = _layer_inputs(g, node, inputs, ctx)
         attrs = dict(node.attrs)
         outs = _as_list(rule.forward(g, ctx, *inputs, **attrs))
         needs = any(isinstance(v, Flow) and v.needs_grad for v in inputs)
@@ -176,11 +183,53 @@ def _as_list(out: Any) -> list[Any]:
     return list(out)
 
 
+def _layer_inputs(g: FlowBuilder, node: gs.Node, inputs: list[Any], ctx: NodeContext) -> list:
+    """A weight layer's inputs as its rule takes them: a data operand that is not a flow
+    (a constant table, a value computed from constants or from integer inputs) is where
+    flow enters, as ones (flow/sources.py); a Gather is a lookup (one-hot ids times the
+    table, ctx.saved["lookup"])."""
+    if node.op == "Gather":
+        ctx.saved["lookup"] = True
+        return inputs
+    data = {"Conv": (0,), "ConvTranspose": (0,)}.get(node.op, (0, 1))
+    return [
+        data_source(g, v)
+        if i in data and isinstance(v, Const) and is_float_dtype(node.inputs[i].dtype)
+        else v
+        for i, v in enumerate(inputs)
+    ]
+
+
+def _is_lookup(node: gs.Node, inputs: list[Any], derived: set[str]) -> bool:
+    """`Gather(E, ids)`: a float table that is not itself computed from the inputs, indexed
+    by values computed from them (token ids)."""
+    return (
+        node.op == "Gather"
+        and len(inputs) == 2
+        and isinstance(inputs[0], Const)
+        and is_float_dtype(node.inputs[0].dtype)
+        and node.inputs[0].name not in derived
+        and node.inputs[1].name in derived
+    )
+
+
 def _copy_verbatim(
     g: FlowBuilder, node: gs.Node, inputs: list[Any], values: dict, derived: set[str] | None
 ) -> None:
-    """A node no flow reaches runs as it is. If it computes from the inputs (`derived` given:
-    e.g. an embedding lookup of token ids), a float result is where flow enters: |result|."""
+    """A node no flow reaches runs as it is. If it computes from the inputs (`derived`
+    given), its results are data (ids, masks), except an embedding lookup `Gather(E, ids)`:
+    there flow enters, as one-hot(ids) @ |E| on an all-ones input (flow/sources.py)."""
+    if derived is not None and _is_lookup(node, inputs, derived):
+        (t,) = node.outputs
+        table = g.const_input(inputs[0], absolute=True)
+        if inputs[0].values is None:
+            table = g.node("Abs", [table])
+        idx_rank = len(_shape(node.inputs[1]))
+        axis = int(node.attrs.get("axis", 0))
+        flow = lookup_forward(g, table, inputs[0].shape, idx_rank, axis, _shape(t))
+        values[t.name] = g.rescale(Flow(flow, g.zero_scale, _shape(t)), _shape(t))
+        values[t.name] = replace(values[t.name], shape=_shape(t))
+        return
     names = ["" if v is None else g.const_input(v) for v in inputs]
     outs = [g.fresh(node.op) for _ in node.outputs]
     g.nodes.append(
@@ -189,12 +238,9 @@ def _copy_verbatim(
         )
     )
     for t, name in zip(node.outputs, outs, strict=True):
-        if derived is not None and is_float_dtype(t.dtype):
-            values[t.name] = Flow(g.node("Abs", [name]), g.zero_scale, _shape(t))
-        else:
-            values[t.name] = Const(name, _shape(t))
-            if derived is not None:
-                derived.add(t.name)
+        values[t.name] = Const(name, _shape(t))
+        if derived is not None:
+            derived.add(t.name)
 
 
 def _plain_attrs(attrs: dict[str, Any]) -> dict[str, Any]:

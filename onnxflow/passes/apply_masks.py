@@ -63,4 +63,8 @@ class ApplyMasksPass(Pass):
         assert state.model is not None and state.masks is not None
         # A model this pipeline loaded is its own: masking it in place saves a full copy.
         owned = state.source is not None
-        state.pruned = apply_masks(state.model, state.masks, state.base_dir, in_place=owned)
+        masks = dict(state.masks)
+        for copy, (name, perm) in (state.dag.copies if state.dag is not None else {}).items():
+            if name in masks:  # a stored copy of a tied weight takes its mask (dag.py)
+                masks[copy] = masks[name].transpose(perm)
+        state.pruned = apply_masks(state.model, masks, state.base_dir, in_place=owned)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from onnxflow.dag import WeightLayer, build_weight_dag, quantized_weight_node
+from onnxflow.dag import WeightLayer, build_weight_dag, quantized_weight_node, tie_lookup_copies
 from onnxflow.errors import OnnxflowError
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.tensors import stored_tensor_names
@@ -29,7 +29,10 @@ class BuildDagPass(Pass):
                 f"{state.source or 'model'} has quantized weights (node {quantized.name!r}, "
                 f"{quantized.op}); onnxflow prunes float models: prune before quantizing"
             )
-        dag = build_weight_dag(state.graph, stored_tensor_names(state.model))
+        stored = stored_tensor_names(state.model)
+        copies = tie_lookup_copies(state.graph, stored)
+        dag = build_weight_dag(state.graph, stored)
+        dag.copies = {c: v for c, v in copies.items() if any(v[0] == x.name for x in dag.layers)}
         patterns = state.options.exclude
         if patterns:
             dag.layers = [layer for layer in dag.layers if not _excluded(layer, patterns)]

@@ -69,10 +69,7 @@ class SynFlowPass(Pass):
                 if step == 0:
                     assert scores is not None
                     if scores.log_flow == -np.inf:
-                        raise OnnxflowError(
-                            "the network carries no synaptic flow (R = 0): every input-output "
-                            "path crosses a zero weight, so there is nothing to rank"
-                        )
+                        raise OnnxflowError(_no_flow_message(engine))
                     state.log_flow = scores.log_flow
                 if baseline is not None:
                     scores = baseline(masks)
@@ -102,6 +99,19 @@ class SynFlowPass(Pass):
             if state.progress is not None:
                 state.progress(step + 1, len(counts))
         state.masks = masks
+
+
+def _no_flow_message(engine: FlowEngine) -> str:
+    """Why R = 0: zero weights on every path (R with unit weights is positive), or no path
+    from where flow enters to an output at all (e.g. the outputs read only constants)."""
+    cause = (
+        "every input-output path crosses a zero weight"
+        if engine.flow_with_unit_weights() > -np.inf
+        else "no input-output path carries flow whatever the weights are (the outputs reach "
+        "the inputs and learned tokens only through constants: a zero factor, a selection "
+        "that picks a constant)"
+    )
+    return f"the network carries no synaptic flow (R = 0): {cause}, so there is nothing to rank"
 
 
 class _Pattern:

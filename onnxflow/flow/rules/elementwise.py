@@ -9,7 +9,7 @@ BatchNormalization is its positive per-channel scale |gamma| / sqrt(var + eps).
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
@@ -76,8 +76,12 @@ class Sum(FlowRule):
 
 
 def _abs_factor(g: FlowBuilder, c: Const, invert: bool = False) -> str:
+    """|c| (or 1/|c|) as a flow-model tensor. A factor computed when the flow model runs (a
+    mask or rotary table computed from integer inputs, a scale computed from shapes) takes
+    the value the flow model computes, as Where's condition does."""
     if c.values is None:
-        raise OnnxflowError(f"factor {c.name!r} is computed at run time; not supported yet")
+        t = g.node("Cast", [g.node("Abs", [c.name])], to=TensorProto.FLOAT)
+        return g.node("Reciprocal", [t]) if invert else t
     v = np.abs(np.asarray(c.values, dtype=np.float64))
     if invert:
         with np.errstate(divide="ignore"):

@@ -12,6 +12,7 @@ import numpy as np
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, Shape
 from onnxflow.flow.registry import FlowRule, flow_rule
+from onnxflow.flow.sources import lookup_backward, lookup_forward
 
 
 def _values(node, c, what: str) -> np.ndarray:
@@ -47,27 +48,50 @@ def _index_map(in_shape: Shape, fn) -> np.ndarray:
 
 @flow_rule("Gather")
 class Gather(FlowRule):
-    """Gather of a flow moves it. Gather from a constant table by indices that come from the
-    input (token ids: ones) is where flow enters a model with integer inputs: the embedding
-    rows, as |E|."""
+    """Gather of a flow moves it, by constant indices or by indices the flow model computes
+    (CLIP's pooling at the argmax of the ids: a data-dependent selection, made on the
+    all-ones input like Where's condition). A Gather of a prunable table by run-time ids
+    (`ctx.saved["lookup"]`: tied embeddings) is a weight layer, one-hot(ids) @ table, on an
+    all-ones input (flow/sources.py)."""
 
     def forward(self, g, node, data, indices, *, axis=0):
         idx = indices
-        if isinstance(data, Flow):
-            ind = g.const_input(idx) if isinstance(idx, Const) else idx.tensor
-            return g.like(g.node("Gather", [data.tensor, ind], axis=axis), data)
         if isinstance(idx, Flow):
             raise OnnxflowError(f"node {node.name!r}: Gather with float indices")
-        table = g.const_input(data, absolute=True)
-        out = g.node("Gather", [table, g.const_input(idx)], axis=axis)
-        return Flow(out, g.zero_scale, node.out_shapes[0], needs_grad=False)
+        if node.saved.get("lookup"):
+            shape = node.out_shapes[0]
+            t = lookup_forward(g, data.tensor, data.shape, len(idx.shape), axis, shape)
+            return g.rescale(Flow(t, data.scale, shape), shape)
+        ind = g.const_input(idx)
+        node.saved["indices"] = ind
+        return g.like(g.node("Gather", [data.tensor, ind], axis=axis), data)
 
     def backward(self, g, node, grads, data, indices, *, axis=0):
         if not (isinstance(data, Flow) and data.needs_grad):
             return [None, None]
+        if node.saved.get("lookup"):
+            gy = grads[0]
+            t = lookup_backward(g, gy.tensor, data.shape, len(indices.shape), axis)
+            return [g.like(t, gy), None]
+        if isinstance(indices, Const) and indices.values is None:
+            return [_scatter_back_runtime(g, node, grads[0], data.shape, axis), None]
         idx = _values(node, indices, "indices of a gathered flow").astype(np.int64)
         index = _index_map(data.shape, lambda a: np.take(a, idx, axis=axis))
         return [_scatter_back(g, grads[0], index, data.shape), None]
+
+
+def _scatter_back_runtime(g: FlowBuilder, node, gy: Flow, in_shape: Shape, axis: int) -> Flow:
+    """`_scatter_back` for indices known only when the flow model runs: the index map is the
+    same Gather applied to the flat positions of the input."""
+    size = int(np.prod(in_shape))
+    iota = g.const(np.arange(size, dtype=np.int64).reshape(in_shape), "iota")
+    index = g.node("Gather", [iota, node.saved["indices"]], axis=axis)
+    flat = g.node(
+        "ScatterElements",
+        [g.zeros((size,)), g.reshape(index, [-1]), g.reshape(gy.tensor, [-1])],
+        reduction="add",
+    )
+    return g.like(g.reshape(flat, list(in_shape)), gy)
 
 
 @flow_rule("Slice")
@@ -76,6 +100,18 @@ class Slice(FlowRule):
     attributes)."""
 
     def forward(self, g, node, data, starts=None, ends=None, axes=None, steps=None):
+        params = [starts, ends, axes, steps]
+        if any(isinstance(p, Const) and p.values is None for p in params):
+            # Computed when the flow model runs (from shapes, or integer inputs): the index
+            # map is the same Slice of the input's flat positions.
+            names = ["" if p is None else g.const_input(p) for p in params]
+            while names and not names[-1]:
+                names.pop()
+            size = int(np.prod(data.shape))
+            iota = g.const(np.arange(size, dtype=np.int64).reshape(data.shape), "iota")
+            index = node.saved["runtime_index"] = g.node("Slice", [iota, *names])
+            flat = g.node("Gather", [g.reshape(data.tensor, [-1]), g.reshape(index, [-1])])
+            return g.like(g.reshape(flat, list(node.out_shapes[0])), data)
         s, e = _values(node, starts, "starts"), _values(node, ends, "ends")
         ax = np.arange(len(s)) if axes is None else _values(node, axes, "axes")
         st = np.ones(len(s), np.int64) if steps is None else _values(node, steps, "steps")
@@ -87,6 +123,19 @@ class Slice(FlowRule):
         return _gather(g, data, index, node.out_shapes[0])
 
     def backward(self, g, node, grads, data, *rest, **attrs):
+        if "runtime_index" in node.saved:
+            size, gy = int(np.prod(data.shape)), grads[0]
+            flat = g.node(
+                "ScatterElements",
+                [
+                    g.zeros((size,)),
+                    g.reshape(node.saved["runtime_index"], [-1]),
+                    g.reshape(gy.tensor, [-1]),
+                ],
+                reduction="add",
+            )
+            back = g.like(g.reshape(flat, list(data.shape)), gy)
+            return [back] + [None] * len(rest)
         return [_scatter_back(g, grads[0], node.saved["index"], data.shape)] + [None] * len(rest)
 
 

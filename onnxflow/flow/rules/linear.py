@@ -17,6 +17,7 @@ import itertools
 from collections.abc import Sequence
 
 import numpy as np
+from onnx import TensorProto
 
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Shape
@@ -24,12 +25,17 @@ from onnxflow.flow.registry import FlowRule, flow_rule
 
 
 def _operand(g: FlowBuilder, node: NodeContext, v: Flow | Const) -> str:
-    """Flow-model name of a weight-layer operand: a flow (incl. |W|*mask) or |constant|."""
+    """Flow-model name of a weight-layer operand: a flow (incl. |W|*mask) or |constant|. A
+    constant the graph computes (a weight behind a view kept out of folding whose layer is
+    excluded, a weight computed from stored tensors) is its |value| when the flow model
+    runs; such a weight is not pruned."""
     if isinstance(v, Flow):
         return v.tensor
     if isinstance(v, Const) and v.values is not None:
         return g.const_input(v, absolute=True)
-    raise OnnxflowError(f"node {node.name!r} ({node.op_type}): operand {v.name!r} is not supported")
+    if isinstance(v, Const):
+        return g.node("Cast", [g.node("Abs", [v.name])], to=TensorProto.FLOAT)
+    raise OnnxflowError(f"node {node.name!r} ({node.op_type}): an operand is missing")
 
 
 def _perm_swap01(nd: int) -> list[int]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxflow.flow.builder import Flow
+from onnxflow.flow.builder import Const, Flow
 from onnxflow.flow.registry import FlowRule, flow_rule
+from onnxflow.flow.sources import finite_unit, token_source
 
 
 @flow_rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -33,14 +34,20 @@ class Transpose(FlowRule):
 
 @flow_rule("Concat")
 class Concat(FlowRule):
-    """Flows are brought to one unit and concatenated; constant parts carry no flow."""
+    """Flows are brought to one unit and concatenated. A constant part is a learned token
+    (class, register, distillation token, learned query): a flow source of ones in the
+    unit of the flows beside it, see flow/sources.py."""
 
     def forward(self, g, node, *inputs, axis):
-        flows = [v for v in inputs if isinstance(v, Flow)]
-        tensors, scale = g.align(flows)
-        it = iter(tensors)
-        parts = [next(it) if isinstance(v, Flow) else g.zeros(v.shape) for v in inputs]
-        return Flow(g.node("Concat", parts, axis=axis), scale)
+        tensors, scale = g.align([v for v in inputs if isinstance(v, Flow)])
+        if len(tensors) < len(inputs):  # learned tokens: ones in the data's unit
+            scale = finite_unit(g, scale)
+            it = iter(tensors)
+            tensors = [
+                token_source(g, v, scale).tensor if isinstance(v, Const) else next(it)
+                for v in inputs
+            ]
+        return Flow(g.node("Concat", tensors, axis=axis), scale)
 
     def backward(self, g, node, grads, *inputs, axis):
         (gy,) = grads
