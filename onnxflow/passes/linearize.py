@@ -11,7 +11,9 @@ linearization, so exporter spellings of one activation or normalization all scor
   Min, Clip) and casts;
 - a saturation (Clip, Min, Max) of an affine function of `x` (hard-sigmoid written as
   `Max(Min(0.2x + 0.5, 1), 0)`): becomes `x`, as HardSigmoid would;
-- an ai.onnx.ml ZipMap at an output: the probabilities it wraps become the output.
+- an ai.onnx.ml ZipMap at an output: the probabilities it wraps become the output;
+- RNN, GRU and LSTM cells: unrolled into their linearized recurrence (passes/recurrent.py),
+  so that W and R are MatMul weights.
 
 Only the analysis graph changes; the pruned model is the original.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxflow.flow.rules.elementwise import POINTWISE
+from onnxflow.passes.recurrent import unroll_recurrent
 from onnxflow.pipeline import Pass, PruneState
 
 _ACTIVATIONS = frozenset({*POINTWISE, "Cast"})
@@ -154,6 +157,7 @@ class LinearizePass(Pass):
     def run(self, state: PruneState) -> None:
         assert state.graph is not None
         _drop_zipmap(state.graph)
+        unroll_recurrent(state.graph)
         while _rewrite(state.graph):
             pass
         state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
