@@ -338,3 +338,221 @@ def test_pruned_recurrent_cell_equals_the_original_with_masks() -> None:
     ).run(None, feeds)
     for a, b in zip(run(result.model), run(masked), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ---- more ops: data movement against brute force ---------------------------------------------
+
+
+def _ints(net: Net, v: Any) -> str:
+    return net.ints(v)
+
+
+def _col2im(image: list[int], **attrs: Any) -> Op:
+    def op(net: Net, y: str) -> str:
+        c = net.shape(y)[1]
+        cols = net.op("Reshape", y, net.ints([1, c * 4, 9]))
+        return net.op("Col2Im", cols, net.ints(image), net.ints([2, 2]), **attrs)
+
+    return op
+
+
+def _scatter_nd(net: Net, y: str) -> str:
+    upd = net.op("Reshape", net.pad_conv("x", 2), net.ints([2, 6, 6]))
+    return net.op("ScatterND", y, net.ints([[0, 0], [0, 2]]), upd)
+
+
+def _scatter_nd_add_const_updates(net: Net, y: str) -> str:
+    upd = net.bias((2, 6, 6))
+    return net.op("ScatterND", y, net.ints([[0, 0], [0, 0]]), upd, reduction="add")
+
+
+def _scatter_elements(net: Net, y: str) -> str:
+    upd = net.op("Slice", net.pad_conv("x", 3), net.ints([0]), net.ints([1]), net.ints([1]))
+    idx = np.tile(np.array([2, 0, 1, 2, 0, 1], np.int64), (1, 1, 6, 1))
+    return net.op("ScatterElements", y, net.ints(idx), upd, axis=1)
+
+
+LINEAR_OPS: dict[str, Op] = {
+    "trilu_upper": lambda net, y: net.op("Trilu", y),
+    "trilu_lower_k1": lambda net, y: net.op("Trilu", y, net.ints(1), upper=0),
+    "reverse_sequence": lambda net, y: net.op(
+        "ReverseSequence", y, net.ints([2]), batch_axis=0, time_axis=1
+    ),
+    "center_crop_pad": lambda net, y: net.op("CenterCropPad", y, net.ints([1, 3, 4, 8])),
+    "compress_axis2": lambda net, y: net.op(
+        "Compress", y, net.const(np.array([1, 0, 1, 1, 0, 1], bool)), axis=2
+    ),
+    "gather_nd": lambda net, y: net.op("GatherND", y, net.ints([[0, 1], [0, 2], [0, 1]])),
+    "gather_nd_points": lambda net, y: net.op(
+        "GatherND", y, net.ints([[0, 1, 2, 3], [0, 0, 5, 5]])
+    ),
+    "scatter_nd": _scatter_nd,
+    "scatter_nd_add_bias": _scatter_nd_add_const_updates,
+    "scatter_elements": _scatter_elements,
+    "col2im_overlapping": _col2im([4, 4]),
+    "col2im_stride2_pads": _col2im([5, 5], strides=[2, 2], pads=[1, 1, 1, 1]),
+    "col2im_dilation2": _col2im([5, 5], dilations=[2, 2]),
+    "reduce_log_sum_exp": lambda net, y: net.op(
+        "ReduceSum" if net.ref else "ReduceLogSumExp", y, net.ints([2]), keepdims=1
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LINEAR_OPS))
+def test_data_movement_ops(case: str) -> None:
+    def build(net: Net) -> onnx.ModelProto:
+        y = net.pad_conv("x", 3)
+        z = LINEAR_OPS[case](net, y)
+        return net.model(net.post(z) if len(net.shape(z)) >= 2 else z)
+
+    check(build, (1, 2, 6, 6), opset=18)
+
+
+@pytest.mark.parametrize(
+    "op, attrs",
+    [
+        ("Sin", {}),
+        ("Atan", {}),
+        ("Shrink", {"lambd": 0.1}),
+        ("LpNormalization", {"axis": 1}),
+        ("MeanVarianceNormalization", {}),
+    ],
+)
+def test_more_pass_through_ops(op: str, attrs: dict[str, Any]) -> None:
+    def build(net: Net) -> onnx.ModelProto:
+        y = net.pad_conv("x", 3)
+        z = y if net.ref else net.op(op, y, **attrs)
+        return net.model(net.post(z))
+
+    check(build, (1, 2, 6, 6), opset=18)
+
+
+def test_sign_ends_the_flow() -> None:
+    def build(net: Net) -> onnx.ModelProto:
+        y = net.pad_conv("x", 3)
+        return net.model(net.post(y), net.op("Sign", y))
+
+    net = Net((1, 2, 6, 6), ref=False)
+    got = prune_scores(build(net))
+    ref = build(Net((1, 2, 6, 6), ref=True))
+    ref.graph.output.pop()  # the sign output carries no flow
+    from test_rules import assert_log_scores_equal, brute_force_log_scores
+
+    for name in ("W0", "W1"):
+        assert_log_scores_equal(got[name], brute_force_log_scores(ref, name), name)
+
+
+def test_max_unpool_only_moves_flow() -> None:
+    def build(unpool: bool) -> onnx.ModelProto:
+        net = Net((1, 2, 6, 6), ref=False, seed=4)
+        y = net.pad_conv("x", 3)
+        p, idx = net.op("MaxPool", y, n_out=2, kernel_shape=[2, 2], strides=[2, 2])
+        if unpool:
+            p = net.op("MaxUnpool", p, idx, kernel_shape=[2, 2], strides=[2, 2])
+        return net.model(net.op("ReduceSum", p, net.ints([2, 3]), keepdims=0))
+
+    a, b = onnxflow.score(build(True)), onnxflow.score(build(False))
+    assert a.log_flow == pytest.approx(b.log_flow, abs=1e-6)
+    np.testing.assert_allclose(a.log_scores["W0"], b.log_scores["W0"], atol=1e-6)
+
+
+# ---- norms: float64 references -----------------------------------------------------------------
+
+
+def _norm_model(op: str, **attrs: Any):
+    """x (1, 4, 6) -> MatMul W0 (6, 5) -> op -> MatMul W1 -> y; returns the model and |W|."""
+    rng = np.random.default_rng(5)
+    last = {"GlobalLpPool": 1, "LpPool": 4}.get(op, 5)
+    rows = 4 if op in ("LpPool", "GlobalLpPool") else 1
+    w0 = rng.uniform(0.5, 1.5, (6, 5)) * rng.choice([-1, 1], (6, 5))
+    w1 = rng.uniform(0.5, 1.5, (last, 3)) * rng.choice([-1, 1], (last, 3))
+    nodes = [helper.make_node("MatMul", ["x", "W0"], ["h"])]
+    if op in ("LpPool", "GlobalLpPool"):
+        nodes.append(helper.make_node(op, ["h"], ["n"], **attrs))
+    else:
+        nodes.append(helper.make_node(op, ["h", "axes"], ["n"], keepdims=1))
+    nodes.append(helper.make_node("MatMul", ["n", "W1"], ["y"]))
+    inits = {"W0": w0, "W1": w1, "axes": np.array([1], np.int64)}
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows, 3])],
+        [
+            numpy_helper.from_array(v.astype(np.int64 if k == "axes" else np.float32), k)
+            for k, v in inits.items()
+        ],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 10
+    f64 = lambda a: np.abs(a).astype(np.float32).astype(np.float64)  # noqa: E731
+    return m, f64(w0), f64(w1)
+
+
+def _np_norm(op: str, h: np.ndarray, p: int = 2) -> np.ndarray:
+    if op == "ReduceL2":
+        return np.sqrt((h**2).sum(axis=1, keepdims=True))
+    if op == "ReduceSumSquare":
+        return (h**2).sum(axis=1, keepdims=True)
+    if op == "GlobalLpPool":
+        return (h**p).sum(axis=2, keepdims=True) ** (1 / p)
+    # LpPool, kernel 2 stride 1 along the last axis of (1, 4, 5)
+    return (h[:, :, :-1] ** p + h[:, :, 1:] ** p) ** (1 / p)
+
+
+@pytest.mark.parametrize(
+    "op, attrs",
+    [
+        ("ReduceL2", {}),
+        ("ReduceSumSquare", {}),
+        ("GlobalLpPool", {"p": 3}),
+        ("LpPool", {"kernel_shape": [2], "p": 2}),
+        ("LpPool", {"kernel_shape": [2], "p": 3}),
+    ],
+)
+def test_norms_against_float64_reference(op: str, attrs: dict[str, Any]) -> None:
+    m, a0, a1 = _norm_model(op, **attrs)
+    p = attrs.get("p", 2)
+    if op == "LpPool":  # pools the last axis: W1 acts on the pooled length 4
+        a1 = a1[:4]
+        m.graph.initializer[1].CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(m.graph.initializer[1])[:4].copy(), "W1")
+        )
+    x = np.ones((1, 4, 6))
+
+    def total(w0: np.ndarray, w1: np.ndarray) -> float:
+        return float((_np_norm(op, x @ w0, p) @ w1).sum())
+
+    got = onnxflow.score(m)
+    for name, want in (
+        ("W0", _central_log_scores(a0, lambda v: total(v, a1))),
+        ("W1", _central_log_scores(a1, lambda v: total(a0, v))),
+    ):
+        np.testing.assert_allclose(got.log_scores[name], want, atol=1e-4, rtol=0, err_msg=name)
+
+
+# ---- the operator list -------------------------------------------------------------------------
+
+
+def test_every_default_domain_op_has_a_rule_or_a_documented_refusal() -> None:
+    from pathlib import Path
+
+    import onnx.defs
+
+    from onnxflow.flow.registry import registered_ops
+    from onnxflow.flow.rules.coverage import REFUSED
+    from onnxflow.passes.recurrent import RECURRENT
+
+    ops = {
+        s.name
+        for s in onnx.defs.get_all_schemas_with_history()
+        if s.domain == "" and s.since_version <= 21
+    }
+    registered = {op for domain, op in registered_ops() if domain == ""}
+    missing = sorted(ops - registered - set(REFUSED) - set(RECURRENT))
+    assert not missing
+    assert not set(REFUSED) & registered
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "flow_rules.md").read_text()
+    table = docs[docs.index("## Ops without a rule") :]
+    for op in REFUSED:
+        assert f"`{op}`" in table, op

@@ -136,7 +136,7 @@ def unroll(graph: gs.Graph, node: gs.Node) -> None:
     c = _state(c0, layout, w, state) if op == "LSTM" else None
     hs: list[gs.Tensor] = []
     for s in range(steps):
-        xg = w.op("Reshape", [per_step[s], w.const(list(state[:2]) + [gh])], [(nd, batch, gh)])
+        xg = w.op("Reshape", [per_step[s], w.const([nd, batch, gh])], [(nd, batch, gh)])
         gx = w.split(xg, (nd, batch, gh), 2, g_count)
         gr: list[Any] = [None] * g_count
         if h is not None:
