@@ -9,7 +9,7 @@ only from constants and shapes runs as it is.
 
 from __future__ import annotations
 
-from onnxflow.flow.registry import flow_rule, register_flow_rule
+from onnxflow.flow.registry import FlowRule, flow_rule, register_flow_rule
 from onnxflow.flow.rules.elementwise import Cast, PassThrough
 from onnxflow.flow.rules.indexing import EndsFlow
 
@@ -32,13 +32,13 @@ for _op in MORE_ENDS_FLOW:
 
 
 @flow_rule("CastLike")
-class CastLike(Cast):
+class CastLike(FlowRule):
     """Like Cast, to the type of the second operand: a float target keeps the flow."""
 
     def forward(self, g, node, x, target, *, saturate=1):
         values = getattr(target, "values", None)
         if values is not None and values.dtype.kind != "f":
-            return super().forward(g, node, x, to=_onnx_type(values.dtype), saturate=saturate)
+            return Cast().forward(g, node, x, to=_onnx_type(values.dtype), saturate=saturate)
         return x
 
     def backward(self, g, node, grads, x, target, *, saturate=1):
