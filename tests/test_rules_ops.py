@@ -556,3 +556,52 @@ def test_every_default_domain_op_has_a_rule_or_a_documented_refusal() -> None:
     table = docs[docs.index("## Ops without a rule") :]
     for op in REFUSED:
         assert f"`{op}`" in table, op
+
+
+def test_zero_initial_state_expanded_to_the_input_shape_carries_no_flow() -> None:
+    """Exporters write a zero initial state as Expand(0, Shape(x)): it is a constant, so the
+    cell scores as without one."""
+    base, *_ = _cell_model("lstm_forward")
+    m = onnx.ModelProto()
+    m.CopyFrom(base)
+    g = m.graph
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros((1, 1, 1), np.float32), "zero"),
+            numpy_helper.from_array(np.array([1, 2, 2], np.int64), "state_shape"),
+        ]
+    )
+    nodes = [
+        helper.make_node("Shape", ["xs"], ["sx"]),
+        helper.make_node("Expand", ["zero", "state_shape"], ["h0"]),
+        helper.make_node("Add", ["h0", "zero"], ["c0e"]),
+    ]
+    for n in g.node:
+        if n.op_type == "LSTM":
+            n.input[5] = "h0"
+            n.input[6] = "c0e"
+    for i, n in enumerate(nodes):
+        g.node.insert(1 + i, n)
+    a, b = onnxflow.score(m), onnxflow.score(base)
+    assert a.log_flow == pytest.approx(b.log_flow, abs=1e-6)
+    for name in ("W", "R"):
+        np.testing.assert_allclose(a.log_scores[name], b.log_scores[name], atol=1e-6)
+
+
+def test_carries_flow_follows_data_not_shapes() -> None:
+    import onnx_graphsurgeon as gs
+
+    from onnxflow.passes.recurrent import carries_flow
+
+    x = gs.Variable("x", np.float32, [2, 3])
+    zero = gs.Constant("zero", np.zeros((1, 1), np.float32))
+    shape = gs.Variable("s", np.int64, [2])
+    expanded = gs.Variable("e", np.float32, [2, 3])
+    doubled = gs.Variable("d", np.float32, [2, 3])
+    gs.Node("Shape", inputs=[x], outputs=[shape])
+    gs.Node("Expand", inputs=[zero, shape], outputs=[expanded])
+    gs.Node("Add", inputs=[x, expanded], outputs=[doubled])
+    assert not carries_flow(expanded, {"x"})
+    assert not carries_flow(shape, {"x"})
+    assert carries_flow(doubled, {"x"})
+    assert carries_flow(x, {"x"})

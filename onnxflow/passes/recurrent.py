@@ -82,17 +82,40 @@ class _Writer:
         return self.op("Sum", present, [shape])
 
 
-def _state(t: gs.Tensor | None, layout: int, w: _Writer, shape: tuple[int, ...]):
+# Ops whose operands after the first are shapes, indices or axes: they carry no flow.
+_DATA_FIRST = frozenset(
+    {"Expand", "Reshape", "Tile", "Slice", "Unsqueeze", "Squeeze", "Pad", "Split", "Resize"}
+)
+_NO_FLOW = frozenset({"Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormalLike"})
+
+
+def carries_flow(t: gs.Tensor | None, inputs: set[str], depth: int = 256) -> bool:
+    """Whether `t` is computed from a graph input through data operands (not only through
+    its shape): a zero initial state `Expand(0, Shape(x))` carries none."""
+    if not isinstance(t, gs.Variable) or not t.name:
+        return False
+    if t.name in inputs:
+        return True
+    if len(t.inputs) != 1 or depth == 0:
+        return False
+    node = t.inputs[0]
+    if node.op in _NO_FLOW:
+        return False
+    data = node.inputs[:1] if node.op in _DATA_FIRST else node.inputs
+    return any(carries_flow(i, inputs, depth - 1) for i in data)
+
+
+def _state(t: gs.Tensor | None, layout: int, w: _Writer, shape: tuple[int, ...], inputs: set[str]):
     """An initial state that carries flow (computed from the inputs), as [D, B, H]; None for
     an absent or constant one (a shift)."""
-    if not isinstance(t, gs.Variable) or not t.name:
+    if not carries_flow(t, inputs):
         return None
     if layout == 1:
         return w.op("Transpose", [t], [shape], perm=[1, 0, 2])
     return t
 
 
-def unroll(graph: gs.Graph, node: gs.Node) -> None:
+def unroll(graph: gs.Graph, node: gs.Node, inputs: set[str]) -> None:
     """Replace one RNN/GRU/LSTM node of `graph` by its unrolled linearization."""
     op = node.op
     ins = list(node.inputs) + [None] * (8 - len(node.inputs))
@@ -132,8 +155,8 @@ def unroll(graph: gs.Graph, node: gs.Node) -> None:
         p = np.asarray(peep.values, np.float32).reshape(nd, 3, 1, hidden)
         peep_parts = [w.const(p[:, k], np.float32) for k in range(3)]  # i, o, f
 
-    h = _state(h0, layout, w, state)
-    c = _state(c0, layout, w, state) if op == "LSTM" else None
+    h = _state(h0, layout, w, state, inputs)
+    c = _state(c0, layout, w, state, inputs) if op == "LSTM" else None
     hs: list[gs.Tensor] = []
     for s in range(steps):
         xg = w.op("Reshape", [per_step[s], w.const([nd, batch, gh])], [(nd, batch, gh)])
@@ -196,15 +219,16 @@ def unroll(graph: gs.Graph, node: gs.Node) -> None:
 
 def unroll_recurrent(graph: gs.Graph) -> int:
     """Unroll every default-domain RNN/GRU/LSTM whose input is computed (carries flow)."""
+    inputs = {t.name for t in graph.inputs}
     cells = [
         n
         for n in graph.nodes
         if n.op in RECURRENT
         and (n.domain or "") in ("", "ai.onnx")
-        and isinstance(n.inputs[0], gs.Variable)
+        and carries_flow(n.inputs[0], inputs)
     ]
     for node in cells:
-        unroll(graph, node)
+        unroll(graph, node, inputs)
     if cells:
         graph.nodes = [n for n in graph.nodes if n.outputs or n.op not in RECURRENT]
     return len(cells)
