@@ -605,3 +605,20 @@ def test_carries_flow_follows_data_not_shapes() -> None:
     assert not carries_flow(shape, {"x"})
     assert carries_flow(doubled, {"x"})
     assert carries_flow(x, {"x"})
+
+
+def test_exported_recurrent_cells_prune_their_w_and_r() -> None:
+    """tests/exported/ops_recurrent.onnx (make_ops_models.py): a 2-layer bidirectional LSTM,
+    a GRU and a bidirectional RNN from torch; every W and R is a weight layer and scores."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "exported" / "ops_recurrent.onnx"
+    model = onnx.load(path)
+    cells = [n for n in model.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    assert sorted(n.op_type for n in cells) == ["GRU", "LSTM", "LSTM", "RNN"]
+    dense = onnxflow.score(model)
+    names = {layer.name for layer in dense.dag.layers}
+    for n in cells:
+        assert {n.input[1], n.input[2]} <= names, n.name
+    for name in names:
+        assert np.isfinite(dense.log_scores[name]).all(), name
