@@ -622,3 +622,21 @@ def test_exported_recurrent_cells_prune_their_w_and_r() -> None:
         assert {n.input[1], n.input[2]} <= names, n.name
     for name in names:
         assert np.isfinite(dense.log_scores[name]).all(), name
+
+
+def test_index_mapped_op_onnxruntime_cannot_run_is_one_line() -> None:
+    def build(net: Net) -> onnx.ModelProto:
+        y = net.pad_conv("x", 3)
+        z = net.op("ReverseSequence", y, net.ints([2]), batch_axis=0, time_axis=1)
+        return net.model(net.post(z))
+
+    m = build(Net((1, 2, 6, 6), ref=False))
+    for n in m.graph.node:
+        if n.op_type == "ReverseSequence":
+            del n.attribute[:]
+            n.attribute.extend([helper.make_attribute("batch_axis", 1)])
+            n.attribute.extend([helper.make_attribute("time_axis", 1)])
+    with pytest.raises(onnxflow.OnnxflowError) as err:
+        onnxflow.score(m)
+    assert "\n" not in str(err.value) and "ReverseSequence" in str(err.value), err.value
+    assert "index data" in str(err.value)

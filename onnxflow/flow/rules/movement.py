@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Shape
 from onnxflow.flow.registry import FlowRule, flow_rule
 
@@ -76,7 +76,13 @@ def _index_map_by_runtime(g: FlowBuilder, node: NodeContext, x: Flow, rest, attr
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)])
     model.ir_version = 8
     src = np.arange(1, int(np.prod(x.shape)) + 1, dtype=np.int64).reshape(x.shape)
-    (y,) = ort_session(model.SerializeToString(), "cpu").run(None, {"x": src})
+    try:
+        (y,) = ort_session(model.SerializeToString(), "cpu").run(None, {"x": src})
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own errors, shown on one line
+        raise OnnxflowError(
+            f"node {node.name!r} ({node.op_type}): onnxruntime cannot run it on index data: "
+            f"{one_line(e)}"
+        ) from None
     return np.asarray(y, np.int64) - 1
 
 
