@@ -1,11 +1,14 @@
 """Built-in flow rules, one module per family of ops. Importing registers them."""
 
 from onnxflow.flow.rules import (
+    coverage,
     einsum,
     elementwise,
     indexing,
     linear,
+    movement,
     normalization,
+    norms,
     pooling,
     resample,
     selection,
@@ -13,11 +16,14 @@ from onnxflow.flow.rules import (
 )
 
 __all__ = [
+    "coverage",
     "einsum",
     "elementwise",
     "indexing",
     "linear",
+    "movement",
     "normalization",
+    "norms",
     "pooling",
     "resample",
     "selection",

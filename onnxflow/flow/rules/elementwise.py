@@ -91,23 +91,40 @@ def _abs_factor(g: FlowBuilder, c: Const, invert: bool = False) -> str:
 
 @flow_rule("Mul", "Div")
 class Mul(FlowRule):
-    """x * c -> x * |c|, x / c -> x / |c|; the product of two flows multiplies their units."""
+    """x * c -> x * |c|, x / c -> x / |c|; the product of two flows multiplies their units.
+
+    Division by a flow: `a / b` passes a's flow and gives b none (b normalizes a: a mean, a
+    norm, the row sums of linear attention; a ratio is homogeneous of degree 0 in a common
+    scale, so b's weights do not scale the output); `c / b` is |c| * Reciprocal(b), and
+    Reciprocal passes flow like every pointwise activation."""
 
     def forward(self, g, node, a, b):
+        out = node.out_shapes[0]
+        if node.op_type == "Div" and isinstance(b, Flow):
+            # a / b: b is a normalizer (a statistic, a softmax or linear-attention
+            # denominator); the ratio passes a's flow, b's branch gets none from it. c / b
+            # (a constant over a flow) is |c| times Reciprocal(b), which passes b's flow.
+            node.saved["ratio"] = True
+            if isinstance(a, Flow):
+                return g.map(a, lambda t: g.expand_to(t, a.shape, out))
+            node.saved["factor"] = f = _abs_factor(g, a)
+            return g.map(b, lambda t: g.node("Mul", [t, f]))
         if isinstance(a, Flow) and isinstance(b, Flow):
-            if node.op_type == "Div":
-                raise OnnxflowError(f"node {node.name!r}: Div of two flows has no rule yet")
             t = g.node("Mul", [a.tensor, b.tensor])
             return g.rescale(Flow(t, g.scale_sum(a.scale, b.scale)))
         x, c = (a, b) if isinstance(a, Flow) else (b, a)
-        if node.op_type == "Div" and x is not a:
-            raise OnnxflowError(f"node {node.name!r}: division by a flow has no rule yet")
         node.saved["factor"] = f = _abs_factor(g, c, invert=node.op_type == "Div")
         return g.map(x, lambda t: g.node("Mul", [t, f]))
 
     def backward(self, g, node, grads, a, b):
         (gy,) = grads
         out = node.out_shapes[0]
+        if node.saved.get("ratio"):
+            if isinstance(a, Flow):
+                back = g.map(gy, lambda t: g.reduce_to(t, out, a.shape))
+                return [back if a.needs_grad else None, None]
+            f = node.saved["factor"]
+            return [None, g.map(gy, lambda t: g.reduce_to(g.node("Mul", [t, f]), out, b.shape))]
         if isinstance(a, Flow) and isinstance(b, Flow):
             res: list[Flow | None] = []
             for me, other in ((a, b), (b, a)):

@@ -17,11 +17,12 @@ from onnxflow.flow.rules.linear import conv_pads
 @flow_rule("MaxPool")
 class MaxPool(FlowRule):
     def forward(self, g, node, x, **attrs):
-        if not x.needs_grad:
+        if not x.needs_grad and len(node.out_shapes) < 2:
             return [g.like(g.node("MaxPool", [x.tensor], **attrs), x), None]
         y, idx = g.node("MaxPool", [x.tensor], n_out=2, **attrs)
         node.saved["indices"] = idx
-        return [g.like(y, x), None]
+        # the indices output (for MaxUnpool) is data: the winners chosen on the flow
+        return [g.like(y, x), Const(idx, node.out_shapes[1]) if len(node.out_shapes) > 1 else None]
 
     def backward(self, g, node, grads, x, **attrs):
         gy = grads[0]
