@@ -13,11 +13,16 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
-from onnxflow.channels.groups import IN, OUT, ChannelGroups, trace_channels
+from onnxflow.channels.groups import IN, OUT, Aliases, ChannelGroups, trace_channels
 from onnxflow.channels.materialize import check_equivalent, materialize
 from onnxflow.channels.report import ChannelReport, groups_json, measure_latency, params_of
-from onnxflow.channels.score import GroupScorer, ScoreFn, Selection, no_prunable_message
-from onnxflow.channels.score import select_groups
+from onnxflow.channels.score import (
+    GroupScorer,
+    ScoreFn,
+    Selection,
+    no_prunable_message,
+    select_groups,
+)
 from onnxflow.dag import WeightDag, build_weight_dag
 from onnxflow.errors import OnnxflowError
 from onnxflow.external import constant_array, model_bytes
@@ -59,9 +64,7 @@ class Analysis(NamedTuple):
     dag: WeightDag
 
 
-def analyse(
-    model: str | os.PathLike[str] | onnx.ModelProto, options: PruneOptions
-) -> Analysis:
+def analyse(model: str | os.PathLike[str] | onnx.ModelProto, options: PruneOptions) -> Analysis:
     """Load and normalize the model, trace channel groups on the unlinearized graph, then
     linearize and build the weight DAG for the flow engine."""
     state = PruneState(options=options)
@@ -73,9 +76,10 @@ def analyse(
     assert state.graph is not None and state.model is not None
     raw = state.graph.copy()
     state = Sequential(LinearizePass(), BuildDagPass())(state)
-    assert state.dag is not None
-    stored = stored_tensor_names(state.model)
-    full = build_weight_dag(state.graph, stored)
+    assert state.dag is not None and state.model is not None
+    names = stored_tensor_names(state.model)
+    full = build_weight_dag(state.graph, names)
+    stored = Aliases.of(state.model, names)
     chosen = {layer.name for layer in state.dag.layers}
     excluded = [layer.name for layer in full.layers if layer.name not in chosen]
     shapes = {layer.name: layer.shape for layer in full.layers}
@@ -217,4 +221,3 @@ def _report(
         latency_after_ms=None if timing is None else timing[1],
         seconds=time.perf_counter() - started,
     )
-

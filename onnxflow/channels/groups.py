@@ -21,6 +21,7 @@ from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxflow.dag import is_float_constant
@@ -173,6 +174,9 @@ class Tracer:
         self.shapes: dict[str, tuple[int, ...]] = dict(weights)
         self.edits: list[Edit] = []
         self.opset = int(graph.opset or 13)
+        self.aliases: dict[str, str] = {}
+        """Identity outputs of stored tensors (exporters deduplicate equal constants that
+        way), which folding turned into constants of their own: the stored tensor is shared."""
 
     # --- union-find -------------------------------------------------------------------
     def new(self, n: int, birth: str) -> np.ndarray:
@@ -211,9 +215,10 @@ class Tracer:
             self.freeze(Trace(0, slots), "per-channel constant computed in the graph")
             return False
         const, ax = found
-        key = (const.name, ax)
-        self.shapes[const.name] = tuple(int(d) for d in const.shape)
-        if const.name in self.excluded:
+        name = self.aliases.get(const.name, const.name)
+        key = (name, ax)
+        self.shapes[name] = tuple(int(d) for d in const.shape)
+        if name in self.excluded:
             self.freeze(Trace(0, slots), "excluded (--exclude)")
         old = self.claims.get(key)
         if old is None:
@@ -226,14 +231,10 @@ class Tracer:
     def trace_graph(self) -> None:
         for node in self.graph.nodes:
             ins = [
-                self.traces.get(t.name) if isinstance(t, gs.Variable) else None
-                for t in node.inputs
+                self.traces.get(t.name) if isinstance(t, gs.Variable) else None for t in node.inputs
             ]
             rule = _RULES.get(node.op) if (node.domain or "") in ("", "ai.onnx") else None
-            if rule is None:
-                outs = no_rule(self, node, ins)
-            else:
-                outs = rule(self, node, ins)
+            outs = no_rule(self, node, ins) if rule is None else rule(self, node, ins)
             for t, tr in zip(node.outputs, outs, strict=False):
                 if tr is not None and t.shape is not None:
                     if len(tr.slots) != int(t.shape[tr.axis]):
@@ -265,9 +266,7 @@ class Tracer:
             kind = self.kinds[(name, axis)]
             for g in np.unique(gids).tolist():
                 idx = np.flatnonzero(gids == g)
-                slices.setdefault(g, []).append(
-                    Slice(name, axis, idx, kind, name in self.weights)
-                )
+                slices.setdefault(g, []).append(Slice(name, axis, idx, kind, name in self.weights))
         root_of = {g: r for r, g in roots.items()}
         groups = []
         for g in range(len(roots)):
@@ -284,9 +283,7 @@ class Tracer:
             if id(tr.slots) not in seen:
                 seen.add(id(tr.slots))
                 tensors.append(gid(tr.slots))
-        edits = [
-            Edit(e.kind, e.node, tuple(gid(p) for p in e.parts), e.axis) for e in self.edits
-        ]
+        edits = [Edit(e.kind, e.node, tuple(gid(p) for p in e.parts), e.axis) for e in self.edits]
         return ChannelGroups(
             groups, claims, dict(self.kinds), set(self.weights), self.shapes, tensors, edits
         )
@@ -308,7 +305,31 @@ def stored_axis(
         t = view.inputs[0]
     if isinstance(t, gs.Constant) and is_float_constant(t) and t.name in stored:
         return t, axis
+    if (
+        isinstance(t, gs.Constant)
+        and is_float_constant(t)
+        and isinstance(stored, Aliases)
+        and t.name in stored.aliases
+    ):
+        return t, axis
     return None
+
+
+class Aliases(frozenset[str]):
+    """Stored tensor names, plus names that are Identity views of them in the model."""
+
+    aliases: dict[str, str]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, stored: set[str]) -> Aliases:
+        out = cls(stored)
+        out.aliases = {}
+        for node in model.graph.node:
+            if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input:
+                src = out.aliases.get(node.input[0], node.input[0])
+                if src in stored:
+                    out.aliases[node.output[0]] = src
+        return out
 
 
 def no_rule(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
@@ -343,6 +364,8 @@ def trace_channels(
     from onnxflow.channels import rules  # noqa: F401 - fills the registry
 
     tracer = Tracer(graph, stored, weights, set(excluded))
+    if isinstance(stored, Aliases):
+        tracer.aliases = stored.aliases
     tracer.trace_graph()
     return tracer.result()
 

@@ -48,6 +48,14 @@ def materialize(
         for axis, keep in cuts:
             values = np.take(values, keep, axis=axis)
         rewrite_stored(compact, name, np.ascontiguousarray(values))
+    declared = {vi.name: vi for vi in compact.graph.input}  # IR < 4: initializers are inputs
+    for name in by_tensor:
+        if name in declared:
+            dims = read_stored(compact, name).shape
+            vi = declared[name]
+            vi.type.tensor_type.shape.Clear()
+            for d in dims:
+                vi.type.tensor_type.shape.dim.add().dim_value = int(d)
     nodes = {n.output[0]: n for n in compact.graph.node if n.output}
     for edit in cg.edits:
         counts = [int(np.count_nonzero(~np.isin(p, gone))) for p in edit.parts]

@@ -51,12 +51,16 @@ class ChannelReport(NamedTuple):
     latency_before_ms: float | None
     latency_after_ms: float | None
     seconds: float
-    options: dict[str, Any] = {}
+    options: dict[str, Any] | None = None
 
     @property
     def removed_share(self) -> float:
         """Fraction of the prunable weights removed."""
-        return 1 - self.weights_after_prunable / self.prunable_weights if self.prunable_weights else 0.0
+        return (
+            1 - self.weights_after_prunable / self.prunable_weights
+            if self.prunable_weights
+            else 0.0
+        )
 
     @property
     def weights_after_prunable(self) -> int:

@@ -45,12 +45,14 @@ def resize(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | N
     x = ins[0]
     if x is None:
         return [None]
-    scales = _const(node.inputs[2] if node.op == "Resize" else node.inputs[1]) if len(
-        node.inputs
-    ) > (2 if node.op == "Resize" else 1) else None
-    if scales is not None and scales.size and float(scales.reshape(-1)[x.axis]) == 1.0:
-        if node.op != "Resize" or len(node.inputs) < 4 or node.inputs[3].name == "":
-            return [x]
+    scales = (
+        _const(node.inputs[2] if node.op == "Resize" else node.inputs[1])
+        if len(node.inputs) > (2 if node.op == "Resize" else 1)
+        else None
+    )
+    no_sizes = node.op != "Resize" or len(node.inputs) < 4 or node.inputs[3].name == ""
+    if scales is not None and scales.size and float(scales.reshape(-1)[x.axis]) == 1.0 and no_sizes:
+        return [x]
     tr.freeze(x, f"{node.op} with sizes or a scale on the channel axis")
     return [None]
 
@@ -82,10 +84,10 @@ def slice_(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | N
     ax = [int(a) % r for a in axes] if axes is not None else list(range(r))
     out = node.outputs[0].shape
     if x.axis not in ax or (out is not None and int(out[x.axis]) == len(x.slots)):
-        if x.axis in ax and (starts := _const(node.inputs[1])) is not None:
-            if int(starts[ax.index(x.axis)]) != 0:
-                tr.freeze(x, "Slice on the channel axis")
-                return [None]
+        starts = _const(node.inputs[1]) if x.axis in ax else None
+        if starts is not None and int(starts[ax.index(x.axis)]) != 0:
+            tr.freeze(x, "Slice on the channel axis")
+            return [None]
         return [x]
     tr.freeze(x, "Slice on the channel axis")
     return [None]
@@ -315,7 +317,8 @@ def conv(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | Non
     depthwise convolutions pass the channel on (group becomes the kept count)."""
     x, w = ins[0], node.inputs[1]
     if not _weight(tr, w) or w.shape is None:
-        return no_rule(tr, node, ins)
+        tr.freeze(x, "Conv whose weight is computed or excluded")
+        return [None]
     c_out, per_group = int(w.shape[0]), int(w.shape[1])
     groups = int(node.attrs.get("group", 1))
     c_in = per_group * groups

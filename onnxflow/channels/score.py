@@ -127,7 +127,9 @@ class Budget:
             self.kept -= before - after
 
 
-def units(cg: ChannelGroups, scores: np.ndarray, removed: set[int], multiple: int) -> list[list[int]]:
+def units(
+    cg: ChannelGroups, scores: np.ndarray, removed: set[int], multiple: int
+) -> list[list[int]]:
     """What the selector may remove, lowest score first: single groups, or with
     `multiple` K > 1 bundles that keep each home tensor's channel count a multiple of K
     (its lowest-scored `count % K` groups first, then K at a time)."""
@@ -230,7 +232,6 @@ def select_groups(
 
 def no_prunable_message(cg: ChannelGroups) -> str:
     why = ", ".join(f"{n} {reason}" for reason, n in cg.frozen_summary().items())
-    return (
-        f"no prunable channel group: {len(cg.groups)} groups, all frozen"
-        + (f" ({why})" if why else "")
+    return f"no prunable channel group: {len(cg.groups)} groups, all frozen" + (
+        f" ({why})" if why else ""
     )
