@@ -67,6 +67,8 @@ class Budget:
     counts: list[int] = field(default_factory=list)
     weight_axes: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
     _cache: dict[str, int] = field(default_factory=dict)
+    last: int = 0
+    """Prunable weights the last removal took (the overshoot is at most this)."""
 
     def __post_init__(self) -> None:
         cg = self.cg
@@ -113,6 +115,7 @@ class Budget:
         return all(self.counts[c] - k >= 1 for c, k in need.items())
 
     def remove(self, unit: list[int]) -> None:
+        start = self.kept
         names: set[str] = set()
         for g in unit:
             for c, k in self.touches.get(g, []):
@@ -125,6 +128,7 @@ class Budget:
             after = self._weights_kept(name)
             self._cache[name] = after
             self.kept -= before - after
+        self.last = start - self.kept
 
 
 def units(
