@@ -116,3 +116,20 @@ def test_bundles_keep_multiples() -> None:
     assert all(len(b) in (4, 2) for b in bundles)  # 8 -> 4s; 6 -> 2 first, then 4
     budget = Budget(cg)
     assert budget.can_remove(bundles[0])
+
+
+def test_flow_per_weight_ranking_divides_by_group_size() -> None:
+    """Ranking by flow per weight removes differently sized groups in another order; both
+    reach the target."""
+    model = nets.bottleneck_projection()
+    a = analyse(model, PruneOptions(sparsity=0.5))
+    score = score_function(a, "synflow", 0, "cpu")
+    by_flow = select_groups(a.groups, score, 0.5, 1, "exponential")
+    a = analyse(model, PruneOptions(sparsity=0.5))
+    score = score_function(a, "synflow", 0, "cpu")
+    per_weight = select_groups(a.groups, score, 0.5, 1, "exponential", ranking="flow-per-weight")
+    assert by_flow.removed != per_weight.removed
+    for sel in (by_flow, per_weight):
+        assert sel.budget.total - sel.budget.kept >= 0.5 * sel.budget.total
+    with pytest.raises(OnnxflowError, match="ranking must be"):
+        select_groups(a.groups, score, 0.5, 1, "exponential", ranking="size")

@@ -133,6 +133,7 @@ def prune_channels(
     channel_multiple: int = 1,
     latency: bool = False,
     progress: ProgressCallback | None = None,
+    ranking: str = "flow",
 ) -> ChannelResult:
     """Remove whole channels: the compact model, masks on the original and the report."""
     started = time.perf_counter()
@@ -146,7 +147,7 @@ def prune_channels(
     score = score_function(analysis, options.method, options.seed, provider)
     sel: Selection = select_groups(
         cg, score, options.sparsity, options.iterations, options.schedule, channel_multiple,
-        progress,
+        progress, ranking,
     )  # fmt: skip
     flows = _flows(analysis, sel, provider) if options.method == "synflow" else None
     masks = {n: m for n, m in cg.masks(sel.removed).items() if n in cg.weights}
@@ -156,7 +157,9 @@ def prune_channels(
     worst = check_equivalent(masked, compact, shapes)
     timing = measure_latency(state.model, compact, shapes) if latency else None
     report = _report(analysis, sel, masks, compact, flows, worst, timing, started)
-    report = report._replace(options=_options_dict(options, channel_multiple))
+    report = report._replace(
+        options={**_options_dict(options, channel_multiple), "ranking": ranking}
+    )
     return ChannelResult(compact, masks, kept, report, groups_json(cg, sel, kept))
 
 

@@ -163,14 +163,23 @@ def units(
     return [b for _, b in out]
 
 
+def group_weights(cg: ChannelGroups) -> np.ndarray:
+    """Weights in each group's slices, by group id."""
+    sizes = np.zeros(max((g.id for g in cg.groups), default=-1) + 1)
+    for g in cg.groups:
+        sizes[g.id] = sum(
+            len(s.index) * math.prod(cg.shapes[s.tensor]) // cg.shapes[s.tensor][s.axis]
+            for s in g.slices
+            if s.weight
+        )
+    return sizes
+
+
 def max_removable(cg: ChannelGroups, multiple: int) -> int:
     """Prunable weights removable at most (each layer keeping a channel): greedy, smallest
     groups last so the kept channel is a small one."""
     budget = Budget(cg)
-    sizes = np.zeros(max((g.id for g in cg.groups), default=-1) + 1)
-    for g in cg.prunable:
-        sizes[g.id] = -sum(len(s.index) for s in g.slices if s.weight)
-    for unit in units(cg, sizes, set(), multiple):
+    for unit in units(cg, -group_weights(cg), set(), multiple):
         if budget.can_remove(unit):
             budget.remove(unit)
     return budget.total - budget.kept
@@ -192,9 +201,13 @@ def select_groups(
     schedule: str,
     multiple: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    ranking: str = "flow",
 ) -> Selection:
     """Remove the lowest-scored groups, rescoring after each step of the schedule, until at
-    least `sparsity` of the prunable weights are gone."""
+    least `sparsity` of the prunable weights are gone.
+
+    `ranking` is `flow` (a group's flow) or `flow-per-weight` (its flow divided by the
+    prunable weights it holds: large groups are not kept only for being large)."""
     from onnxflow.masks import schedule_counts
 
     budget = Budget(cg)
@@ -212,12 +225,17 @@ def select_groups(
     counts = schedule_counts(total, goal / total, iterations, schedule)
     counts[-1] = goal
     removed: set[int] = set()
+    offset = np.zeros(len(sizes := group_weights(cg)))
+    if ranking == "flow-per-weight":
+        offset = np.log(np.maximum(sizes, 1))
+    elif ranking != "flow":
+        raise OnnxflowError(f"ranking must be 'flow' or 'flow-per-weight', got {ranking!r}")
     dense = score(removed)
-    current = dense
+    current = dense - offset
     for step, k in enumerate(counts):
         if budget.kept > k:
             if step > 0:
-                current = score(removed)
+                current = score(removed) - offset
             for unit in units(cg, current, removed, multiple):
                 if budget.kept <= k:
                     break
