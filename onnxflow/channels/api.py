@@ -105,25 +105,51 @@ def score_function(analysis: Analysis, method: str, seed: int, provider: str) ->
         scores = FlowScores(values, dict.fromkeys(values, 0.0), float("nan"))
         fixed = GroupScorer(cg, (IN, OUT))(scores)
         return lambda removed: fixed
-    assert state.graph is not None
-    engine = FlowEngine(state.graph, analysis.dag, provider)
-    scorer = GroupScorer(cg)
-    pruned: set[int] = set()
+    return SynFlowScore(analysis, provider)
 
-    def synflow(removed: set[int]) -> np.ndarray:
-        if removed != pruned:
-            engine.prune(cg.masks(removed))
-            pruned.clear()
-            pruned.update(removed)
-        scores = engine.run(check=not removed)
+
+class SynFlowScore:
+    """Group scores from the weight mode's flow engine, on the network with the removed
+    groups' slices masked (one onnxruntime session for the whole run)."""
+
+    def __init__(self, analysis: Analysis, provider: str) -> None:
+        assert analysis.state.graph is not None
+        self.groups = analysis.groups
+        self.by_id = {g.id: g for g in analysis.groups.groups}
+        self.engine = FlowEngine(analysis.state.graph, analysis.dag, provider)
+        self.scorer = GroupScorer(analysis.groups)
+        self.pruned: set[int] = set()
+        self.dense_log_flow = -np.inf
+        """log R of the dense network (set by the first call)."""
+
+    def _run(self, removed: set[int]) -> FlowScores:
+        if not self.pruned <= removed:
+            raise ValueError("removed groups cannot come back")
+        for g in removed - self.pruned:  # zero only the new slices, in place
+            for s in self.by_id[g].slices:
+                w = self.engine.weights.get(s.tensor)
+                if s.weight and w is not None:
+                    index: list[slice | np.ndarray] = [slice(None)] * w.ndim
+                    index[s.axis] = s.index
+                    w[tuple(index)] = 0
+        self.pruned = set(removed)
+        scores = self.engine.run(check=not removed)
+        if not removed:
+            self.dense_log_flow = float(scores.log_flow)
+        return scores
+
+    def __call__(self, removed: set[int]) -> np.ndarray:
+        scores = self._run(removed)
         if not removed and scores.log_flow == -np.inf:
             raise OnnxflowError(
                 "the network carries no synaptic flow (R = 0): every input-output path "
                 "crosses a zero weight, so there is nothing to rank"
             )
-        return scorer(scores)
+        return self.scorer(scores)
 
-    return synflow
+    def flow_after(self, removed: set[int]) -> float:
+        """log R of the network with `removed` masked."""
+        return float(self._run(removed).log_flow)
 
 
 def prune_channels(
@@ -149,7 +175,9 @@ def prune_channels(
         cg, score, options.sparsity, options.iterations, options.schedule, channel_multiple,
         progress, ranking,
     )  # fmt: skip
-    flows = _flows(analysis, sel, provider) if options.method == "synflow" else None
+    flows = None
+    if isinstance(score, SynFlowScore):
+        flows = (score.dense_log_flow, score.flow_after(sel.removed))
     masks = {n: m for n, m in cg.masks(sel.removed).items() if n in cg.weights}
     compact, kept = materialize(state.model, cg, sel.removed, state.base_dir)
     masked = apply_masks(state.model, masks, state.base_dir)
@@ -161,15 +189,6 @@ def prune_channels(
         options={**_options_dict(options, channel_multiple), "ranking": ranking}
     )
     return ChannelResult(compact, masks, kept, report, groups_json(cg, sel, kept))
-
-
-def _flows(analysis: Analysis, sel: Selection, provider: str) -> tuple[float, float]:
-    """log R of the dense network and of the network with the selected groups removed."""
-    assert analysis.state.graph is not None
-    engine = FlowEngine(analysis.state.graph, analysis.dag, provider)
-    dense = float(engine.run(check=False).log_flow)
-    engine.prune(analysis.groups.masks(sel.removed))
-    return dense, float(engine.run(check=False).log_flow)
 
 
 def _options_dict(options: PruneOptions, multiple: int) -> dict[str, object]:

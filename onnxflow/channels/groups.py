@@ -245,35 +245,32 @@ class Tracer:
             self.freeze(self.traces.get(t.name), "graph output")
 
     def result(self) -> ChannelGroups:
-        roots: dict[int, int] = {}
+        # Group ids number the union-find roots in slot order (network order).
+        root = np.array([self.find(s) for s in range(len(self.parent))], dtype=np.int64)
+        roots, group_of_slot = np.unique(root, return_inverse=True)
         reasons: dict[int, list[str]] = {}
         for s, why in self.frozen.items():
-            r = self.find(s)
-            lst = reasons.setdefault(r, [])
+            lst = reasons.setdefault(int(group_of_slot[s]), [])
             if why not in lst:
                 lst.append(why)
 
         def gid(slots: np.ndarray) -> np.ndarray:
-            out = np.empty(len(slots), dtype=np.int64)
-            for i, s in enumerate(slots.tolist()):
-                r = self.find(s)
-                out[i] = roots.setdefault(r, len(roots))
-            return out
+            return group_of_slot[slots].astype(np.int64)
 
         claims = {key: gid(slots) for key, slots in self.claims.items()}
         slices: dict[int, list[Slice]] = {}
         for (name, axis), gids in claims.items():
             kind = self.kinds[(name, axis)]
-            for g in np.unique(gids).tolist():
-                idx = np.flatnonzero(gids == g)
-                slices.setdefault(g, []).append(Slice(name, axis, idx, kind, name in self.weights))
-        root_of = {g: r for r, g in roots.items()}
+            order = np.argsort(gids, kind="stable")
+            ids, starts = np.unique(gids[order], return_index=True)
+            for g, idx in zip(ids.tolist(), np.split(order, starts[1:]), strict=True):
+                slices.setdefault(g, []).append(
+                    Slice(name, axis, np.sort(idx), kind, name in self.weights)
+                )
         groups = []
-        for g in range(len(roots)):
-            if g not in slices:
-                continue
-            r = root_of[g]
-            frozen = list(reasons.get(r, []))
+        for g in sorted(slices):
+            r = int(roots[g])
+            frozen = list(reasons.get(g, []))
             if not frozen and not any(s.weight for s in slices[g]):
                 frozen.append("no prunable weight")
             groups.append(ChannelGroup(g, slices[g], frozen, self.birth[r]))

@@ -12,6 +12,7 @@ reached (at most one group, or one `--channel-multiple` bundle, beyond it).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class Budget:
     counts: list[int] = field(default_factory=list)
     weight_axes: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
     _cache: dict[str, int] = field(default_factory=dict)
+    _axes: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
     last: int = 0
     """Prunable weights the last removal took (the overshoot is at most this)."""
 
@@ -78,12 +80,14 @@ class Budget:
             if name in cg.weights:
                 axes.setdefault(name, []).append(axis)
                 self.kept_axis[(name, axis)] = len(gids)
+        live = np.fromiter(prunable, np.int64)
         for name, ax_list in axes.items():
             shape = cg.shapes[name]
             other = math.prod(d for i, d in enumerate(shape) if i not in ax_list)
+            self._axes[name] = (other, ax_list)
             fixed = other
             for ax in ax_list:
-                fixed *= int(sum(g not in prunable for g in cg.claims[(name, ax)].tolist()))
+                fixed *= int(np.count_nonzero(~np.isin(cg.claims[(name, ax)], live)))
             self.fixed[name] = fixed
             self.total += math.prod(shape) - fixed
         self.kept = self.total
@@ -101,10 +105,16 @@ class Budget:
                 for g, k in zip(ids.tolist(), n.tolist(), strict=True):
                     self.weight_axes.setdefault(g, []).append((name, axis, k))
 
+    def copy(self) -> Budget:
+        """A budget to try removals on (the tables are shared; counts are copied)."""
+        other = copy.copy(self)
+        other.kept_axis = dict(self.kept_axis)
+        other.counts = list(self.counts)
+        other._cache = dict(self._cache)
+        return other
+
     def _weights_kept(self, name: str) -> int:
-        shape = self.cg.shapes[name]
-        claimed = [ax for (n, ax) in self.kept_axis if n == name]
-        other = math.prod(d for i, d in enumerate(shape) if i not in claimed)
+        other, claimed = self._axes[name]
         return other * math.prod(self.kept_axis[(name, ax)] for ax in claimed)
 
     def can_remove(self, unit: list[int]) -> bool:
@@ -175,10 +185,10 @@ def group_weights(cg: ChannelGroups) -> np.ndarray:
     return sizes
 
 
-def max_removable(cg: ChannelGroups, multiple: int) -> int:
+def max_removable(cg: ChannelGroups, multiple: int, budget: Budget) -> int:
     """Prunable weights removable at most (each layer keeping a channel): greedy, smallest
     groups last so the kept channel is a small one."""
-    budget = Budget(cg)
+    budget = budget.copy()
     for unit in units(cg, -group_weights(cg), set(), multiple):
         if budget.can_remove(unit):
             budget.remove(unit)
@@ -215,7 +225,7 @@ def select_groups(
     if total == 0:
         raise OnnxflowError(no_prunable_message(cg))
     goal = total - math.ceil(sparsity * total - 1e-9)
-    reachable = max_removable(cg, multiple)
+    reachable = max_removable(cg, multiple, budget)
     if total - goal > reachable:
         raise OnnxflowError(
             f"sparsity {sparsity:g} cannot be reached by removing channels: at most "
