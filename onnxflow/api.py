@@ -113,6 +113,7 @@ def prune(
     granularity: Literal["channel"],
     channel_multiple: int = 1,
     latency: bool = False,
+    ranking: str = "flow",
     **kwargs: Any,
 ) -> ChannelResult: ...
 
@@ -126,6 +127,7 @@ def prune(
     granularity: str = "weight",
     channel_multiple: int = 1,
     latency: bool = False,
+    ranking: str = "flow",
     **kwargs: Any,
 ) -> PruneResult | ChannelResult:
     """Prune a model with iterative SynFlow.
@@ -141,6 +143,7 @@ def prune(
             the result is a compact model, see docs/channels.md).
         channel_multiple: channel mode: keep channel counts multiples of this.
         latency: channel mode: time both models in onnxruntime.
+        ranking: channel mode: `flow`, `flow-per-weight` or `flow-per-flop`.
 
     Returns:
         PruneResult(model, masks, log_scores, report); in channel mode a
@@ -156,10 +159,15 @@ def prune(
         from onnxflow.channels.api import prune_channels
 
         return prune_channels(
-            model, options, channel_multiple=channel_multiple, latency=latency, progress=progress
+            model,
+            options,
+            channel_multiple=channel_multiple,
+            latency=latency,
+            progress=progress,
+            ranking=ranking,
         )
-    if channel_multiple != 1 or latency:
-        raise OnnxflowError("channel_multiple and latency need granularity='channel'")
+    if channel_multiple != 1 or latency or ranking != "flow":
+        raise OnnxflowError("channel_multiple, latency and ranking need granularity='channel'")
     start = initial_state(model, options, progress)
     start.keep_scores = keep_scores
     state = build_pipeline()(start)

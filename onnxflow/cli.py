@@ -144,6 +144,13 @@ def cli() -> None:
 @click.option(
     "--latency", is_flag=True, help="Channel mode: time both models in onnxruntime (CPU)."
 )
+@click.option(
+    "--ranking",
+    type=click.Choice(["flow", "flow-per-weight", "flow-per-flop"]),
+    default="flow",
+    show_default=True,
+    help="Channel mode: rank groups by flow, or by flow per weight or per FLOP they cost.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
 def prune(
     model: Path,
@@ -169,6 +176,7 @@ def prune(
     channels: Path | None,
     channel_multiple: int,
     latency: bool,
+    ranking: str,
     quiet: bool,
 ) -> None:
     """Prune MODEL with iterative SynFlow and write the pruned model.
@@ -210,11 +218,12 @@ def prune(
         prune_command(
             model, output, options, channel_multiple=channel_multiple, latency=latency,
             masks=masks, report=report, channels=channels, weight_only=weight_only, quiet=quiet,
+            ranking=ranking,
         )  # fmt: skip
         return
-    if channels is not None or channel_multiple != 1 or latency:
+    if channels is not None or channel_multiple != 1 or latency or ranking != "flow":
         raise OnnxflowError(
-            "--channels, --channel-multiple and --latency need --granularity channel"
+            "--channels, --channel-multiple, --latency and --ranking need --granularity channel"
         )
     check_output_paths(model, api.output_paths(output, masks, scores, report, plot))
     if plot is not None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import channel_nets as nets
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-import channel_nets as nets
 from onnxflow.cli import main
 from onnxflow.passes.apply_masks import apply_masks
 
@@ -38,7 +38,9 @@ def test_channel_mode_writes_compact_model_masks_report_and_groups(
     ]  # fmt: skip
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "channel pruning" in text and "speedup" in text and "frozen groups: 5 graph output" in text
+    assert (
+        "channel pruning" in text and "speedup" in text and "frozen groups: 5 graph output" in text
+    )
     original, compact = onnx.load(str(src)), onnx.load(str(out))
     assert out.stat().st_size < src.stat().st_size
     with np.load(masks) as z:

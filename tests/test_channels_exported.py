@@ -16,7 +16,7 @@ from onnxflow.options import PruneOptions
 from onnxflow.passes.apply_masks import apply_masks
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = sorted((ROOT / "tests" / "exported").glob("*.onnx")) + [ROOT / "models/resnet20.onnx"]
+MODELS = [*sorted((ROOT / "tests" / "exported").glob("*.onnx")), ROOT / "models/resnet20.onnx"]
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)

@@ -3,12 +3,12 @@ and the equivalence of the compact model with the original with the masks applie
 
 from __future__ import annotations
 
+import channel_nets as nets
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-import channel_nets as nets
 from onnxflow.channels.api import analyse, prune_channels
 from onnxflow.channels.groups import ChannelGroups
 from onnxflow.options import PruneOptions
@@ -51,7 +51,8 @@ def check_equivalent(model: onnx.ModelProto, sparsity: float = 0.5, **kw: object
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.abs(a).max())
     # the masks really cut something: the unmasked original differs
     assert any(
-        not np.allclose(a, b, atol=1e-6) for a, b in zip(run(model, x), run(compact, x), strict=True)
+        not np.allclose(a, b, atol=1e-6)
+        for a, b in zip(run(model, x), run(compact, x), strict=True)
     )
     return result
 

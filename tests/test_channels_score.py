@@ -3,10 +3,10 @@ chain the groups of one layer carry the whole flow R (conservation), without aut
 
 from __future__ import annotations
 
+import channel_nets as nets
 import numpy as np
 import pytest
 
-import channel_nets as nets
 import onnxflow
 from onnxflow.channels.api import analyse, score_function
 from onnxflow.channels.groups import IN
@@ -131,5 +131,12 @@ def test_flow_per_weight_ranking_divides_by_group_size() -> None:
     assert by_flow.removed != per_weight.removed
     for sel in (by_flow, per_weight):
         assert sel.budget.total - sel.budget.kept >= 0.5 * sel.budget.total
+    a = analyse(model, PruneOptions(sparsity=0.5))
+    score = score_function(a, "synflow", 0, "cpu")
+    per_flop = select_groups(
+        a.groups, score, 0.5, 1, "exponential", ranking="flow-per-flop",
+        uses={layer.name: layer.uses for layer in a.dag.layers},
+    )  # fmt: skip
+    assert per_flop.removed != by_flow.removed
     with pytest.raises(OnnxflowError, match="ranking must be"):
         select_groups(a.groups, score, 0.5, 1, "exponential", ranking="size")

@@ -11,12 +11,12 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import channel_nets
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import channel_nets
 from onnxflow.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,7 +259,7 @@ CASES.update(
         ),
         "channel-option-without-channel-mode": (
             good("--sparsity", "0.5", "--channel-multiple", "8"),
-            r"--channels, --channel-multiple and --latency need --granularity channel",
+            r"--channels, --channel-multiple, --latency and --ranking need --granularity channel",
         ),
     }
 )

@@ -17,6 +17,7 @@ from onnxflow.channels.groups import IN, OUT, Aliases, ChannelGroups, trace_chan
 from onnxflow.channels.materialize import check_equivalent, materialize
 from onnxflow.channels.report import ChannelReport, groups_json, measure_latency, params_of
 from onnxflow.channels.score import (
+    RANKINGS,
     GroupScorer,
     ScoreFn,
     Selection,
@@ -47,7 +48,9 @@ class ChannelResult(NamedTuple):
     """Every group with its members, score and fate (what `--channels` writes)."""
 
 
-def check_channel_options(options: PruneOptions, channel_multiple: int) -> None:
+def check_channel_options(
+    options: PruneOptions, channel_multiple: int, ranking: str = "flow"
+) -> None:
     if options.pattern is not None:
         raise OnnxflowError("--pattern prunes weights; it cannot be combined with channel mode")
     if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int):
@@ -56,6 +59,8 @@ def check_channel_options(options: PruneOptions, channel_multiple: int) -> None:
         raise OnnxflowError(f"channel-multiple must be an integer >= 1, got {channel_multiple}")
     if options.sparsity is None:
         raise OnnxflowError("give a sparsity or a compression for channel mode")
+    if ranking not in RANKINGS:
+        raise OnnxflowError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
 
 
 class Analysis(NamedTuple):
@@ -163,7 +168,7 @@ def prune_channels(
 ) -> ChannelResult:
     """Remove whole channels: the compact model, masks on the original and the report."""
     started = time.perf_counter()
-    check_channel_options(options, channel_multiple)
+    check_channel_options(options, channel_multiple, ranking)
     analysis = analyse(model, options)
     cg, state = analysis.groups, analysis.state
     assert state.model is not None and state.graph is not None and options.sparsity is not None
@@ -173,7 +178,7 @@ def prune_channels(
     score = score_function(analysis, options.method, options.seed, provider)
     sel: Selection = select_groups(
         cg, score, options.sparsity, options.iterations, options.schedule, channel_multiple,
-        progress, ranking,
+        progress, ranking, {layer.name: max(layer.uses, 1) for layer in analysis.dag.layers},
     )  # fmt: skip
     flows = None
     if isinstance(score, SynFlowScore):

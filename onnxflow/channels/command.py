@@ -70,15 +70,21 @@ def prune_command(
     weight_only: list[str],
     quiet: bool,
     progress: ProgressCallback | None = None,
+    ranking: str = "flow",
 ) -> ChannelResult:
     """Check the options, prune, write, print."""
     if weight_only:
         raise OnnxflowError(f"{', '.join(weight_only)}: weight mode only, not with channel mode")
-    check_channel_options(options, channel_multiple)
+    check_channel_options(options, channel_multiple, ranking)
     paths = {"output": output, "--masks": masks, "--report": report, "--channels": channels}
     check_output_paths(model, {k: v for k, v in paths.items() if v is not None})
     result = prune_channels(
-        model, options, channel_multiple=channel_multiple, latency=latency, progress=progress
+        model,
+        options,
+        channel_multiple=channel_multiple,
+        latency=latency,
+        progress=progress,
+        ranking=ranking,
     )
     save_channels(result, output, masks=masks, report=report, channels=channels, source=model)
     if not quiet:

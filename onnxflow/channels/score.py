@@ -173,12 +173,19 @@ def units(
     return [b for _, b in out]
 
 
-def group_weights(cg: ChannelGroups) -> np.ndarray:
-    """Weights in each group's slices, by group id."""
+RANKINGS = ("flow", "flow-per-weight", "flow-per-flop")
+
+
+def group_weights(cg: ChannelGroups, uses: dict[str, int] | None = None) -> np.ndarray:
+    """Weights in each group's slices by group id; with `uses` (per weight layer), the
+    multiply-accumulates they perform."""
     sizes = np.zeros(max((g.id for g in cg.groups), default=-1) + 1)
     for g in cg.groups:
         sizes[g.id] = sum(
-            len(s.index) * math.prod(cg.shapes[s.tensor]) // cg.shapes[s.tensor][s.axis]
+            len(s.index)
+            * math.prod(cg.shapes[s.tensor])
+            // cg.shapes[s.tensor][s.axis]
+            * (uses.get(s.tensor, 1) if uses is not None else 1)
             for s in g.slices
             if s.weight
         )
@@ -212,12 +219,15 @@ def select_groups(
     multiple: int = 1,
     progress: Callable[[int, int], None] | None = None,
     ranking: str = "flow",
+    uses: dict[str, int] | None = None,
 ) -> Selection:
     """Remove the lowest-scored groups, rescoring after each step of the schedule, until at
     least `sparsity` of the prunable weights are gone.
 
-    `ranking` is `flow` (a group's flow) or `flow-per-weight` (its flow divided by the
-    prunable weights it holds: large groups are not kept only for being large)."""
+    `ranking` is `flow` (a group's flow), `flow-per-weight` (its flow divided by the
+    weights in its slices: large groups are not kept only for being large) or
+    `flow-per-flop` (divided by the multiply-accumulates of its slices, from `uses`, the
+    weight layers' uses per weight: the flow a group brings per unit of compute)."""
     from onnxflow.masks import schedule_counts
 
     budget = Budget(cg)
@@ -235,11 +245,12 @@ def select_groups(
     counts = schedule_counts(total, goal / total, iterations, schedule)
     counts[-1] = goal
     removed: set[int] = set()
-    offset = np.zeros(len(sizes := group_weights(cg)))
-    if ranking == "flow-per-weight":
-        offset = np.log(np.maximum(sizes, 1))
-    elif ranking != "flow":
-        raise OnnxflowError(f"ranking must be 'flow' or 'flow-per-weight', got {ranking!r}")
+    if ranking not in RANKINGS:
+        raise OnnxflowError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+    offset = np.zeros(len(group_weights(cg)))
+    if ranking != "flow":
+        costs = group_weights(cg, uses if ranking == "flow-per-flop" else None)
+        offset = np.log(np.maximum(costs, 1))
     dense = score(removed)
     current = dense - offset
     for step, k in enumerate(counts):
