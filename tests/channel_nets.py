@@ -236,6 +236,17 @@ def prelu_affine() -> onnx.ModelProto:
     return n.build(n.head(x, 6), IMG, ["N", 5])
 
 
+def channel_shuffle() -> onnx.ModelProto:
+    """ShuffleNet's shuffle: Reshape (N, g, C/g, H, W), Transpose, Reshape back."""
+    n = Net(14)
+    x = n.relu(n.conv("x", 3, 8))
+    x = n.op("Reshape", [x, n.const("s1", np.array([1, 2, 4, 8, 8], np.int64))])
+    x = n.op("Transpose", [x], perm=[0, 2, 1, 3, 4])
+    x = n.op("Reshape", [x, n.const("s2", np.array([1, 8, 8, 8], np.int64))])
+    x = n.relu(n.conv(x, 8, 6))
+    return n.build(n.head(x, 6), [1, 3, 8, 8], [1, 5])
+
+
 def output_conv() -> onnx.ModelProto:
     """One conv whose output is the graph output: nothing can be removed."""
     n = Net(13)

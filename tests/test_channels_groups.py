@@ -224,3 +224,23 @@ def test_masks_false_on_every_slice_of_a_removed_channel() -> None:
     for c in range(8):
         assert result.masks[w1][c].all() == (c in kept)
         assert result.masks[w2][:, c].any() == (c in kept)
+
+
+def test_channel_shuffle_reshape_freezes() -> None:
+    model = nets.channel_shuffle()
+    cg = groups_of(model)
+    first, second = weight_names(model, "Conv")
+    assert cg.frozen_summary()["Reshape whose channel mapping cannot be followed"] == 8
+    assert all(g.frozen for g in cg.groups if first in {s.tensor for s in g.slices})
+    assert len(cg.prunable) == 6  # the second conv's outputs, read by the head
+    check_equivalent(model, sparsity=0.2)
+
+
+def test_excluded_weight_freezes_its_groups() -> None:
+    model = nets.conv_chain()
+    first = weight_names(model, "Conv")[0]
+    cg = analyse(model, PruneOptions(sparsity=0.5, exclude=(first,))).groups
+    assert cg.frozen_summary()["excluded (--exclude)"] == 8
+    result = prune_channels(model, PruneOptions(sparsity=0.3, iterations=2, exclude=(first,)))
+    assert result.kept[first][0] == list(range(8))
+    assert first not in result.masks
