@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
 import onnx
@@ -28,6 +28,9 @@ from onnxflow.pipeline import Pass, ProgressCallback, PruneState, Sequential
 from onnxflow.plot import density_figure, png_writer
 from onnxflow.report import Report
 from onnxflow.runtime import resolve_provider
+
+if TYPE_CHECKING:
+    from onnxflow.channels.api import ChannelResult
 from onnxflow.save import (
     Writer,
     check_output_paths,
@@ -88,14 +91,45 @@ def make_options(
     return PruneOptions(sparsity=sparsity, **kwargs)
 
 
+@overload
 def prune(
     model: str | os.PathLike[str] | onnx.ModelProto,
     options: PruneOptions | None = None,
     *,
     progress: ProgressCallback | None = None,
     keep_scores: bool = True,
+    granularity: Literal["weight"] = "weight",
     **kwargs: Any,
-) -> PruneResult:
+) -> PruneResult: ...
+
+
+@overload
+def prune(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    options: PruneOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    keep_scores: bool = True,
+    granularity: Literal["channel"],
+    channel_multiple: int = 1,
+    latency: bool = False,
+    ranking: str = "flow",
+    **kwargs: Any,
+) -> ChannelResult: ...
+
+
+def prune(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    options: PruneOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    keep_scores: bool = True,
+    granularity: str = "weight",
+    channel_multiple: int = 1,
+    latency: bool = False,
+    ranking: str = "flow",
+    **kwargs: Any,
+) -> PruneResult | ChannelResult:
     """Prune a model with iterative SynFlow.
 
     Args:
@@ -105,14 +139,35 @@ def prune(
         progress: called as progress(done, total) after each iteration.
         keep_scores: return the dense network's log-scores (float64: twice the memory of a
             float32 model); with False, `log_scores` is an empty dict.
+        granularity: `weight` (zero single weights) or `channel` (remove whole channels:
+            the result is a compact model, see docs/channels.md).
+        channel_multiple: channel mode: keep channel counts multiples of this.
+        latency: channel mode: time both models in onnxruntime.
+        ranking: channel mode: `flow`, `flow-per-weight` or `flow-per-flop`.
 
     Returns:
-        PruneResult(model, masks, log_scores, report).
+        PruneResult(model, masks, log_scores, report); in channel mode a
+        ChannelResult(model, masks, kept, report, channels).
     """
+    if granularity not in ("weight", "channel"):
+        raise OnnxflowError(f"granularity must be 'weight' or 'channel', got {granularity!r}")
     if options is None:
         options = make_options(**kwargs)
     elif kwargs:
         raise TypeError("pass either options or keyword options, not both")
+    if granularity == "channel":
+        from onnxflow.channels.api import prune_channels
+
+        return prune_channels(
+            model,
+            options,
+            channel_multiple=channel_multiple,
+            latency=latency,
+            progress=progress,
+            ranking=ranking,
+        )
+    if channel_multiple != 1 or latency or ranking != "flow":
+        raise OnnxflowError("channel_multiple, latency and ranking need granularity='channel'")
     start = initial_state(model, options, progress)
     start.keep_scores = keep_scores
     state = build_pipeline()(start)

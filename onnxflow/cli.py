@@ -120,6 +120,37 @@ def cli() -> None:
     show_default=True,
     help="onnxruntime device for the flow computation.",
 )
+@click.option(
+    "--granularity",
+    type=click.Choice(["weight", "channel"]),
+    default="weight",
+    show_default=True,
+    help="Zero single weights, or remove whole channels (a smaller dense model).",
+)
+@click.option(
+    "--channels",
+    type=click.Path(path_type=Path),
+    metavar="FILE.json",
+    help="Channel mode: write every channel group, its members, score and fate.",
+)
+@click.option(
+    "--channel-multiple",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="Channel mode: keep channel counts multiples of K where a group allows.",
+)
+@click.option(
+    "--latency", is_flag=True, help="Channel mode: time both models in onnxruntime (CPU)."
+)
+@click.option(
+    "--ranking",
+    type=click.Choice(["flow", "flow-per-weight", "flow-per-flop"]),
+    default="flow",
+    show_default=True,
+    help="Channel mode: rank groups by flow, or by flow per weight or per FLOP they cost.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
 def prune(
     model: Path,
@@ -141,6 +172,11 @@ def prune(
     report: Path | None,
     plot: Path | None,
     provider: str,
+    granularity: str,
+    channels: Path | None,
+    channel_multiple: int,
+    latency: bool,
+    ranking: str,
     quiet: bool,
 ) -> None:
     """Prune MODEL with iterative SynFlow and write the pruned model.
@@ -167,6 +203,28 @@ def prune(
         input_shapes=dict(parse_input_shape(s) for s in input_shapes),
     )
     output = output or api.default_output(model)
+    if granularity == "channel":
+        from onnxflow.channels.command import prune_command
+
+        weight_only = [
+            flag
+            for flag, given in zip(
+                ("--scores", "--plot", "--sparse-storage", "--min-kept", "--scope local"),
+                (scores, plot, sparse_storage or None, min_kept or None, scope == "local" or None),
+                strict=True,
+            )
+            if given is not None
+        ]
+        prune_command(
+            model, output, options, channel_multiple=channel_multiple, latency=latency,
+            masks=masks, report=report, channels=channels, weight_only=weight_only, quiet=quiet,
+            ranking=ranking,
+        )  # fmt: skip
+        return
+    if channels is not None or channel_multiple != 1 or latency or ranking != "flow":
+        raise OnnxflowError(
+            "--channels, --channel-multiple, --latency and --ranking need --granularity channel"
+        )
     check_output_paths(model, api.output_paths(output, masks, scores, report, plot))
     if plot is not None:
         require_matplotlib()

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import channel_nets
 import numpy as np
 import onnx
 import pytest
@@ -244,6 +245,37 @@ CASES: dict[str, tuple[Setup, str]] = {
         r"would need .* GiB",
     ),
 }
+
+# Channel mode (--granularity channel; docs/channels.md).
+CHANNEL = ("--granularity", "channel")
+CASES.update(
+    {
+        "channel-no-prunable-group": (
+            good(*CHANNEL, "--sparsity", "0.5"),
+            r"no prunable channel group: 4 groups, all frozen \(4 graph output\)",
+        ),
+        "channel-unreachable-sparsity": (
+            model_file(lambda tmp: channel_nets.conv_chain(), *CHANNEL, "--sparsity", "0.999"),
+            r"sparsity 0.999 cannot be reached by removing channels: at most 0\.\d+ of the",
+        ),
+        "channel-multiple-below-one": (
+            good(*CHANNEL, "--sparsity", "0.5", "--channel-multiple", "0"),
+            r"channel-multiple must be an integer >= 1, got 0",
+        ),
+        "channel-with-pattern": (
+            good(*CHANNEL, "--sparsity", "0.5", "--pattern", "2:4"),
+            r"--pattern prunes weights; it cannot be combined with channel mode",
+        ),
+        "channel-weight-only-option": (
+            good(*CHANNEL, "--sparsity", "0.5", "--sparse-storage"),
+            r"--sparse-storage: weight mode only, not with channel mode",
+        ),
+        "channel-option-without-channel-mode": (
+            good("--sparsity", "0.5", "--channel-multiple", "8"),
+            r"--channels, --channel-multiple, --latency and --ranking need --granularity channel",
+        ),
+    }
+)
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -1,0 +1,139 @@
+"""Benchmark: channel mode on torchvision ResNet-50 and MobileNetV2 at 224x224 (issue 13).
+
+For each model (random init, exported here with torch.onnx, TorchScript exporter), at
+sparsity 0.5 and 100 iterations, in one process:
+  - the prunable share of the weights, weights / FLOPs / file size before and after;
+  - retained synaptic flow log R (dense and after removal);
+  - onnxruntime CPU latency of the dense and the compact model, runs alternated (median of
+    --runs each, after a warm-up);
+  - the channel-mode run time against the weight-mode run time (same model, iterations,
+    sparsity), alternated over --repeats runs each (0: not timed);
+  - all of this for each group ranking in --rankings (flow, flow per weight, flow per FLOP).
+
+Needs torch and torchvision (the /work/tvenv environment):
+
+    PYTHONPATH=$PWD python benchmarks/channels.py [--models resnet50 mobilenet_v2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+SHAPE = (1, 3, 224, 224)
+
+
+def export(name: str, path: Path) -> None:
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    torch.onnx.export(
+        model, (torch.randn(*SHAPE),), str(path), input_names=["input"],
+        output_names=["logits"], opset_version=17, dynamo=False,
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )  # fmt: skip
+    m = onnx.load(str(path))
+    m.ir_version = 10
+    onnx.save(m, str(path))
+
+
+def bench(
+    path: Path, sparsity: float, iterations: int, runs: int, repeats: int, rankings: list[str]
+) -> dict[str, Any]:
+    """Weight-mode and channel-mode (first ranking) run times alternated over `repeats`;
+    then every ranking's figures and latencies."""
+    import onnxflow
+    from onnxflow.channels.report import measure_latency
+
+    times: dict[str, list[float]] = {"weight": [], "channel": []}
+    results = {}
+    for _ in range(repeats):
+        for mode in ("weight", "channel"):
+            t0 = time.perf_counter()
+            if mode == "weight":
+                onnxflow.prune(path, sparsity=sparsity, iterations=iterations, keep_scores=False)
+            else:
+                results[rankings[0]] = onnxflow.prune(
+                    path, granularity="channel", sparsity=sparsity, iterations=iterations,
+                    ranking=rankings[0],
+                )  # fmt: skip
+            times[mode].append(time.perf_counter() - t0)
+    for ranking in rankings:
+        if ranking not in results:
+            results[ranking] = onnxflow.prune(
+                path, granularity="channel", sparsity=sparsity, iterations=iterations,
+                ranking=ranking,
+            )  # fmt: skip
+    original = onnx.load(str(path))
+    out: dict[str, Any] = {"times": times}
+    if times["weight"]:
+        out["weight_mode_s"] = statistics.median(times["weight"])
+        out["channel_mode_s"] = statistics.median(times["channel"])
+        out["run_time_ratio"] = out["channel_mode_s"] / out["weight_mode_s"]
+    for ranking, result in results.items():
+        r = result.report
+        before, after = measure_latency(original, result.model, {"input": SHAPE}, runs=runs)
+        out[ranking] = {
+            "groups": r.groups,
+            "prunable_groups": r.prunable_groups,
+            "removed_groups": r.removed_groups,
+            "frozen": r.frozen,
+            "prunable_share": r.prunable_weights / r.weights,
+            "removed_share_of_prunable": r.removed_share,
+            "weights_before": r.weights,
+            "weights_after": r.weights_after,
+            "params_before": r.params_before,
+            "params_after": r.params_after,
+            "flops_before": r.flops_before,
+            "flops_after": r.flops_after,
+            "flops_ratio": r.flops_after / r.flops_before,
+            "bytes_before": r.bytes_before,
+            "bytes_after": r.bytes_after,
+            "log_flow": r.log_flow,
+            "log_flow_after": r.log_flow_after,
+            "max_relative_difference": r.max_relative_difference,
+            "latency_ms_before": before,
+            "latency_ms_after": after,
+            "latency_ratio": after / before,
+            "seconds": r.seconds,
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--runs", type=int, default=30, help="latency runs of each model")
+    ap.add_argument("--repeats", type=int, default=1, help="pruning runs of each mode")
+    ap.add_argument(
+        "--rankings", nargs="+", default=["flow", "flow-per-flop", "flow-per-weight"],
+        help="channel rankings to run (the first is also timed against weight mode)",
+    )  # fmt: skip
+    ap.add_argument("--out", type=Path, help="write the figures as JSON")
+    args = ap.parse_args()
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            path = Path(tmp) / f"{name}.onnx"
+            export(name, path)
+            figures[name] = bench(
+                path, args.sparsity, args.iterations, args.runs, args.repeats, args.rankings
+            )
+            print(name, json.dumps(figures[name], indent=1), flush=True)
+    if args.out is not None:
+        args.out.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""Per-op channel rules: how channel slots cross each op (registered with `@channel_rule`).
+
+Each rule gets the tracer, the node and the traces of its inputs (None: not channel-traced,
+e.g. a graph input or a shape), and returns the traces of its outputs. See
+docs/channels.md for the table of ops and what each does to a group.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxflow.channels.groups import IN, OUT, PARAM, Edit, Trace, Tracer, channel_rule, no_rule
+
+UNARY = (
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu",
+    "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt",
+    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Clip", "Identity", "Cast",
+    "Dropout", "ThresholdedRelu", "Shrink", "Swish",
+)  # fmt: skip
+POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
+
+
+def _const(t: gs.Tensor | None) -> np.ndarray | None:
+    return np.asarray(t.values) if isinstance(t, gs.Constant) else None
+
+
+@channel_rule(*UNARY)
+def unary(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """Elementwise on one data input: slot c in, slot c out."""
+    return [ins[0] if i == 0 else None for i in range(len(node.outputs))]
+
+
+@channel_rule(*POOLS)
+def pool(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """Pooling acts per channel (axis 1); on any other axis it would mix the traced one."""
+    x = ins[0]
+    if x is not None and x.axis != 1:
+        return no_rule(tr, node, ins)
+    return [x if i == 0 else None for i in range(len(node.outputs))]
+
+
+@channel_rule("Resize", "Upsample")
+def resize(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    x = ins[0]
+    if x is None:
+        return [None]
+    scales = (
+        _const(node.inputs[2] if node.op == "Resize" else node.inputs[1])
+        if len(node.inputs) > (2 if node.op == "Resize" else 1)
+        else None
+    )
+    no_sizes = node.op != "Resize" or len(node.inputs) < 4 or node.inputs[3].name == ""
+    if scales is not None and scales.size and float(scales.reshape(-1)[x.axis]) == 1.0 and no_sizes:
+        return [x]
+    tr.freeze(x, f"{node.op} with sizes or a scale on the channel axis")
+    return [None]
+
+
+@channel_rule("Pad")
+def pad(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    x = ins[0]
+    if x is None:
+        return [None]
+    pads = _const(node.inputs[1]) if len(node.inputs) > 1 else np.asarray(node.attrs.get("pads"))
+    axes = _const(node.inputs[3]) if len(node.inputs) > 3 else None
+    r = _rank(node.inputs[0])
+    if pads is not None and pads.size:
+        ax = [int(a) % r for a in axes] if axes is not None else list(range(r))
+        n = len(ax)
+        if x.axis not in ax or (pads[ax.index(x.axis)] == 0 and pads[ax.index(x.axis) + n] == 0):
+            return [x]
+    tr.freeze(x, "Pad on the channel axis")
+    return [None]
+
+
+@channel_rule("Slice")
+def slice_(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    x = ins[0]
+    if x is None:
+        return [None]
+    r = _rank(node.inputs[0])
+    axes = _const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+    ax = [int(a) % r for a in axes] if axes is not None else list(range(r))
+    out = node.outputs[0].shape
+    if x.axis not in ax or (out is not None and int(out[x.axis]) == len(x.slots)):
+        starts = _const(node.inputs[1]) if x.axis in ax else None
+        if starts is not None and int(starts[ax.index(x.axis)]) != 0:
+            tr.freeze(x, "Slice on the channel axis")
+            return [None]
+        return [x]
+    tr.freeze(x, "Slice on the channel axis")
+    return [None]
+
+
+def _rank(t: gs.Tensor) -> int:
+    return len(t.shape) if t.shape is not None else 0
+
+
+@channel_rule("Transpose")
+def transpose(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """The channel axis moves (NHWC exports transpose to NCHW and back)."""
+    x = ins[0]
+    if x is None:
+        return [None]
+    r = _rank(node.inputs[0])
+    perm = [int(p) for p in (node.attrs.get("perm") or list(range(r))[::-1])]
+    return [Trace(perm.index(x.axis), x.slots)]
+
+
+@channel_rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """Follow channel c to the output positions its values land at. Traceable when one
+    output axis alone tells the channel of every element (flatten C,H,W into features:
+    channel c owns a block; a split of the channel axis, as in a channel shuffle, is not)."""
+    x = ins[0]
+    if x is None:
+        return [None]
+    src, dst = node.inputs[0].shape, node.outputs[0].shape
+    if src is None or dst is None:
+        return no_rule(tr, node, ins)
+    src_dims = tuple(int(d) for d in src)
+    dst_dims = tuple(int(d) for d in dst)
+    c = len(x.slots)
+    shape = [1] * len(src_dims)
+    shape[x.axis] = c
+    ch = np.broadcast_to(np.arange(c).reshape(shape), src_dims).reshape(dst_dims)
+    for b in range(len(dst_dims)):
+        first = ch[tuple(slice(None) if i == b else slice(0, 1) for i in range(len(dst_dims)))]
+        if dst_dims[b] > 1 and np.array_equal(np.broadcast_to(first, dst_dims), ch):
+            v = first.reshape(-1)
+            if node.op == "Reshape":
+                tr.edits.append(Edit("reshape", node.outputs[0].name, (x.slots[v],), b))
+            return [Trace(b, x.slots[v])]
+    if c == 1:
+        return [None]
+    tr.freeze(x, f"{node.op} whose channel mapping cannot be followed")
+    return [None]
+
+
+@channel_rule("Concat")
+def concat(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """Along the channel axis: the output's slots are the inputs' in order (offsets); along
+    another axis, the inputs' channels meet elementwise (coupled)."""
+    r = _rank(node.outputs[0])
+    axis = int(node.attrs.get("axis", 0)) % max(r, 1)
+    traced = [t for t in ins if t is not None]
+    if not traced:
+        return [None]
+    if all(t is not None and t.axis == axis for t in ins):
+        return [Trace(axis, np.concatenate([t.slots for t in ins if t is not None]))]
+    if all(t.axis == axis for t in traced):  # an untraced piece: its channels are new, fixed
+        parts = []
+        for t, v in zip(ins, node.inputs, strict=True):
+            if t is None:
+                extra = tr.new(int(v.shape[axis]), node.outputs[0].name)
+                tr.freeze(Trace(axis, extra), "concatenated with an untraced tensor")
+                parts.append(extra)
+            else:
+                parts.append(t.slots)
+        return [Trace(axis, np.concatenate(parts))]
+    first = traced[0]
+    if len(traced) == len(ins) and all(
+        t.axis == first.axis and len(t.slots) == len(first.slots) for t in traced
+    ):
+        for t in traced[1:]:
+            tr.union(first.slots, t.slots)
+        return [first]
+    return no_rule(tr, node, ins)
+
+
+@channel_rule("Split")
+def split(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    x = ins[0]
+    if x is None:
+        return [None] * len(node.outputs)
+    r = _rank(node.inputs[0])
+    axis = int(node.attrs.get("axis", 0)) % max(r, 1)
+    if axis != x.axis:
+        return [x] * len(node.outputs)
+    sizes = [int(o.shape[axis]) for o in node.outputs]
+    offsets = np.cumsum([0, *sizes])
+    parts = tuple(x.slots[offsets[i] : offsets[i + 1]] for i in range(len(sizes)))
+    tr.edits.append(Edit("split", node.outputs[0].name, parts, axis))
+    return [Trace(axis, p) for p in parts]
+
+
+ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "PRelu", "Pow")
+
+
+@channel_rule(*ELEMENTWISE)
+def elementwise(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """Broadcasting elementwise ops. Two channel tensors couple slot c of each (residual
+    streams, squeeze-excitation gates); a constant with the channel count along the channel
+    axis is a per-channel constant that rides with the group (bias, PRelu slope)."""
+    out = node.outputs[0]
+    r = _rank(out)
+    pos: int | None = None
+    traced: list[Trace] = []
+    for t, v in zip(ins, node.inputs, strict=True):
+        if t is not None:
+            p = t.axis + r - _rank(v)
+            if pos is not None and p != pos:
+                return no_rule(tr, node, ins)
+            pos = p
+            traced.append(t)
+    if pos is None:
+        return [None]
+    c = max(len(t.slots) for t in traced)
+    if any(len(t.slots) not in (1, c) for t in traced):
+        return no_rule(tr, node, ins)
+    full = [t for t in traced if len(t.slots) == c]
+    for t in full[1:]:
+        tr.union(full[0].slots, t.slots)
+    result = Trace(pos, full[0].slots)
+    for t, v in zip(ins, node.inputs, strict=True):
+        if t is not None or v is None or v.shape is None:
+            continue
+        q = pos - (r - _rank(v))
+        dim = int(v.shape[q]) if 0 <= q < _rank(v) else 1
+        if dim == 1:
+            continue
+        if dim != c:
+            return no_rule(tr, node, ins)
+        if isinstance(v, gs.Constant):
+            tr.claim(v, q, result.slots, PARAM)
+        else:
+            tr.freeze(result, f"{node.op} with an untraced channel tensor")
+            return [None]
+    return [result]
+
+
+@channel_rule("BatchNormalization", "InstanceNormalization")
+def norm_per_channel(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """Normalization per channel: its parameters are per-channel constants of the group."""
+    x = ins[0]
+    if x is None:
+        return [None] * len(node.outputs)
+    if x.axis != 1:
+        return no_rule(tr, node, ins)
+    for v in node.inputs[1:]:
+        if isinstance(v, gs.Constant) or (v is not None and v.name):
+            tr.claim(v, 0, x.slots, PARAM)
+    return [x if i == 0 else None for i in range(len(node.outputs))]
+
+
+def _mixing(tr: Tracer, node: gs.Node, x: Trace, axes: list[int], what: str) -> list[Trace | None]:
+    if x.axis in axes:
+        tr.freeze(x, f"{what} over the channel axis")
+    return [x] + [None] * (len(node.outputs) - 1)
+
+
+@channel_rule("LayerNormalization")
+def layer_norm(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    x = ins[0]
+    if x is None:
+        return [None] * len(node.outputs)
+    r = _rank(node.inputs[0])
+    a = int(node.attrs.get("axis", -1)) % r
+    return _mixing(tr, node, x, list(range(a, r)), "LayerNormalization")
+
+
+@channel_rule("GroupNormalization", "LRN", "MeanVarianceNormalization")
+def group_norm(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    x = ins[0]
+    if x is None:
+        return [None]
+    return _mixing(tr, node, x, [x.axis], node.op)
+
+
+@channel_rule("Softmax", "LogSoftmax", "Hardmax")
+def softmax(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    x = ins[0]
+    if x is None:
+        return [None]
+    r = _rank(node.inputs[0])
+    a = int(node.attrs.get("axis", -1 if tr.opset >= 13 else 1)) % r
+    axes = [a] if tr.opset >= 13 else list(range(a, r))
+    return _mixing(tr, node, x, axes, node.op)
+
+
+REDUCE = (
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceProd",
+    "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp",
+)  # fmt: skip
+
+
+@channel_rule(*REDUCE)
+def reduce(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    x = ins[0]
+    if x is None:
+        return [None]
+    r = _rank(node.inputs[0])
+    given = node.attrs.get("axes")
+    if given is None and len(node.inputs) > 1:
+        given = _const(node.inputs[1])
+    axes = [int(a) % r for a in given] if given is not None and len(given) else list(range(r))
+    if x.axis in axes:
+        tr.freeze(x, f"{node.op} over the channel axis")
+        return [None]
+    keep = int(node.attrs.get("keepdims", 1))
+    return [Trace(x.axis - (0 if keep else sum(a < x.axis for a in axes)), x.slots)]
+
+
+def _weight(tr: Tracer, t: gs.Tensor | None) -> bool:
+    """Whether `t` is (a view of) one of the prunable weights."""
+    from onnxflow.channels.groups import stored_axis
+
+    found = stored_axis(t, 0, tr.stored)
+    return found is not None and found[0].name in tr.weights
+
+
+@channel_rule("Conv")
+def conv(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """Out-slice W[c] (and bias) produces channel c; in-slice W[:, c] reads it. Grouped
+    convolutions remove the same index from every group (slot j of each group coupled);
+    depthwise convolutions pass the channel on (group becomes the kept count)."""
+    x, w = ins[0], node.inputs[1]
+    if not _weight(tr, w) or w.shape is None:
+        tr.freeze(x, "Conv whose weight is computed or excluded")
+        return [None]
+    c_out, per_group = int(w.shape[0]), int(w.shape[1])
+    groups = int(node.attrs.get("group", 1))
+    c_in = per_group * groups
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    name = node.outputs[0].name
+    if x is not None and (x.axis != 1 or len(x.slots) != c_in):
+        tr.freeze(x, "Conv input not on the channel axis")
+        x = None
+    if groups > 1 and groups == c_in and per_group == 1:  # depthwise (multiplier m)
+        if x is None:
+            return [None]
+        out = np.repeat(x.slots, c_out // groups)
+        tr.claim(w, 0, out, OUT)
+        if bias is not None:
+            tr.claim(bias, 0, out, PARAM)
+        tr.edits.append(Edit("group", name, (x.slots,)))
+        return [Trace(1, out)]
+    out = tr.new(c_out, name)
+    og = c_out // groups
+    for k in range(1, groups):
+        tr.union(out[:og], out[k * og : (k + 1) * og])
+    if x is not None:
+        for k in range(1, groups):
+            tr.union(x.slots[:per_group], x.slots[k * per_group : (k + 1) * per_group])
+        tr.claim(w, 1, x.slots[:per_group], IN)
+    tr.claim(w, 0, out, OUT)
+    if bias is not None:
+        tr.claim(bias, 0, out, PARAM)
+    return [Trace(1, out)]
+
+
+@channel_rule("ConvTranspose")
+def conv_transpose(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    x, w = ins[0], node.inputs[1]
+    if not _weight(tr, w) or w.shape is None or int(node.attrs.get("group", 1)) != 1:
+        return no_rule(tr, node, ins)
+    if node.attrs.get("output_shape") is not None:
+        return no_rule(tr, node, ins)
+    out = tr.new(int(w.shape[1]), node.outputs[0].name)
+    if x is not None:
+        if x.axis != 1 or len(x.slots) != int(w.shape[0]):
+            tr.freeze(x, "ConvTranspose input not on the channel axis")
+        else:
+            tr.claim(w, 0, x.slots, IN)
+    tr.claim(w, 1, out, OUT)
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        tr.claim(node.inputs[2], 0, out, PARAM)
+    return [Trace(1, out)]
+
+
+def _dense(
+    tr: Tracer, node: gs.Node, x: Trace | None, w: gs.Tensor, in_ax: int, out_ax: int, r: int
+) -> Trace:
+    """A matrix product x @ W: in-slice row c of W, out-slice column j."""
+    assert w.shape is not None
+    out = tr.new(int(w.shape[out_ax]), node.outputs[0].name)
+    if x is not None:
+        if x.axis != _rank(node.inputs[0]) - 1 or len(x.slots) != int(w.shape[in_ax]):
+            tr.freeze(x, f"{node.op} input not on the feature axis")
+        else:
+            tr.claim(w, in_ax, x.slots, IN)
+    tr.claim(w, out_ax, out, OUT)
+    return Trace(r - 1, out)
+
+
+@channel_rule("Gemm")
+def gemm(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    w = node.inputs[1]
+    if not _weight(tr, w) or int(node.attrs.get("transA", 0)) or ins[1] is not None:
+        return no_rule(tr, node, ins)
+    t_b = int(node.attrs.get("transB", 0))
+    out = _dense(tr, node, ins[0], w, 1 if t_b else 0, 0 if t_b else 1, 2)
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        c = node.inputs[2]
+        dims = [int(d) for d in (c.shape or [])]
+        if isinstance(c, gs.Constant) and dims and dims[-1] == len(out.slots) > 1:
+            if len(dims) == 2 and dims[0] != 1:
+                return no_rule(tr, node, ins)
+            tr.claim(c, len(dims) - 1, out.slots, PARAM)
+        elif not isinstance(c, gs.Constant) or (dims and dims[-1] != 1):
+            tr.freeze(out, "Gemm with a computed C")
+            return [None]
+    return [out]
+
+
+@channel_rule("MatMul")
+def matmul(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    w = node.inputs[1]
+    if not _weight(tr, w) or ins[1] is not None or _rank(w) != 2:
+        return no_rule(tr, node, ins)
+    return [_dense(tr, node, ins[0], w, 0, 1, _rank(node.outputs[0]))]
+
+
+@channel_rule("Shape", "Size")
+def shape_of(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """A shape read at run time would change with the channel count."""
+    return no_rule(tr, node, ins)
