@@ -50,6 +50,9 @@ class WeightDag:
     """Prunable layers in network order."""
 
     layers: list[WeightLayer]
+    read_as_ones: frozenset[str] = frozenset()
+    """Constants the flow model reads as ones: zero-initialized weights and scales
+    (onnxflow/flow/zero_init.py); empty under `zero_init="strict"`."""
 
     @property
     def size(self) -> int:

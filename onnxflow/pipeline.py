@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import onnx
 
+from onnxflow.flow.zero_init import ZeroInit
 from onnxflow.options import PruneOptions
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class PruneState:
     pruned: onnx.ModelProto | None = None
     pattern_skipped: list[str] = field(default_factory=list)
     """Layers the N:M pattern could not be applied to."""
+    zero_init: ZeroInit = field(default_factory=ZeroInit)
+    """Zero-initialized tensors the flow model reads as ones (none under "strict")."""
     bytes_dense: int | None = None
     """Serialized size of the pruned model with every weight stored densely."""
     report: Report | None = None

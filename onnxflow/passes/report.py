@@ -34,4 +34,5 @@ class ReportPass(Pass):
             bytes_after_dense=dense,
             pattern_skipped=state.pattern_skipped,
             external_data=state.external_data,
+            zero_init=state.zero_init,
         )

@@ -29,6 +29,8 @@ def _operand(g: FlowBuilder, node: NodeContext, v: Flow | Const) -> str:
         return v.tensor
     if isinstance(v, Const) and v.values is not None:
         return g.const_input(v, absolute=True)
+    if isinstance(v, Const):  # computed in the flow model from constants (a non-prunable
+        return g.node("Abs", [v.name])  # weight seen through a kept Transpose, say)
     raise OnnxflowError(f"node {node.name!r} ({node.op_type}): operand {v.name!r} is not supported")
 
 
