@@ -392,3 +392,12 @@ def test_torchvision_vit_zero_head_live() -> None:
     assert result.report.zero_init.weights == ("heads.head.weight",)
     bad, _ = nonzero_scoring_zero(model, result.log_scores)
     assert bad == 0
+
+
+def test_inspect_lists_all_zero_weights() -> None:
+    """inspect shows the stored model: an all-zero weight is a layer of density 0."""
+    from onnxflow.inspect import inspect_model
+
+    result = inspect_model(mlp_zero_head())
+    assert [layer.name for layer in result.dag.layers] == ["w0", "w1", "head"]
+    assert result.nonzero["head"] == 0
