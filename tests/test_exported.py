@@ -22,6 +22,8 @@ from onnxflow.tensors import read_stored
 
 HERE = Path(__file__).resolve().parent / "exported"
 MODELS = sorted(p.name for p in HERE.glob("*.onnx"))
+# torchvision's ViT: its class token alone makes R = 0 (issue 10 item 1, on another branch).
+NEEDS_CLASS_TOKENS = {"zero_init_vit.onnx"}
 
 
 def feeds(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -67,7 +69,18 @@ def test_all_exports_are_present() -> None:
     }
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n,
+            marks=pytest.mark.xfail(strict=True, reason="class token: R = 0 (issue 10 item 1)"),
+        )
+        if n in NEEDS_CLASS_TOKENS
+        else n
+        for n in MODELS
+    ],
+)
 def test_exported_model_prunes_and_deploys(name: str) -> None:
     model = onnx.load(HERE / name)
     dense = onnxflow.score(model)
