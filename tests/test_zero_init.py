@@ -255,9 +255,10 @@ def test_summary_names_the_first_tensors_and_counts_the_rest() -> None:
     z = ZeroInit(("h",), ("a", "b", "c"))
     assert len(z) == 4
     assert z.summary() == (
-        "1 all-zero weight tensor(s), not prunable and 3 all-zero scale(s) read as ones: "
+        "4 zero-initialized tensors read as ones (1 weight, not prunable; 3 scales): "
         "h, a, b, ... (+1)"
     )
+    assert ZeroInit((), ("g",)).summary() == ("1 zero-initialized tensor read as ones (1 scale): g")
 
 
 # -- option, CLI, report --------------------------------------------------------------------
@@ -275,7 +276,10 @@ def test_cli_notes_the_substitution_and_strict_refuses_r_zero(tmp_path: Path, ca
     args = ["prune", str(path), "--sparsity", "0.5", "--iterations", "2"]
     assert main([*args, "--report", str(report)]) == 0
     err = capsys.readouterr().err
-    assert "note: 1 all-zero weight tensor(s), not prunable read as ones: head" in err
+    assert (
+        "note: 1 zero-initialized tensor read as ones (1 weight, not prunable): head "
+        "(--zero-init strict: the paper's R)\n"
+    ) in err
     totals = json.loads(report.read_text())["totals"]
     assert totals["zero_init"] == {"weights": ["head"], "scales": []}
     assert totals["params"] == 6 * 8 + 8 * 8

@@ -47,14 +47,21 @@ class ZeroInit:
 
     def summary(self, shown: int = 3) -> str:
         """One line: how many tensors of each kind, and the first few names."""
-        parts = []
+        kinds = []
         if self.weights:
-            parts.append(f"{len(self.weights)} all-zero weight tensor(s), not prunable")
+            kinds.append(_count(len(self.weights), "weight") + ", not prunable")
         if self.scales:
-            parts.append(f"{len(self.scales)} all-zero scale(s)")
+            kinds.append(_count(len(self.scales), "scale"))
         names = [*self.weights, *self.scales]
         more = f", ... (+{len(names) - shown})" if len(names) > shown else ""
-        return f"{' and '.join(parts)} read as ones: {', '.join(names[:shown])}{more}"
+        return (
+            f"{_count(len(self), 'zero-initialized tensor')} read as ones "
+            f"({'; '.join(kinds)}): {', '.join(names[:shown])}{more}"
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def all_zero(t: gs.Tensor | None) -> bool:
