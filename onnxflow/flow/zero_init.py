@@ -20,6 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxflow.dag import is_float_constant, prunable_operand
+from onnxflow.external import constant_array
 
 # Normalizations whose input 1 is the per-channel scale gamma.
 NORM_SCALE_OPS = frozenset(
@@ -69,7 +70,7 @@ def all_zero(t: gs.Tensor | None) -> bool:
     if not is_float_constant(t):
         return False
     assert isinstance(t, gs.Constant)
-    values = np.asarray(t.values)
+    values = constant_array(t)  # a large external weight is read, not kept in the graph
     return values.size > 0 and not np.any(values)
 
 
