@@ -47,9 +47,10 @@ def make_model(
     return model
 
 
-def residual_bn_model(gamma_last: float = 0.0) -> onnx.ModelProto:
+def residual_bn_model(gamma_last: float = 0.0, last: str = "BN") -> onnx.ModelProto:
     """Conv-BN-Relu, then a residual block whose branch ends in a BN of scale `gamma_last`
-    (torchvision's zero_init_residual), pooled into a Gemm head."""
+    (torchvision's zero_init_residual; with `last="IN"` an InstanceNormalization), pooled
+    into a Gemm head."""
     rng = np.random.default_rng(RNG_SEED)
     c = 4
     inits: dict[str, np.ndarray] = {
@@ -74,7 +75,9 @@ def residual_bn_model(gamma_last: float = 0.0) -> onnx.ModelProto:
         helper.make_node("BatchNormalization", ["c1", *(s.format(i=1) for s in bn)], ["n1"]),
         helper.make_node("Relu", ["n1"], ["a1"]),
         helper.make_node("Conv", ["a1", "w2"], ["c2"]),
-        helper.make_node("BatchNormalization", ["c2", *(s.format(i=2) for s in bn)], ["n2"]),
+        helper.make_node("BatchNormalization", ["c2", *(s.format(i=2) for s in bn)], ["n2"])
+        if last == "BN"
+        else helper.make_node("InstanceNormalization", ["c2", "g2", "b2"], ["n2"]),
         helper.make_node("Add", ["n2", "a0"], ["s"]),
         helper.make_node("Relu", ["s"], ["a"]),
         helper.make_node("GlobalAveragePool", ["a"], ["p"]),
@@ -106,7 +109,8 @@ def mlp_zero_head(head: float = 0.0, transposed: bool = False) -> onnx.ModelProt
 
 def layer_scale_model(scale: float = 0.0, norm: str = "Mul") -> onnx.ModelProto:
     """x -> W0 -> [branch: W1 -> scale] + skip -> W2; the branch's scale is a layer-scale
-    Mul (CaiT, LeViT) or a LayerNormalization gamma, all `scale`."""
+    Mul (CaiT), a LayerNormalization gamma or a BatchNormalization gamma on a MatMul's
+    output (LeViT's linear + BatchNorm1d, not folded), all `scale`."""
     rng = np.random.default_rng(RNG_SEED)
     inits = {
         "w0": rng.normal(size=(6, 8)),
@@ -114,13 +118,18 @@ def layer_scale_model(scale: float = 0.0, norm: str = "Mul") -> onnx.ModelProto:
         "w2": rng.normal(size=(8, 4)),
         "ls": np.full(8, scale),
         "beta": rng.normal(size=8),
+        "mean": rng.normal(size=8),
+        "var": rng.uniform(0.5, 2, 8),
     }
+    scaled = {
+        "Mul": helper.make_node("Mul", ["h1", "ls"], ["b"]),
+        "LN": helper.make_node("LayerNormalization", ["h1", "ls", "beta"], ["b"]),
+        "BN": helper.make_node("BatchNormalization", ["h1", "ls", "beta", "mean", "var"], ["b"]),
+    }[norm]
     nodes = [
         helper.make_node("MatMul", ["x", "w0"], ["h0"]),
         helper.make_node("MatMul", ["h0", "w1"], ["h1"]),
-        helper.make_node("Mul", ["h1", "ls"], ["b"])
-        if norm == "Mul"
-        else helper.make_node("LayerNormalization", ["h1", "ls", "beta"], ["b"]),
+        scaled,
         helper.make_node("Add", ["h0", "b"], ["s"]),
         helper.make_node("MatMul", ["s", "w2"], ["y"]),
     ]
@@ -137,6 +146,16 @@ CASES = {
     ),
     "layer-scale": (layer_scale_model, ZeroInit((), ("ls",)), "w1"),
     "layernorm": (lambda v=0.0: layer_scale_model(v, "LN"), ZeroInit((), ("ls",)), "w1"),
+    "batchnorm-on-matmul": (
+        lambda v=0.0: layer_scale_model(v, "BN"),
+        ZeroInit((), ("ls",)),
+        "w1",
+    ),
+    "instancenorm": (
+        lambda v=0.0: residual_bn_model(v, "IN"),
+        ZeroInit((), ("g2",)),
+        "w1",
+    ),
 }
 
 
