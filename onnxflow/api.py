@@ -189,9 +189,18 @@ def score(
     *,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     provider: str = "auto",
+    zero_init: str = "ones",
 ) -> ScoreResult:
-    """SynFlow scores of the dense network, without pruning (one flow-model run)."""
-    options = PruneOptions(sparsity=0.0, input_shapes=input_shapes or {}, provider=provider)  # type: ignore[arg-type]
+    """SynFlow scores of the dense network, without pruning (one flow-model run).
+
+    `zero_init` is PruneOptions.zero_init: with "ones", all-zero weights are not prunable
+    and have no score; zero-initialized tensors are read as ones."""
+    options = PruneOptions(
+        sparsity=0.0,
+        input_shapes=input_shapes or {},
+        provider=provider,  # type: ignore[arg-type]
+        zero_init=zero_init,  # type: ignore[arg-type]
+    )
     state = Sequential(*analysis_passes())(initial_state(model, options))
     assert state.graph is not None and state.dag is not None
     scores = FlowEngine(state.graph, state.dag, resolve_provider(options.provider)).run()

@@ -19,7 +19,7 @@ from rich.table import Table
 from onnxflow import api
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.inspect import inspect_model
-from onnxflow.options import parse_input_shape, parse_pattern
+from onnxflow.options import ZERO_INIT_CHOICES, parse_input_shape, parse_pattern
 from onnxflow.plot import density_figure, png_writer, require_matplotlib
 from onnxflow.report import Report
 from onnxflow.save import check_output_paths, write_atomically
@@ -100,6 +100,15 @@ def cli() -> None:
     help="Store pruned weights as ONNX sparse initializers (COO): a smaller file; "
     "onnxruntime expands them to dense when it loads the model.",
 )
+@click.option(
+    "--zero-init",
+    type=click.Choice(ZERO_INIT_CHOICES),
+    default="ones",
+    show_default=True,
+    help="Zero-initialized parameters (all-zero weight tensors, normalization or layer "
+    "scales): 'ones' lets flow cross them as ones (all-zero weights are then not pruned); "
+    "'strict' keeps the paper's R, which they can make 0.",
+)
 @click.option("--masks", type=click.Path(path_type=Path), help="Write boolean masks (.npz).")
 @click.option(
     "--scores",
@@ -167,6 +176,7 @@ def prune(
     min_kept: int,
     pattern: str | None,
     sparse_storage: bool,
+    zero_init: str,
     masks: Path | None,
     scores: Path | None,
     report: Path | None,
@@ -200,6 +210,7 @@ def prune(
         min_kept=min_kept,
         pattern=parse_pattern(pattern) if pattern is not None else None,
         sparse_storage=sparse_storage,
+        zero_init=zero_init,
         input_shapes=dict(parse_input_shape(s) for s in input_shapes),
     )
     output = output or api.default_output(model)
@@ -346,6 +357,11 @@ def _print_summary(report: Report, output: Path) -> None:
         )
     for note in report.notes:  # parts left dense or out of the flow
         Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {note}")
+    if report.zero_init:
+        Console(stderr=True, soft_wrap=True).print(
+            f"note: {report.zero_init.summary()} (--zero-init strict: the paper's R)",
+            markup=False,
+        )
     if report.emptied:
         Console(stderr=True, soft_wrap=True).print(
             f"[yellow]warning:[/] layers pruned to nothing: {', '.join(report.emptied)}"

@@ -56,6 +56,9 @@ class WeightDag:
     """Stored copies of a layer's tensor (an exporter's folded transpose of a tied embedding
     table): copy name -> (layer name, the permutation that makes the copy from the layer's
     tensor). A copy gets its layer's mask, permuted; it is not a layer of its own."""
+    read_as_ones: frozenset[str] = frozenset()
+    """Constants the flow model reads as ones: zero-initialized weights and scales
+    (onnxflow/flow/zero_init.py); empty under `zero_init="strict"`."""
 
     @property
     def size(self) -> int:

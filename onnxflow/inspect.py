@@ -76,7 +76,8 @@ def inspect_model(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Inspection:
     """The prunable layers of a model and the ops on its flow path that lack a rule."""
-    options = PruneOptions(sparsity=0.0, input_shapes=input_shapes or {})
+    # Every stored weight is listed, all-zero ones too (a layer pruned to nothing, say).
+    options = PruneOptions(sparsity=0.0, input_shapes=input_shapes or {}, zero_init="strict")
     state = Sequential(*analysis_passes())(initial_state(model, options))
     assert state.graph is not None and state.dag is not None
     tensors = state.graph.tensors()

@@ -13,6 +13,8 @@ Schedule = Literal["exponential", "linear"]
 Scope = Literal["global", "local"]
 Provider = Literal["auto", "cpu", "cuda"]
 Method = Literal["synflow", "magnitude", "random"]
+ZeroInit = Literal["ones", "strict"]
+ZERO_INIT_CHOICES: tuple[str, ...] = ("ones", "strict")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ class PruneOptions:
             not a multiple of M are skipped (reported). With `sparsity=None` the pattern alone
             sets the target; a sparsity must keep no more weights than the pattern allows.
         sparse_storage: write pruned weights as ONNX sparse initializers (COO).
+        zero_init: what flow does at zero-initialized parameters (an all-zero weight tensor,
+            an all-zero normalization or layer scale), which libraries use as a training
+            trick and which would zero R or whole branches' scores: `ones` reads them as
+            ones so flow crosses them (all-zero weights are then not prunable and not in
+            N); `strict` keeps the paper's R as the weights stand (docs/flow_rules.md).
     """
 
     sparsity: float | None
@@ -53,6 +60,7 @@ class PruneOptions:
     min_kept: int = 0
     pattern: tuple[int, int] | None = None
     sparse_storage: bool = False
+    zero_init: ZeroInit = "ones"
 
     def __post_init__(self) -> None:
         s = self.sparsity
@@ -68,6 +76,8 @@ class PruneOptions:
             raise OnnxflowError(
                 f"sparse_storage must be True or False, got {self.sparse_storage!r}"
             )
+        if self.zero_init not in ZERO_INIT_CHOICES:
+            raise OnnxflowError(f"zero_init must be 'ones' or 'strict', got {self.zero_init!r}")
         it = self.iterations
         if isinstance(it, bool) or not isinstance(it, int) or it < 1:
             raise OnnxflowError(f"iterations must be an integer >= 1, got {it!r}")

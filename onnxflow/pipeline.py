@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import onnx
 
+from onnxflow.flow.zero_init import ZeroInit
 from onnxflow.options import PruneOptions
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class PruneState:
     """Layers the N:M pattern could not be applied to."""
     notes: list[str] = field(default_factory=list)
     """One-line notes on parts of the model left dense or out of the flow, and why."""
+    zero_init: ZeroInit = field(default_factory=ZeroInit)
+    """Zero-initialized tensors the flow model reads as ones (none under "strict")."""
     bytes_dense: int | None = None
     """Serialized size of the pruned model with every weight stored densely."""
     report: Report | None = None

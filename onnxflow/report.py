@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from onnxflow.dag import WeightDag
+from onnxflow.flow.zero_init import ZeroInit
 
 SCHEMA_VERSION = 1
 
@@ -63,6 +64,8 @@ class Report:
     """The input kept tensors in external data files; the output is written that way too."""
     notes: list[str] = field(default_factory=list)
     """One-line notes on parts of the model left dense or out of the flow, and why."""
+    zero_init: ZeroInit = field(default_factory=ZeroInit)
+    """Zero-initialized tensors the flow read as ones (`PruneOptions.zero_init`)."""
 
     @property
     def params(self) -> int:
@@ -122,6 +125,10 @@ class Report:
                 "bytes_after_dense": self.bytes_after_dense,
                 "pattern_skipped_layers": self.pattern_skipped,
                 "external_data": self.external_data,
+                "zero_init": {
+                    "weights": list(self.zero_init.weights),
+                    "scales": list(self.zero_init.scales),
+                },
             },
             "notes": self.notes,
             "seconds": self.seconds,

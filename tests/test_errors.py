@@ -82,6 +82,15 @@ def good(*extra: str) -> Setup:
     return model_file(lambda tmp: small_model(), *extra)
 
 
+def zero_weights_model() -> onnx.ModelProto:
+    """The small model with its only weight all zero (R = 0; nothing to prune)."""
+    m = small_model()
+    m.graph.initializer[0].CopyFrom(
+        numpy_helper.from_array(np.zeros((4, 3, 3, 3), np.float32), "w")
+    )
+    return m
+
+
 def no_graph_node(tmp: Path) -> onnx.ModelProto:
     m = small_model()
     del m.graph.node[:]
@@ -192,6 +201,19 @@ CASES: dict[str, tuple[Setup, str]] = {
         r"sparsity 0.2 contradicts --pattern 1:2, which already prunes 0.5",
     ),
     "negative-compression": (good("--compression", "-1"), r"compression must be"),
+    "zero-init-invalid": (
+        good("--sparsity", "0.5", "--zero-init", "zeros"),
+        r"Invalid value for '--zero-init': 'zeros' is not one of 'ones', 'strict'",
+    ),
+    "zero-weights-strict": (
+        model_file(lambda tmp: zero_weights_model(), "--sparsity", "0.5", "--zero-init", "strict"),
+        r"the network carries no synaptic flow \(R = 0\)",
+    ),
+    "zero-weights-only": (
+        model_file(lambda tmp: zero_weights_model(), "--sparsity", "0.5"),
+        r"has no prunable weights \(constant weights of Conv, ConvTranspose, Gemm or MatMul, "
+        r"not all zero\)",
+    ),
     "iterations-zero": (
         good("--sparsity", "0.5", "--iterations", "0"),
         r"iterations must be an integer >= 1",

@@ -252,7 +252,7 @@ def test_a_dead_branch_does_not_drown_a_live_one_at_a_sum() -> None:
         [numpy_helper.to_array(t).astype(np.float64).T for t in inits[:-1]]
     )
     assert log_r < 4 * FLOAT32_TINY_LOG  # R is far below float32 range
-    result = onnxflow.score(model)
+    result = onnxflow.score(model, zero_init="strict")  # "ones" would read `dead` as ones
     assert result.log_flow == pytest.approx(log_r, abs=1e-3)
     for name, w in zip(names, want, strict=True):
         np.testing.assert_allclose(result.log_scores[name], w.T, rtol=0, atol=1e-3)

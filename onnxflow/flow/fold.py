@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxflow.dag import WeightDag
+from onnxflow.flow.zero_init import ones_if_zero_init
 
 
 def batchnorm_folds(graph: gs.Graph, dag: WeightDag) -> tuple[dict[str, np.ndarray], set[int]]:
@@ -42,6 +43,7 @@ def batchnorm_folds(graph: gs.Graph, dag: WeightDag) -> tuple[dict[str, np.ndarr
         if w.name not in weights or len(w.outputs) != 1 or w.name in factors:
             continue
         eps = float(bn.attrs.get("epsilon", 1e-5))
+        gamma = ones_if_zero_init(gamma, dag.read_as_ones)
         s = np.abs(np.asarray(gamma.values, np.float64)) / np.sqrt(
             np.asarray(var.values, np.float64) + eps
         )

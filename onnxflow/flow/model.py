@@ -25,6 +25,7 @@ from onnxflow.flow.fold import batchnorm_folds
 from onnxflow.flow.registry import FlowRule, get_flow_rule
 from onnxflow.flow.rules.elementwise import PassThrough
 from onnxflow.flow.sources import data_source, lookup_forward
+from onnxflow.flow.zero_init import ones_if_zero_init
 
 PASS_THROUGH = PassThrough()
 MIN_OPSET = 17
@@ -79,7 +80,7 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
         if t.name in values:
             return values[t.name]
         if isinstance(t, gs.Constant):
-            return Const(t.name, tuple(t.shape), t)
+            return Const(t.name, tuple(t.shape), ones_if_zero_init(t, dag.read_as_ones))
         raise OnnxflowError(f"tensor {t.name!r} is used before it is produced")
 
     steps: list[_Step] = []

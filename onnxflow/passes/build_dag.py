@@ -6,6 +6,7 @@ import fnmatch
 
 from onnxflow.dag import WeightLayer, build_weight_dag, quantized_weight_node, tie_lookup_copies
 from onnxflow.errors import OnnxflowError
+from onnxflow.flow.zero_init import find_zero_init
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.tensors import stored_tensor_names
 
@@ -36,10 +37,17 @@ class BuildDagPass(Pass):
         patterns = state.options.exclude
         if patterns:
             dag.layers = [layer for layer in dag.layers if not _excluded(layer, patterns)]
+        if state.options.zero_init == "ones":
+            zero = state.zero_init = find_zero_init(state.graph, stored)
+            # An all-zero weight has nothing to prune: it leaves N, and flow crosses it as ones.
+            dag.layers = [layer for layer in dag.layers if layer.name not in zero.weights]
+            dag.read_as_ones = zero.names
         if not dag.layers:
             raise OnnxflowError(
                 f"{state.source or 'model'} has no prunable weights "
                 "(constant weights of Conv, ConvTranspose, Gemm or MatMul"
-                + (", not excluded by --exclude)" if patterns else ")")
+                + (", not excluded by --exclude" if patterns else "")
+                + (", not all zero" if state.zero_init.weights else "")
+                + ")"
             )
         state.dag = dag

@@ -35,4 +35,5 @@ class ReportPass(Pass):
             pattern_skipped=state.pattern_skipped,
             external_data=state.external_data,
             notes=list(state.notes),
+            zero_init=state.zero_init,
         )
