@@ -223,13 +223,13 @@ def _copy_verbatim(
     if derived is not None and _is_lookup(node, inputs, derived):
         (t,) = node.outputs
         table = g.const_input(inputs[0], absolute=True)
-        if inputs[0].values is None:
-            table = g.node("Abs", [table])
+        if inputs[0].values is None:  # a table the flow model computes
+            table = g.node("Cast", [g.node("Abs", [table])], to=TensorProto.FLOAT)
         idx_rank = len(_shape(node.inputs[1]))
         axis = int(node.attrs.get("axis", 0))
-        flow = lookup_forward(g, table, inputs[0].shape, idx_rank, axis, _shape(t))
-        values[t.name] = g.rescale(Flow(flow, g.zero_scale, _shape(t)), _shape(t))
-        values[t.name] = replace(values[t.name], shape=_shape(t))
+        shape = _shape(t)
+        flow = lookup_forward(g, table, inputs[0].shape, idx_rank, axis, shape)
+        values[t.name] = replace(g.rescale(Flow(flow, g.zero_scale), shape), shape=shape)
         return
     names = ["" if v is None else g.const_input(v) for v in inputs]
     outs = [g.fresh(node.op) for _ in node.outputs]
