@@ -188,8 +188,8 @@ class NormalizePass(Pass):
             if note is not None:
                 state.notes.append(note)
         refuse_control_flow(graph, activations(graph))
-        # Folding only removes nodes: static shapes found before it still hold. Infer again
-        # only if some tensor still lacks one.
+        # Static shapes found before folding still hold; inlined branches may bring tensors
+        # without one. Infer again only if some tensor lacks one.
         if not all(_static(t) for t in graph.tensors().values() if isinstance(t, gs.Variable)):
             _infer_shapes(graph)
         state.graph = graph
