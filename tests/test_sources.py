@@ -181,8 +181,12 @@ def test_zero_weights_on_every_path_are_named_as_the_cause() -> None:
     g.inits.append(numpy_helper.from_array(np.zeros((3, 2), np.float32), "b"))
     y = g.op("MatMul", h, "b")
     model = g.model([helper.make_tensor_value_info("x", F, [1, 4])], y)
+    # The paper's strict R blames the zero weight; by default an all-zero weight tensor is
+    # read as ones (zero-initialized) and leaves N, so the model prunes.
     with pytest.raises(OnnxflowError, match="crosses a zero weight"):
-        onnxflow.prune(model, sparsity=0.5)
+        onnxflow.prune(model, sparsity=0.5, zero_init="strict")
+    result = onnxflow.prune(model, sparsity=0.5)
+    assert "b" not in result.masks and result.masks["a"].sum() == 6
 
 
 V, T, E = 11, 5, 6
