@@ -192,11 +192,14 @@ def save(
     report: str | os.PathLike[str] | None = None,
     plot: str | os.PathLike[str] | None = None,
     source: str | os.PathLike[str] | None = None,
-) -> None:
+) -> dict[str, Path]:
     """Write the pruned model and, optionally, masks/scores (.npz), the report (.json) and
     a plot of density per layer (.png, needs matplotlib).
 
     All files are written atomically and together: on failure none of them changes.
+
+    Returns:
+        The files written, by role ("output", "external data", "--masks", ...).
     """
     paths = output_paths(
         Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report, plot))
@@ -231,3 +234,4 @@ def save(
         )
         writers[paths["--plot"]] = png_writer(fig)
     write_atomically(writers)
+    return paths

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxflow.dag import WeightDag
+from onnxflow.dag import WeightDag, WeightLayer
 
 SCHEMA_VERSION = 1
 
@@ -61,6 +61,10 @@ class Report:
     """Layers an N:M pattern could not be applied to (their shape does not allow it)."""
     external_data: bool = False
     """The input kept tensors in external data files; the output is written that way too."""
+    excluded: list[LayerReport] = field(default_factory=list)
+    """Prunable layers that `exclude` kept whole (not in `layers` nor in the totals)."""
+    exclude_unmatched: list[str] = field(default_factory=list)
+    """`exclude` patterns that matched no prunable weight (a typo, most likely)."""
 
     @property
     def params(self) -> int:
@@ -120,7 +124,9 @@ class Report:
                 "bytes_after_dense": self.bytes_after_dense,
                 "pattern_skipped_layers": self.pattern_skipped,
                 "external_data": self.external_data,
+                "exclude_unmatched": self.exclude_unmatched,
             },
+            "excluded_layers": [asdict(layer) for layer in self.excluded],
             "seconds": self.seconds,
         }
 
@@ -128,7 +134,24 @@ class Report:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
-def build_report(dag: WeightDag, masks: dict[str, np.ndarray], **kwargs: Any) -> Report:
+def build_report(
+    dag: WeightDag,
+    masks: dict[str, np.ndarray],
+    excluded: list[WeightLayer] | None = None,
+    **kwargs: Any,
+) -> Report:
+    kept_whole = [
+        LayerReport(
+            name=layer.name,
+            nodes=list(layer.nodes),
+            op=layer.op,
+            shape=list(layer.shape),
+            params=layer.size,
+            kept=layer.size,
+            uses=layer.uses,
+        )
+        for layer in excluded or []
+    ]
     layers = [
         LayerReport(
             name=layer.name,
@@ -141,4 +164,4 @@ def build_report(dag: WeightDag, masks: dict[str, np.ndarray], **kwargs: Any) ->
         )
         for layer in dag.layers
     ]
-    return Report(layers, **kwargs)
+    return Report(layers, excluded=kept_whole, **kwargs)

@@ -10,9 +10,8 @@ from onnxflow.pipeline import Pass, PruneState
 from onnxflow.tensors import stored_tensor_names
 
 
-def _excluded(layer: WeightLayer, patterns: tuple[str, ...]) -> bool:
-    names = [layer.name, *layer.nodes]
-    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+def _matches(layer: WeightLayer, pattern: str) -> bool:
+    return any(fnmatch.fnmatchcase(n, pattern) for n in (layer.name, *layer.nodes))
 
 
 class BuildDagPass(Pass):
@@ -32,7 +31,11 @@ class BuildDagPass(Pass):
         dag = build_weight_dag(state.graph, stored_tensor_names(state.model))
         patterns = state.options.exclude
         if patterns:
-            dag.layers = [layer for layer in dag.layers if not _excluded(layer, patterns)]
+            state.excluded = [x for x in dag.layers if any(_matches(x, p) for p in patterns)]
+            state.exclude_unmatched = [
+                p for p in patterns if not any(_matches(x, p) for x in dag.layers)
+            ]
+            dag.layers = [x for x in dag.layers if x not in state.excluded]
         if not dag.layers:
             raise OnnxflowError(
                 f"{state.source or 'model'} has no prunable weights "

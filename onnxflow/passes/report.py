@@ -25,6 +25,7 @@ class ReportPass(Pass):
         state.report = build_report(
             state.dag,
             state.masks,
+            state.excluded,
             options=options,
             provider=state.provider or "cpu",
             log_flow=state.log_flow,
@@ -34,4 +35,5 @@ class ReportPass(Pass):
             bytes_after_dense=dense,
             pattern_skipped=state.pattern_skipped,
             external_data=state.external_data,
+            exclude_unmatched=state.exclude_unmatched,
         )
