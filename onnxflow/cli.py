@@ -6,6 +6,7 @@ written); 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -303,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     except _ReaderGone:
         # `onnxflow ... | head`: the reader has all it wants. Point stdout at /dev/null so
         # that the interpreter's final flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:  # noqa: BLE001 - the user gets one line, never a traceback
         click.echo(f"error: internal error ({type(e).__name__}): {one_line(e)}", err=True)

@@ -9,15 +9,18 @@ exact.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from onnxflow.report import LayerReport, Report
 
@@ -59,12 +62,11 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
-def _table(title: str, columns: Sequence[str], left: Iterable[str]) -> Table:
-    """A compact table: no vertical rules, one space between columns; the layer column folds
-    (never cuts) names too long for the terminal, the others never wrap."""
+def _table(title: str, columns: Sequence[str], left: Iterable[str]) -> Group:
+    """A compact table under its title: no vertical rules, one space between columns; the
+    layer column folds (never cuts) names too long for the terminal, the others never wrap.
+    The title is a line of its own, left to the terminal to wrap (a long output path)."""
     table = Table(
-        title=title,
-        title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
@@ -78,7 +80,7 @@ def _table(title: str, columns: Sequence[str], left: Iterable[str]) -> Table:
             overflow="fold",
             no_wrap=i != 0,
         )
-    return table
+    return Group(Text(title, no_wrap=True, overflow="ignore"), table)
 
 
 def method_label(report: Report) -> str:
@@ -86,13 +88,17 @@ def method_label(report: Report) -> str:
     return METHOD_LABELS.get(method, method)
 
 
-def prune_table(report: Report, output: Path | str, *, wide: bool = False) -> Table:
+def prune_table(report: Report, output: Path | str, *, wide: bool = False) -> Group:
     """The per-layer table of a pruning; excluded layers are listed after the pruned ones."""
     columns = ["layer", "op", "params", "kept", "density"]
     if wide:
         columns[2:2] = ["shape"]
         columns += ["FLOPs", "sparse FLOPs"]
-    table = _table(f"{method_label(report)} pruning -> {output}", columns, ("layer", "op", "shape"))
+    titled = _table(
+        f"{method_label(report)} pruning -> {output}", columns, ("layer", "op", "shape")
+    )
+    table = titled.renderables[1]
+    assert isinstance(table, Table)
     count = (lambda n: f"{n:,}") if wide else compact
 
     def row(layer: LayerReport, kept: str, density: str) -> list[str]:
@@ -114,7 +120,7 @@ def prune_table(report: Report, output: Path | str, *, wide: bool = False) -> Ta
         total[2:2] = [""]
         total += [compact(report.flops), compact(report.flops_kept)]
     table.add_row(*total)
-    return table
+    return titled
 
 
 def prune_summary(report: Report, written: Mapping[str, Path] | None = None) -> list[str]:
@@ -156,13 +162,15 @@ def prune_warnings(report: Report) -> list[str]:
     return out
 
 
-def inspect_table(rows: Sequence[Mapping[str, Any]], model: Path | str, *, wide: bool) -> Table:
+def inspect_table(rows: Sequence[Mapping[str, Any]], model: Path | str, *, wide: bool) -> Group:
     """The per-layer table of `onnxflow inspect` (rows of `Inspection.to_dict()`)."""
     columns = ["layer", "op", "params", "nonzero", "density"]
     if wide:
         columns[2:2] = ["shape"]
         columns += ["FLOPs", "sparse FLOPs", "fed by"]
-    table = _table(f"prunable weights of {model}", columns, ("layer", "op", "shape", "fed by"))
+    titled = _table(f"prunable weights of {model}", columns, ("layer", "op", "shape", "fed by"))
+    table = titled.renderables[1]
+    assert isinstance(table, Table)
     count = (lambda n: f"{n:,}") if wide else compact
     for r in rows:
         cells = [r["name"], r["op"], count(r["params"]), count(r["nonzero"]), percent(r["density"])]
@@ -185,7 +193,7 @@ def inspect_table(rows: Sequence[Mapping[str, Any]], model: Path | str, *, wide:
             "",
         ]
     table.add_row(*total)
-    return table
+    return titled
 
 
 def inspect_summary(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -228,8 +236,18 @@ def warn(console: Console, message: str) -> None:
     console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
+class _Stdout(Console):
+    """rich ends the process with status 1 when stdout's reader leaves; `onnxflow ... | head`
+    is no failure: the CLI turns the BrokenPipeError into exit status 0."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise BrokenPipeError
+
+
 def stdout() -> Console:
     """Tables on stdout at the terminal's width; piped, wide enough never to fold a name
     (the default tables are only as wide as their content)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=240)
+    console = _Stdout()
+    return console if console.is_terminal else _Stdout(width=240)
