@@ -220,7 +220,7 @@ def save(
     if "--masks" in paths:
         writers[paths["--masks"]] = npz_writer(result.masks)
     if "--scores" in paths:
-        writers[paths["--scores"]] = npz_writer(result.log_scores)
+        writers[paths["--scores"]] = npz_writer(result.log_scores, compress=False)
     if "--report" in paths:
         writers[paths["--report"]] = text_writer(result.report.to_json())
     if "--plot" in paths:
