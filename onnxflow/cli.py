@@ -146,7 +146,12 @@ def cli() -> None:
     show_default=True,
     help="onnxruntime device for the flow computation.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table (warnings still print).")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress bar and no summary table (warnings still print).",
+)
 @wide_option
 def prune(
     model: Path,
