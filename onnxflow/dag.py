@@ -161,9 +161,12 @@ def _operand_shape(t: gs.Tensor, stored: gs.Constant) -> tuple[int, ...]:
     weight as is and transposes it in the graph), and only the seen shape says which axis
     holds the output features. The stored shape where the seen one is unknown."""
     shape = t.shape
-    if shape is not None and all(isinstance(d, int) and d > 0 for d in shape):
-        if int(np.prod(shape)) == int(np.prod(stored.shape)):
-            return tuple(int(d) for d in shape)
+    if (
+        shape is not None
+        and all(isinstance(d, int) and d > 0 for d in shape)
+        and int(np.prod(shape)) == int(np.prod(stored.shape))
+    ):
+        return tuple(int(d) for d in shape)
     return tuple(stored.shape)
 
 
