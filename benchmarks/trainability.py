@@ -130,16 +130,17 @@ def run_seed(seed: int, epochs: int, split: tuple[Any, Any, Any, Any]) -> list[d
                 rows.append({"seed": seed, "method": method, "compression": c,
                              "kept": result.report.kept, "emptied": len(result.report.emptied),
                              "accuracy": acc})  # fmt: skip
+                took = time.perf_counter() - t0
                 print(f"seed {seed} {method:9s} 10^{c:.1f}: kept {result.report.kept:6d}, "
                       f"{len(result.report.emptied)} layers emptied, accuracy {acc:.3f} "
-                      f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)  # fmt: skip
+                      f"({took:.1f}s)", file=sys.stderr, flush=True)  # fmt: skip
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     def cell(sel: list[dict[str, Any]]) -> str:
         accs = [r["accuracy"] for r in sel]
-        return f"{100 * statistics.mean(accs):.1f} ({100 * min(accs):.1f}–{100 * max(accs):.1f})"
+        return f"{100 * statistics.mean(accs):.1f} ({100 * min(accs):.1f}-{100 * max(accs):.1f})"
 
     dense = [r for r in rows if r["method"] == "dense"]
     kept = {r["compression"]: r["kept"] for r in rows if r["method"] == "synflow"}
@@ -194,7 +195,7 @@ def main() -> None:
     torch.set_num_threads(1)  # small tensors: threads cost more than they give
     split = data()
     rows = [r for seed in range(args.seeds) for r in run_seed(seed, args.epochs, split)]
-    print(f"test accuracy (%) after {args.epochs} epochs, mean (min–max) over "
+    print(f"test accuracy (%) after {args.epochs} epochs, mean (min-max) over "
           f"{args.seeds} seeds:\n")  # fmt: skip
     print(table(rows))
     if args.json is not None:

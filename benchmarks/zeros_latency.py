@@ -62,7 +62,7 @@ def main() -> None:
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
         x = {inp.name: np.random.default_rng(0).normal(size=shape).astype(np.float32)}
         times: dict[str, list[float]] = {"dense": [], "pruned": []}
-        for name, sess in sessions.items():  # warm-up
+        for sess in sessions.values():  # warm-up
             for _ in range(3):
                 sess.run(None, x)
         for _ in range(args.runs):
