@@ -127,3 +127,26 @@ def test_scores_are_stored_uncompressed_and_masks_compressed(
     with np.load(scores) as s, np.load(masks) as m:
         assert set(s.files) == set(m.files)
         assert all(s[k].dtype == np.float64 and s[k].shape == m[k].shape for k in s.files)
+
+
+def test_wide_tables_have_exact_counts_and_every_column(
+    capsys: pytest.CaptureFixture[str], model: Path
+) -> None:
+    code, out, _ = run(capsys, "prune", model, "--sparsity", 0.5, "--iterations", 1, "--wide")
+    assert code == 0
+    header = out.splitlines()[1].split()
+    assert header == [
+        "layer",
+        "op",
+        "shape",
+        "params",
+        "kept",
+        "density",
+        "FLOPs",
+        "sparse",
+        "FLOPs",
+    ]
+    total = next(line for line in out.splitlines() if line.startswith("total")).split()
+    assert total[1:3] == ["1,488", "744"]
+    code, out, _ = run(capsys, "inspect", model, "--wide")
+    assert code == 0 and "fed by" in out.splitlines()[1] and "1,488" in out
