@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -145,6 +146,8 @@ def map_masks(
         by_print.setdefault((arr.size, _fingerprint(arr)), []).append((name, arr))
 
     found: dict[str, dict[str, np.ndarray]] = {}
+    copies: dict[str, int] = {}
+    stored: Counter[tuple[int, bytes]] | None = None
     unmatched: list[str] = []
     ambiguous: dict[str, list[str]] = {}
     for key, mask in masks.items():
@@ -156,17 +159,26 @@ def map_masks(
         # Per matching parameter, the distinct masks its matching layouts give: a symmetric
         # weight matches in two layouts, harmless when the mask comes out the same.
         layouts: dict[str, dict[bytes, np.ndarray]] = {}
-        for name, param in by_print.get((weight.size, _fingerprint(weight)), []):
+        fingerprint = _fingerprint(weight)
+        for name, param in by_print.get((weight.size, fingerprint), []):
             for order in _layouts(weight, param):
                 out = np.ascontiguousarray(np.transpose(mask, order).reshape(param.shape))
                 layouts.setdefault(name, {})[out.tobytes()] = out
         if not layouts:
             unmatched.append(key)
-        elif several := [f"{n} (in {len(o)} layouts)" for n, o in layouts.items() if len(o) > 1]:
+            continue
+        if stored is None:  # how many tensors of the model hold each set of values
+            stored = Counter(
+                (w.size, _fingerprint(w))
+                for w in weights.values()
+                if np.issubdtype(w.dtype, np.floating)
+            )
+        copies[key] = stored[weight.size, fingerprint]
+        if several := [f"{n} (in {len(o)} layouts)" for n, o in layouts.items() if len(o) > 1]:
             ambiguous[key] = several
         else:
             found[key] = {n: next(iter(o.values())) for n, o in layouts.items()}
-    mapped = _assign(found, ambiguous)
+    mapped = _assign(found, copies, ambiguous)
     if unmatched or ambiguous:
         arrays = {k: _as_array(v) for k, v in params.items() if k in unmatched}
         same_name = [k for k, v in arrays.items() if v.size == masks[k].size]
@@ -175,16 +187,19 @@ def map_masks(
 
 
 def _assign(
-    found: dict[str, dict[str, np.ndarray]], ambiguous: dict[str, list[str]]
+    found: dict[str, dict[str, np.ndarray]],
+    copies: dict[str, int],
+    ambiguous: dict[str, list[str]],
 ) -> dict[str, np.ndarray]:
     """Parameter masks from each mask's candidates (parameter -> mask in its layout).
 
     Parameters holding equal values are common: nn.TransformerEncoder deep-copies its first
     layer, so at initialization every layer holds the same weights. Masks whose weights match
     the same set of parameters are settled together: when they all give each parameter the
-    same mask (one deduplicated initializer shared by every copy, or equal masks), every
-    parameter gets it; when each mask's own name is one of the parameters (the exporter kept
-    names), names pair them; otherwise they are ambiguous and added to `ambiguous`.
+    same mask and the model stores those values in no other tensor (`copies`: the exporter
+    stored them once for every copy, or all copies got equal masks), every parameter gets
+    it; when each mask's own name is one of the parameters (the exporter kept names), names
+    pair them; otherwise they are ambiguous and added to `ambiguous`.
     """
     groups: dict[frozenset[str], list[str]] = {}
     for key, cands in found.items():
@@ -193,7 +208,10 @@ def _assign(
     source: dict[str, str] = {}
     for names, keys in groups.items():
         first = found[keys[0]]
-        if all(np.array_equal(found[k][n], first[n]) for k in keys[1:] for n in names):
+        unmasked_copies = copies[keys[0]] > len(keys)  # e.g. one copy left out by `exclude`
+        if not unmasked_copies and all(
+            np.array_equal(found[k][n], first[n]) for k in keys[1:] for n in names
+        ):
             pairs = [(n, keys[0]) for n in sorted(names)]
         elif len(keys) == len(names) and set(keys) == names:
             pairs = [(k, k) for k in keys]

@@ -180,3 +180,13 @@ def test_a_weight_in_two_layouts_with_different_masks_is_ambiguous() -> None:
     symm = np.array([[True, False], [False, True]])
     out = onnxflow.map_masks({"w": symm}, model, {"lin.weight": sym})
     np.testing.assert_array_equal(out["lin.weight"], symm)
+
+
+def test_equal_weights_one_left_unpruned_are_not_all_given_the_mask() -> None:
+    """Two stored copies of equal values, one pruned and one not (left out by --exclude):
+    the single mask cannot be given to both parameters, nor can it be told which."""
+    model, w = twin_model(("val_1", "val_2"), shared=False)
+    masks = {"val_1": np.eye(4, dtype=bool)}
+    with pytest.raises(MaskMappingError) as err:
+        onnxflow.map_masks(masks, model, {"l1.weight": w.T.copy(), "l2.weight": w.T.copy()})
+    assert err.value.ambiguous == {"val_1": ["l1.weight", "l2.weight"]}
