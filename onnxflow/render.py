@@ -126,16 +126,16 @@ def prune_table(report: Report, output: Path | str, *, wide: bool = False) -> Gr
 def prune_summary(report: Report, written: Mapping[str, Path] | None = None) -> list[str]:
     """The lines under the prune table: exact totals, the theoretical FLOPs, sizes, files."""
     c, weights = report.compression, plural(report.params, "prunable weight")
-    lines = [
-        f"{method_label(report)}: kept {report.kept:,} of {weights} ({percent(report.density)},"
-        f" compression 10^{c:.2f}) in {report.seconds:.1f}s on {report.provider}",
-        f"FLOPs with a sparse kernel (theoretical; dense runtimes skip no zeros): "
-        f"{compact(report.flops)} -> {compact(report.flops_kept)}",
-    ]
     sizes = f"file {report.bytes_before:,} -> {report.bytes_after:,} bytes"
     if report.bytes_after != report.bytes_after_dense:
         sizes += f" (sparse storage; dense {report.bytes_after_dense:,})"
-    lines.append(sizes)
+    lines = [
+        f"kept {report.kept:,} of {weights} ({percent(report.density)}, compression 10^{c:.2f})",
+        # Theoretical: the pruned model runs dense, zeros and all (README).
+        f"FLOPs with a sparse kernel (theoretical): {compact(report.flops)} -> "
+        f"{compact(report.flops_kept)}",
+        f"{sizes}, {report.seconds:.1f}s on {report.provider}",
+    ]
     if written:
         lines.append("wrote " + ", ".join(f"{p}" for p in written.values()))
     return lines
