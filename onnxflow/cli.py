@@ -28,6 +28,7 @@ from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.inspect import inspect_model
 from onnxflow.options import parse_input_shape, parse_pattern
 from onnxflow.plot import density_figure, png_writer, require_matplotlib
+from onnxflow.report import Report
 from onnxflow.save import check_output_paths, write_atomically
 
 input_shape_option = click.option(
@@ -228,13 +229,7 @@ def prune(
     written = api.save(
         result, output, masks=masks, scores=scores, report=report, plot=plot, source=model
     )
-    if not quiet:
-        out = render.stdout()
-        out.print(render.prune_table(result.report, output, wide=wide))
-        for line in render.prune_summary(result.report, written):
-            out.print(line, highlight=False, soft_wrap=True)
-    for message in render.prune_warnings(result.report):
-        render.warn(console, message)
+    _print_summary(result.report, output, written, quiet=quiet, wide=wide)
 
 
 @cli.command()
@@ -282,6 +277,28 @@ def inspect(
     err = render.stderr()
     for message in render.inspect_warnings(result):
         render.warn(err, message)
+
+
+def _print_summary(
+    report: Report,
+    output: Path,
+    written: dict[str, Path] | None = None,
+    *,
+    quiet: bool = False,
+    wide: bool = False,
+) -> None:
+    """The table and summary lines on stdout (unless quiet), the warnings on stderr."""
+    if not quiet:
+        out = render.stdout()
+        out.print(render.prune_table(report, output, wide=wide))
+        for line in render.prune_summary(report, written):
+            out.print(line, highlight=False, soft_wrap=True)
+    err = render.stderr()
+    for message in render.prune_warnings(report):
+        render.warn(err, message)
+
+
+_si = render.compact  # the former name, for code that imported it
 
 
 def main(argv: list[str] | None = None) -> int:
