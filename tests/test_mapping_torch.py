@@ -129,3 +129,34 @@ def test_dynamo_export_with_batchnorm_folded_under_the_parameter_name_is_refused
     with pytest.raises(onnxflow.MaskMappingError, match=r"conv1\.weight.*other values") as err:
         onnxflow.map_masks(result.masks, proto, model.state_dict())
     assert err.value.unmatched == ["conv1.weight"]
+
+
+def test_the_pytorch_loop_in_docs_masks_md_runs(tmp_path, monkeypatch) -> None:
+    """The documented loop, executed as written (dynamo export, prune, map, apply)."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("onnxscript")
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "masks.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S)
+    assert code is not None and "map_masks" in code.group(1)
+
+    class MyNet(nn.Module):  # no BatchNorm: dynamo's optimizer would fold it (see the doc)
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+    monkeypatch.chdir(tmp_path)
+    scope = {"MyNet": MyNet, "example_input": torch.randn(1, 3, 8, 8)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code.group(1), "docs/masks.md", "exec"), scope)
+    model, masks = scope["model"], scope["masks"]
+    assert set(masks) == {"conv.weight", "fc.weight"}
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == round(0.01 * (8 * 3 * 9 + 8 * 4))  # sparsity 0.99 of 248 weights
+    assert int((model.conv.weight != 0).sum()) == int(masks["conv.weight"].sum())
