@@ -3,12 +3,14 @@
 import onnxflow
 pruned, masks, log_scores, report = onnxflow.prune("model.onnx", sparsity=0.99)
 onnxflow.save(onnxflow.prune(...), "model.pruned.onnx", masks="masks.npz")
+torch_masks = onnxflow.map_masks(masks, "model.onnx", torch_model.state_dict())
 """
 
 from onnxflow.api import PruneResult, ScoreResult, build_pipeline, prune, save, score
 from onnxflow.errors import OnnxflowError, UnsupportedOpError
 from onnxflow.flow import Const, Flow, FlowBuilder, FlowRule, NodeContext
 from onnxflow.flow.registry import flow_rule, register_flow_rule
+from onnxflow.mapping import MaskMappingError, map_masks
 from onnxflow.options import PruneOptions
 from onnxflow.report import Report
 
@@ -19,6 +21,7 @@ __all__ = [
     "Flow",
     "FlowBuilder",
     "FlowRule",
+    "MaskMappingError",
     "NodeContext",
     "OnnxflowError",
     "PruneOptions",
@@ -28,6 +31,7 @@ __all__ = [
     "UnsupportedOpError",
     "build_pipeline",
     "flow_rule",
+    "map_masks",
     "prune",
     "register_flow_rule",
     "save",

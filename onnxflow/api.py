@@ -256,11 +256,14 @@ def save(
     report: str | os.PathLike[str] | None = None,
     plot: str | os.PathLike[str] | None = None,
     source: str | os.PathLike[str] | None = None,
-) -> None:
+) -> dict[str, Path]:
     """Write the pruned model and, optionally, masks/scores (.npz), the report (.json) and
     a plot of density per layer (.png, needs matplotlib).
 
     All files are written atomically and together: on failure none of them changes.
+
+    Returns:
+        The files written, by role ("output", "external data", "--masks", ...).
     """
     paths = output_paths(
         Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report, plot))
@@ -281,7 +284,7 @@ def save(
     if "--masks" in paths:
         writers[paths["--masks"]] = npz_writer(result.masks)
     if "--scores" in paths:
-        writers[paths["--scores"]] = npz_writer(result.log_scores)
+        writers[paths["--scores"]] = npz_writer(result.log_scores, compress=False)
     if "--report" in paths:
         writers[paths["--report"]] = text_writer(result.report.to_json())
     if "--plot" in paths:
@@ -295,3 +298,4 @@ def save(
         )
         writers[paths["--plot"]] = png_writer(fig)
     write_atomically(writers)
+    return paths

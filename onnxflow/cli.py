@@ -6,17 +6,24 @@ written); 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from onnxflow import api
+from onnxflow import api, render
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.inspect import inspect_model
 from onnxflow.options import ZERO_INIT_CHOICES, parse_input_shape, parse_pattern
@@ -31,9 +38,29 @@ input_shape_option = click.option(
     metavar="NAME=1x3x224x224",
     help="Shape of an input with dynamic dimensions (repeatable).",
 )
+wide_option = click.option(
+    "--wide",
+    is_flag=True,
+    help="Table with every column (shape, FLOPs) and exact counts; wider than 80 columns.",
+)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _ReaderGone(Exception):
+    """stdout's reader closed the pipe (`onnxflow ... | head`): not an error."""
+
+
+class _Group(click.Group):
+    """Turns a broken stdout pipe into `_ReaderGone` before click's own handler, which
+    would exit with status 1, sees it."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise _ReaderGone from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxflow")
 def cli() -> None:
     """onnxflow: prune any ONNX model with SynFlow, without data."""
@@ -160,7 +187,13 @@ def cli() -> None:
     show_default=True,
     help="Channel mode: rank groups by flow, or by flow per weight or per FLOP they cost.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress bar and no summary table (warnings still print).",
+)
+@wide_option
 def prune(
     model: Path,
     output: Path | None,
@@ -188,6 +221,7 @@ def prune(
     latency: bool,
     ranking: str,
     quiet: bool,
+    wide: bool,
 ) -> None:
     """Prune MODEL with iterative SynFlow and write the pruned model.
 
@@ -239,43 +273,53 @@ def prune(
     check_output_paths(model, api.output_paths(output, masks, scores, report, plot))
     if plot is not None:
         require_matplotlib()
-    console = Console(stderr=True)
+    console = render.stderr()
     with Progress(
-        TextColumn("pruning"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=console,
         transient=True,
         disable=quiet or not console.is_terminal,
     ) as bar:
-        task = bar.add_task("prune", total=options.iterations)
+        # Loading and analysing a large model takes seconds before the first iteration.
+        task = bar.add_task(f"loading {model.name}", total=None)
         result = api.prune(
             model,
             options,
-            progress=lambda done, total: bar.update(task, completed=done),
+            progress=lambda done, total: bar.update(
+                task, description="pruning", total=total, completed=done
+            ),
             keep_scores=scores is not None,
         )
-    api.save(result, output, masks=masks, scores=scores, report=report, plot=plot, source=model)
-    if not quiet:
-        _print_summary(result.report, output)
+    written = api.save(
+        result, output, masks=masks, scores=scores, report=report, plot=plot, source=model
+    )
+    _print_summary(result.report, output, written, quiet=quiet, wide=wide)
 
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@wide_option
 @click.option(
     "--plot",
     type=click.Path(path_type=Path),
     metavar="FILE.png",
     help="Draw current density per layer (.png; needs matplotlib).",
 )
-def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool, plot: Path | None) -> None:
+def inspect(
+    model: Path, input_shapes: tuple[str, ...], as_json: bool, wide: bool, plot: Path | None
+) -> None:
     """List MODEL's prunable weights and the ops that lack a flow rule, without pruning.
 
-    Shows the weight-layer DAG (layer, op, weight shape, params, current density, the layers
-    that feed it) and flags every op on the flow path without a rule.
+    Shows the weight-layer DAG (layer, op, params, current density; with --wide also the
+    weight shape, FLOPs and the layers that feed it) and flags every op on the flow path
+    without a rule.
     """
     if plot is not None:
         check_output_paths(model, {"--plot": plot})
@@ -295,96 +339,45 @@ def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool, plot: Pat
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    table = Table(title=f"prunable weights of {model}", title_justify="left")
-    columns = ("layer", "op", "shape", "params", "nonzero", "density", "FLOPs", "FLOPs kept")
-    for col in (*columns, "fed by"):
-        table.add_column(
-            col, justify="left" if col in ("layer", "op", "shape", "fed by") else "right"
-        )
     rows = result.to_dict()["layers"]
-    for row in rows:
-        table.add_row(
-            row["name"], row["op"], "x".join(map(str, row["shape"])), f"{row['params']:,}",
-            f"{row['nonzero']:,}", f"{row['density']:.4%}", _si(row["flops"]),
-            _si(row["flops_kept"]), ", ".join(row["feeds_from"]) or "input",
-        )  # fmt: skip
-    params, nonzero = sum(r["params"] for r in rows), sum(r["nonzero"] for r in rows)
-    table.add_section()
-    table.add_row(
-        "total", "", "", f"{params:,}", f"{nonzero:,}", f"{nonzero / max(params, 1):.4%}",
-        _si(sum(r["flops"] for r in rows)), _si(sum(r["flops_kept"] for r in rows)), "",
-    )  # fmt: skip
-    console = _stdout()
-    console.print(table)
-    console.print(f"{len(rows)} prunable weights, {params:,} parameters, {nonzero:,} nonzero")
-    for note in result.notes:  # parts left dense or out of the flow
-        Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {note}")
-    for m in result.missing_rules:
-        Console(stderr=True).print(
-            f"[yellow]warning:[/] no flow rule for {m.op_type!r} (domain "
-            f"{m.domain or 'ai.onnx'!r}, node {m.node!r}); prune will refuse this model"
-        )
+    out = render.stdout()
+    out.print(render.inspect_table(rows, model, wide=wide))
+    out.print(render.inspect_summary(rows), highlight=False)
+    err = render.stderr()
+    for message in render.inspect_warnings(result):
+        render.warn(err, message)
 
 
-def _print_summary(report: Report, output: Path) -> None:
-    table = Table(title=f"SynFlow pruning -> {output}", title_justify="left")
-    columns = ("layer", "op", "shape", "params", "kept", "density", "FLOPs", "FLOPs kept")
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("layer", "op", "shape") else "right")
-    for layer in report.layers:
-        table.add_row(
-            layer.name, layer.op, "x".join(map(str, layer.shape)), f"{layer.params:,}",
-            f"{layer.kept:,}", f"{layer.density:.4%}", _si(layer.flops), _si(layer.flops_kept),
-        )  # fmt: skip
-    table.add_section()
-    table.add_row(
-        "total", "", "", f"{report.params:,}", f"{report.kept:,}", f"{report.density:.4%}",
-        _si(report.flops), _si(report.flops_kept),
-    )  # fmt: skip
-    console = _stdout()
-    console.print(table)
-    sizes = f"{report.bytes_before:,} -> {report.bytes_after:,} bytes"
-    if report.bytes_after != report.bytes_after_dense:
-        sizes += f" (sparse storage; dense {report.bytes_after_dense:,})"
-    console.print(
-        f"compression 10^{report.compression:.2f}, file {sizes}, "
-        f"{report.seconds:.1f}s on {report.provider}"
-    )
-    if report.pattern_skipped:
-        Console(stderr=True, soft_wrap=True).print(
-            f"[yellow]warning:[/] --pattern skipped layers whose input channels do not split "
-            f"into groups: {', '.join(report.pattern_skipped)}"
-        )
-    for note in report.notes:  # parts left dense or out of the flow
-        Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {note}")
-    if report.zero_init:
-        Console(stderr=True, soft_wrap=True).print(
-            f"note: {report.zero_init.summary()} (--zero-init strict: the paper's R)",
-            markup=False,
-        )
-    if report.emptied:
-        Console(stderr=True, soft_wrap=True).print(
-            f"[yellow]warning:[/] layers pruned to nothing: {', '.join(report.emptied)}"
-        )
+def _print_summary(
+    report: Report,
+    output: Path,
+    written: dict[str, Path] | None = None,
+    *,
+    quiet: bool = False,
+    wide: bool = False,
+) -> None:
+    """The table and summary lines on stdout (unless quiet), the warnings on stderr."""
+    if not quiet:
+        out = render.stdout()
+        out.print(render.prune_table(report, output, wide=wide))
+        for line in render.prune_summary(report, written):
+            out.print(line, highlight=False, soft_wrap=True)
+    err = render.stderr()
+    for message in render.prune_warnings(report):
+        render.warn(err, message)
+    for message in render.prune_notes(report):
+        render.note(err, message)
 
 
-def _si(n: int) -> str:
-    """1234567 -> '1.23M'."""
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
-
-
-def _stdout() -> Console:
-    """Tables on stdout; when it is not a terminal, wide enough not to cut weight names."""
-    console = Console()
-    return console if console.is_terminal else Console(width=240)
+_si = render.compact  # the former name, for code that imported it
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: every failure becomes one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if not (sys.argv[1:] if argv is None else argv):  # bare `onnxflow`: help is no error
+        click.echo(cli.get_help(click.Context(cli, info_name="onnxflow", **cli.context_settings)))
+        return 0
     try:
         cli.main(args=argv, prog_name="onnxflow", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -401,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
+    except _ReaderGone:
+        # `onnxflow ... | head`: the reader has all it wants. Point stdout at /dev/null so
+        # that the interpreter's final flush does not fail again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # noqa: BLE001 - the user gets one line, never a traceback
         click.echo(f"error: internal error ({type(e).__name__}): {one_line(e)}", err=True)
         return 2

@@ -164,8 +164,24 @@ def quantized_weight_node(graph: gs.Graph) -> gs.Node | None:
     return None
 
 
-def _uses(node: gs.Node, pos: int, w: gs.Constant) -> int:
+def _operand_shape(t: gs.Tensor, stored: gs.Constant) -> tuple[int, ...]:
+    """The weight operand's shape as the node sees it: a stored weight may reach the node
+    through a Transpose or Reshape (TorchScript without constant folding stores a Linear's
+    weight as is and transposes it in the graph), and only the seen shape says which axis
+    holds the output features. The stored shape where the seen one is unknown."""
+    shape = t.shape
+    if (
+        shape is not None
+        and all(isinstance(d, int) and d > 0 for d in shape)
+        and int(np.prod(shape)) == int(np.prod(stored.shape))
+    ):
+        return tuple(int(d) for d in shape)
+    return tuple(stored.shape)
+
+
+def _uses(node: gs.Node, pos: int, stored: gs.Constant) -> int:
     """How many times each weight is multiplied in one pass of `node` (static shapes)."""
+    shape_w = _operand_shape(node.inputs[pos], stored)
     x, y = node.inputs[1 - pos if pos < 2 else 0], node.outputs[0]
     shape_x = [int(d) for d in x.shape] if x.shape is not None else []
     shape_y = [int(d) for d in y.shape] if y.shape is not None else []
@@ -177,12 +193,12 @@ def _uses(node: gs.Node, pos: int, w: gs.Constant) -> int:
     if node.op == "Conv":
         return size_y // max(1, shape_y[1])
     out_features = (
-        w.shape[0]
+        shape_w[0]
         if (node.op == "Gemm" and node.attrs.get("transB", 0)) or (node.op == "MatMul" and pos == 0)
-        else w.shape[-1]
+        else shape_w[-1]
     )
     if node.op == "Gemm" and pos == 0:
-        out_features = w.shape[1] if node.attrs.get("transA", 0) else w.shape[0]
+        out_features = shape_w[1] if node.attrs.get("transA", 0) else shape_w[0]
     return size_y // max(1, int(out_features))
 
 

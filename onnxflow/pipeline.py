@@ -23,7 +23,7 @@ from onnxflow.options import PruneOptions
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
-    from onnxflow.dag import WeightDag
+    from onnxflow.dag import WeightDag, WeightLayer
     from onnxflow.report import Report
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ class PruneState:
     graph: gs.Graph | None = None
     """Normalized analysis copy: static shapes, constants folded."""
     dag: WeightDag | None = None
+    excluded: list[WeightLayer] = field(default_factory=list)
+    """Prunable layers matched by `options.exclude`: left out of `dag`, never pruned."""
+    exclude_unmatched: list[str] = field(default_factory=list)
+    """`options.exclude` patterns that matched no prunable layer."""
     masks: dict[str, np.ndarray] | None = None
     log_scores: dict[str, np.ndarray] | None = None
     log_flow: float | None = None

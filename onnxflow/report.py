@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxflow.dag import WeightDag
+from onnxflow.dag import WeightDag, WeightLayer
 from onnxflow.flow.zero_init import ZeroInit
 
 SCHEMA_VERSION = 1
@@ -66,6 +66,10 @@ class Report:
     """One-line notes on parts of the model left dense or out of the flow, and why."""
     zero_init: ZeroInit = field(default_factory=ZeroInit)
     """Zero-initialized tensors the flow read as ones (`PruneOptions.zero_init`)."""
+    excluded: list[LayerReport] = field(default_factory=list)
+    """Prunable layers that `exclude` kept whole (not in `layers` nor in the totals)."""
+    exclude_unmatched: list[str] = field(default_factory=list)
+    """`exclude` patterns that matched no prunable weight (a typo, most likely)."""
 
     @property
     def params(self) -> int:
@@ -129,7 +133,9 @@ class Report:
                     "weights": list(self.zero_init.weights),
                     "scales": list(self.zero_init.scales),
                 },
+                "exclude_unmatched": self.exclude_unmatched,
             },
+            "excluded_layers": [asdict(layer) for layer in self.excluded],
             "notes": self.notes,
             "seconds": self.seconds,
         }
@@ -138,7 +144,24 @@ class Report:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
-def build_report(dag: WeightDag, masks: dict[str, np.ndarray], **kwargs: Any) -> Report:
+def build_report(
+    dag: WeightDag,
+    masks: dict[str, np.ndarray],
+    excluded: list[WeightLayer] | None = None,
+    **kwargs: Any,
+) -> Report:
+    kept_whole = [
+        LayerReport(
+            name=layer.name,
+            nodes=list(layer.nodes),
+            op=layer.op,
+            shape=list(layer.shape),
+            params=layer.size,
+            kept=layer.size,
+            uses=layer.uses,
+        )
+        for layer in excluded or []
+    ]
     layers = [
         LayerReport(
             name=layer.name,
@@ -151,4 +174,4 @@ def build_report(dag: WeightDag, masks: dict[str, np.ndarray], **kwargs: Any) ->
         )
         for layer in dag.layers
     ]
-    return Report(layers, **kwargs)
+    return Report(layers, excluded=kept_whole, **kwargs)

@@ -3,10 +3,15 @@
 `auto` uses CUDA when onnxruntime-gpu is installed and a session on the GPU actually starts
 (the GPU wheel lists the CUDA provider even on machines without a GPU or CUDA libraries, and
 then prints long provider errors); otherwise the CPU. Either wheel, GPU or plain, works.
+
+onnxflow depends on the plain `onnxruntime`; the `gpu` extra adds `onnxruntime-gpu`. Both
+wheels install the same `onnxruntime` module into the same folder, so with both installed
+the module is whichever was written last: onnxflow then warns once, naming the fix.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from functools import cache
 
@@ -71,15 +76,58 @@ def _cuda_usable() -> bool:
         quiet_onnxruntime()
 
 
+RUNTIME_DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-qnn",
+)
+"""Distributions that each install the `onnxruntime` module."""
+
+
+def installed_runtimes() -> list[str]:
+    """The onnxruntime distributions installed in this environment, with their versions."""
+    found = []
+    for name in RUNTIME_DISTRIBUTIONS:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def several_runtimes_message() -> str | None:
+    """A one-line explanation when several onnxruntime distributions share the module."""
+    found = installed_runtimes()
+    if len(found) < 2:
+        return None
+    return (
+        f"several onnxruntime distributions are installed ({', '.join(found)}); they share "
+        f"one `onnxruntime` module, now onnxruntime {ort.__version__}. Keep one: "
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
+        "(or onnxruntime for the CPU only)"
+    )
+
+
+@cache
+def _warn_several_runtimes() -> None:
+    message = several_runtimes_message()
+    if message is not None:
+        logger.warning(message)
+
+
 def resolve_provider(provider: str) -> str:
     """Map `auto|cpu|cuda` to the provider that will run, or explain why it cannot."""
+    _warn_several_runtimes()
     if provider == "cpu":
         return "cpu"
     usable = _cuda_usable()
     if provider == "cuda" and not usable:
         raise OnnxflowError(
             "--provider cuda: no usable CUDA device "
-            "(needs onnxruntime-gpu, an NVIDIA GPU and the CUDA libraries)"
+            "(needs onnxruntime-gpu: pip install 'onnxflow[gpu]', an NVIDIA GPU and the "
+            "CUDA libraries)"
         )
     return "cuda" if usable else "cpu"
 

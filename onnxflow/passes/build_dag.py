@@ -11,9 +11,8 @@ from onnxflow.pipeline import Pass, PruneState
 from onnxflow.tensors import stored_tensor_names
 
 
-def _excluded(layer: WeightLayer, patterns: tuple[str, ...]) -> bool:
-    names = [layer.name, *layer.nodes]
-    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+def _matches(layer: WeightLayer, pattern: str) -> bool:
+    return any(fnmatch.fnmatchcase(n, pattern) for n in (layer.name, *layer.nodes))
 
 
 class BuildDagPass(Pass):
@@ -36,7 +35,11 @@ class BuildDagPass(Pass):
         dag.copies = {c: v for c, v in copies.items() if any(v[0] == x.name for x in dag.layers)}
         patterns = state.options.exclude
         if patterns:
-            dag.layers = [layer for layer in dag.layers if not _excluded(layer, patterns)]
+            state.excluded = [x for x in dag.layers if any(_matches(x, p) for p in patterns)]
+            state.exclude_unmatched = [
+                p for p in patterns if not any(_matches(x, p) for x in dag.layers)
+            ]
+            dag.layers = [x for x in dag.layers if x not in state.excluded]
         if state.options.zero_init == "ones":
             zero = state.zero_init = find_zero_init(state.graph, stored)
             # An all-zero weight has nothing to prune: it leaves N, and flow crosses it as ones.

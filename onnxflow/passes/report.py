@@ -25,6 +25,7 @@ class ReportPass(Pass):
         state.report = build_report(
             state.dag,
             state.masks,
+            state.excluded,
             options=options,
             provider=state.provider or "cpu",
             log_flow=state.log_flow,
@@ -36,4 +37,5 @@ class ReportPass(Pass):
             external_data=state.external_data,
             notes=list(state.notes),
             zero_init=state.zero_init,
+            exclude_unmatched=state.exclude_unmatched,
         )

@@ -1,0 +1,264 @@
+"""What the CLI prints: the prune and inspect tables, the summary lines and warnings.
+
+Kept apart from cli.py (which parses options) so that the look of the output can be tested
+without running a model. The default tables fit an 80-column terminal with full layer names
+and uncut numbers: counts are written compactly (`1.05M`), and the columns a person rarely
+needs (shape, FLOPs, "fed by") are behind `--wide`; `--report`/`--json` keep every figure
+exact.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from onnxflow.report import LayerReport, Report
+
+if TYPE_CHECKING:
+    from onnxflow.inspect import Inspection, MissingRule
+
+METHOD_LABELS = {"synflow": "SynFlow", "magnitude": "magnitude", "random": "random"}
+
+
+def compact(n: float) -> str:
+    """A count in at most 5 characters, 3 significant digits: 1048576 -> '1.05M'.
+
+    Counts below 10,000 are written exactly (9408): a layer's size is often recognizable."""
+    if n < 10_000:
+        return f"{n:.0f}"
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size * 0.9995:
+            value = n / size
+            digits = 2 if value < 10 else 1 if value < 100 else 0
+            return f"{value:.{digits}f}{unit}"
+    return str(n)  # pragma: no cover - unreachable
+
+
+def percent(fraction: float) -> str:
+    """Density as a percentage with 3 significant digits for small ones: 0.000123 ->
+    '0.0123%', never rounded to a misleading 0.00% or 100.00%."""
+    p = 100.0 * fraction
+    if p == 0 or p == 100:
+        return f"{p:.0f}%"
+    if p >= 99.995:
+        return "<100%"
+    if p >= 1:
+        return f"{p:.2f}%"
+    return f"{p:.3g}%"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 prunable weight', '2 prunable weights'."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
+def _table(title: str, columns: Sequence[str], left: Iterable[str]) -> Group:
+    """A compact table under its title: no vertical rules, one space between columns; the
+    layer column folds (never cuts) names too long for the terminal, the others never wrap.
+    The title is a line of its own, left to the terminal to wrap (a long output path)."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+    )
+    lefts = set(left)
+    for i, col in enumerate(columns):
+        table.add_column(
+            col,
+            justify="left" if col in lefts else "right",
+            overflow="fold",
+            no_wrap=i != 0,
+        )
+    return Group(Text(title, no_wrap=True, overflow="ignore"), table)
+
+
+def method_label(report: Report) -> str:
+    method = str(report.options.get("method", "synflow"))
+    return METHOD_LABELS.get(method, method)
+
+
+def prune_table(report: Report, output: Path | str, *, wide: bool = False) -> Group:
+    """The per-layer table of a pruning; excluded layers are listed after the pruned ones."""
+    columns = ["layer", "op", "params", "kept", "density"]
+    if wide:
+        columns[2:2] = ["shape"]
+        columns += ["FLOPs", "sparse FLOPs"]
+    titled = _table(
+        f"{method_label(report)} pruning -> {output}", columns, ("layer", "op", "shape")
+    )
+    table = titled.renderables[1]
+    assert isinstance(table, Table)
+    count = (lambda n: f"{n:,}") if wide else compact
+
+    def row(layer: LayerReport, kept: str, density: str) -> list[str]:
+        cells = [layer.name, layer.op, count(layer.params), kept, density]
+        if wide:
+            cells[2:2] = ["x".join(map(str, layer.shape))]
+            cells += [compact(layer.flops), compact(layer.flops_kept)]
+        return cells
+
+    for layer in report.layers:
+        table.add_row(*row(layer, count(layer.kept), percent(layer.density)))
+    if report.excluded:
+        table.add_section()
+        for layer in report.excluded:
+            table.add_row(*row(layer, "excluded", ""), style="dim")
+    table.add_section()
+    total = ["total", "", count(report.params), count(report.kept), percent(report.density)]
+    if wide:
+        total[2:2] = [""]
+        total += [compact(report.flops), compact(report.flops_kept)]
+    table.add_row(*total)
+    return titled
+
+
+def prune_summary(report: Report, written: Mapping[str, Path] | None = None) -> list[str]:
+    """The lines under the prune table: exact totals, the theoretical FLOPs, sizes, files."""
+    c, weights = report.compression, plural(report.params, "prunable weight")
+    sizes = f"file {report.bytes_before:,} -> {report.bytes_after:,} bytes"
+    if report.bytes_after != report.bytes_after_dense:
+        sizes += f" (sparse storage; dense {report.bytes_after_dense:,})"
+    lines = [
+        f"kept {report.kept:,} of {weights} ({percent(report.density)}, compression 10^{c:.2f})",
+        # Theoretical: the pruned model runs dense, zeros and all (README).
+        f"FLOPs with a sparse kernel (theoretical): {compact(report.flops)} -> "
+        f"{compact(report.flops_kept)}",
+        f"{sizes}, {report.seconds:.1f}s on {report.provider}",
+    ]
+    if written:
+        lines.append("wrote " + ", ".join(f"{p}" for p in written.values()))
+    return lines
+
+
+def prune_warnings(report: Report) -> list[str]:
+    out = list(report.notes)  # parts left dense or out of the flow, and why
+    if report.exclude_unmatched:
+        out.append(
+            "--exclude matched no weight: "
+            + ", ".join(repr(p) for p in report.exclude_unmatched)
+            + " (patterns match initializer or node names, e.g. 'fc*' or '*.bias')"
+        )
+    if report.pattern_skipped:
+        out.append(
+            "--pattern skipped layers whose input channels do not split into groups: "
+            + ", ".join(report.pattern_skipped)
+        )
+    if report.emptied:
+        out.append(
+            f"{plural(len(report.emptied), 'layer')} pruned to nothing (no signal passes "
+            f"them; --min-kept keeps some weights in every layer): {', '.join(report.emptied)}"
+        )
+    return out
+
+
+def inspect_table(rows: Sequence[Mapping[str, Any]], model: Path | str, *, wide: bool) -> Group:
+    """The per-layer table of `onnxflow inspect` (rows of `Inspection.to_dict()`)."""
+    columns = ["layer", "op", "params", "nonzero", "density"]
+    if wide:
+        columns[2:2] = ["shape"]
+        columns += ["FLOPs", "sparse FLOPs", "fed by"]
+    titled = _table(f"prunable weights of {model}", columns, ("layer", "op", "shape", "fed by"))
+    table = titled.renderables[1]
+    assert isinstance(table, Table)
+    count = (lambda n: f"{n:,}") if wide else compact
+    for r in rows:
+        cells = [r["name"], r["op"], count(r["params"]), count(r["nonzero"]), percent(r["density"])]
+        if wide:
+            cells[2:2] = ["x".join(map(str, r["shape"]))]
+            cells += [
+                compact(r["flops"]),
+                compact(r["flops_kept"]),
+                ", ".join(r["feeds_from"]) or "input",
+            ]
+        table.add_row(*cells)
+    params, nonzero = sum(r["params"] for r in rows), sum(r["nonzero"] for r in rows)
+    table.add_section()
+    total = ["total", "", count(params), count(nonzero), percent(nonzero / max(params, 1))]
+    if wide:
+        total[2:2] = [""]
+        total += [
+            compact(sum(r["flops"] for r in rows)),
+            compact(sum(r["flops_kept"] for r in rows)),
+            "",
+        ]
+    table.add_row(*total)
+    return titled
+
+
+def inspect_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    params, nonzero = sum(r["params"] for r in rows), sum(r["nonzero"] for r in rows)
+    return f"{plural(len(rows), 'prunable weight')}, {params:,} parameters, {nonzero:,} nonzero"
+
+
+def inspect_warnings(inspection: Inspection) -> list[str]:
+    """One line per op type without a rule (with a count and an example node), and one for
+    the layers that are already all zeros."""
+    out = list(inspection.notes)  # parts left dense or out of the flow, and why
+    empty = [layer.name for layer in inspection.dag.layers if inspection.nonzero[layer.name] == 0]
+    if empty:
+        out.append(
+            f"{plural(len(empty), 'layer')} already all zeros (no signal passes them; "
+            f"pruning keeps them empty): {', '.join(empty)}"
+        )
+    out += missing_rule_warnings(inspection.missing_rules)
+    return out
+
+
+def missing_rule_warnings(missing: Sequence[MissingRule]) -> list[str]:
+    counts = Counter((m.op_type, m.domain) for m in missing)
+    first: dict[tuple[str, str], str] = {}
+    for m in missing:
+        first.setdefault((m.op_type, m.domain), m.node)
+    return [
+        f"no flow rule for {op!r} (domain {dom or 'ai.onnx'!r}; {plural(n, 'node')}, e.g. "
+        f"{first[op, dom]!r}); prune will refuse this model"
+        for (op, dom), n in counts.items()
+    ]
+
+
+def stderr() -> Console:
+    """Warnings on stderr, never hard-wrapped: a line stays one line in a log file."""
+    return Console(stderr=True, soft_wrap=True)
+
+
+def warn(console: Console, message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+def prune_notes(report: Report) -> list[str]:
+    """Informational lines: what the flow model read differently from the stored model."""
+    if report.zero_init:
+        return [f"{report.zero_init.summary()} (--zero-init strict: the paper's R)"]
+    return []
+
+
+def note(console: Console, message: str) -> None:
+    console.print(f"note: {escape(message)}", highlight=False)
+
+
+class _Stdout(Console):
+    """rich ends the process with status 1 when stdout's reader leaves; `onnxflow ... | head`
+    is no failure: the CLI turns the BrokenPipeError into exit status 0."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise BrokenPipeError
+
+
+def stdout() -> Console:
+    """Tables on stdout at the terminal's width; piped, wide enough never to fold a name
+    (the default tables are only as wide as their content)."""
+    console = _Stdout()
+    return console if console.is_terminal else _Stdout(width=240)
