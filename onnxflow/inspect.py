@@ -8,14 +8,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from onnxflow.api import analysis_passes, initial_state
-from onnxflow.dag import WeightDag, is_float_dtype
-from onnxflow.flow.model import MIN_OPSET
-from onnxflow.flow.registry import get_flow_rule
+from onnxflow.dag import WeightDag
+from onnxflow.flow.reach import flow_reach
+from onnxflow.flow.registry import RuleRegistry
+from onnxflow.flow.zero_init import find_zero_init
 from onnxflow.options import PruneOptions
 from onnxflow.pipeline import Sequential
+from onnxflow.tensors import stored_tensor_names
 
 
 @dataclass(frozen=True)
@@ -56,26 +57,15 @@ class Inspection:
         }
 
 
-def _flow_nodes(graph: gs.Graph, dag: WeightDag) -> list[gs.Node]:
-    """Nodes that flow reaches: from float inputs and from the prunable weights."""
-    flowing = {t.name for t in graph.inputs if is_float_dtype(t.dtype)}
-    flowing |= {layer.name for layer in dag.layers}
-    reached = []
-    for node in graph.nodes:
-        if any(t.name in flowing for t in node.inputs if t is not None):
-            reached.append(node)
-            flowing.update(
-                t.name for t in node.outputs if t.dtype is None or is_float_dtype(t.dtype)
-            )
-    return reached
-
-
 def inspect_model(
     model: str | os.PathLike[str] | onnx.ModelProto,
     *,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    rules: RuleRegistry | None = None,
 ) -> Inspection:
-    """The prunable layers of a model and the ops on its flow path that lack a rule."""
+    """The prunable layers of a model and the ops on its flow path that lack a rule in
+    `rules` (default: the default registry): exactly the ops `prune` would refuse, since
+    both ask `flow_reach`."""
     # Every stored weight is listed, all-zero ones too (a layer pruned to nothing, say).
     options = PruneOptions(sparsity=0.0, input_shapes=input_shapes or {}, zero_init="strict")
     state = Sequential(*analysis_passes())(initial_state(model, options))
@@ -84,10 +74,12 @@ def inspect_model(
     nonzero = {
         layer.name: int(np.count_nonzero(tensors[layer.name].values)) for layer in state.dag.layers
     }
-    opset = max(MIN_OPSET, int(state.graph.opset))
+    # Flow starts where prune's (zero_init="ones") would: all-zero weights are read as ones.
+    assert state.model is not None
+    zero = find_zero_init(state.graph, stored_tensor_names(state.model)).weights
+    sources = [layer.name for layer in state.dag.layers if layer.name not in zero]
     missing = [
         MissingRule(node.op, node.domain or "", node.name)
-        for node in _flow_nodes(state.graph, state.dag)
-        if get_flow_rule(node.op, node.domain or "", opset) is None
+        for node in flow_reach(state.graph, sources, rules).missing
     ]
     return Inspection(state.dag, nonzero, missing, list(state.notes))

@@ -22,13 +22,13 @@ from onnxflow.dag import WeightDag, is_float_dtype
 from onnxflow.errors import OnnxflowError, UnsupportedOpError
 from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext
 from onnxflow.flow.fold import batchnorm_folds
-from onnxflow.flow.registry import FlowRule, get_flow_rule
+from onnxflow.flow.reach import flow_opset, flow_reach, is_lookup
+from onnxflow.flow.registry import FlowRule, RuleRegistry, default_rules
 from onnxflow.flow.rules.elementwise import PassThrough
 from onnxflow.flow.sources import data_source, lookup_forward
 from onnxflow.flow.zero_init import ones_if_zero_init
 
 PASS_THROUGH = PassThrough()
-MIN_OPSET = 17
 
 
 @dataclass
@@ -43,6 +43,8 @@ class FlowModel:
     """(float64 sum, log-unit) of each model output: R = sum of exp(log(sum) + unit)."""
     weight_factors: dict[str, np.ndarray] = field(default_factory=dict)
     """Weight name -> factor folded into it: the input is fed |W| * mask * factor."""
+    flowing: frozenset[str] = frozenset()
+    """Analysis tensors that carried flow: what `flow_reach` predicts (tests hold them equal)."""
 
 
 @dataclass
@@ -54,9 +56,18 @@ class _Step:
     attrs: dict[str, Any]
 
 
-def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
-    """The flow model of a normalized (static-shaped, toposorted) graph."""
-    opset = max(MIN_OPSET, int(graph.opset))
+def build_flow_model(
+    graph: gs.Graph, dag: WeightDag, rules: RuleRegistry | None = None
+) -> FlowModel:
+    """The flow model of a normalized (static-shaped, toposorted) graph, with the rules of
+    `rules` (default: the default registry). An op on the flow path without a rule is
+    refused before anything is built; `flow_reach` decides, as it does for `inspect`."""
+    rules = rules if rules is not None else default_rules()
+    missing = flow_reach(graph, (layer.name for layer in dag.layers), rules).missing
+    if missing:
+        node = missing[0]
+        raise UnsupportedOpError(node.op, node.domain or "", node.name)
+    opset = flow_opset(graph)
     g = FlowBuilder(opset)
     values: dict[str, Flow | Const] = {}
     derived: set[str] = set()  # non-flow values computed from the inputs (ids, shapes)
@@ -93,10 +104,8 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
             )
             _copy_verbatim(g, node, inputs, values, derived if from_input else None)
             continue
-        rule = (
-            PASS_THROUGH if id(node) in folded else get_flow_rule(node.op, node.domain or "", opset)
-        )
-        if rule is None:
+        rule = PASS_THROUGH if id(node) in folded else rules.get(node.op, node.domain or "", opset)
+        if rule is None:  # flow_reach missed it: still refused, never copied with a flow
             raise UnsupportedOpError(node.op, node.domain or "", node.name)
         ctx = NodeContext(node.name, node.op, [_shape(t) for t in node.outputs])
         if node.name in layer_nodes:
@@ -171,7 +180,8 @@ def build_flow_model(graph: gs.Graph, dag: WeightDag) -> FlowModel:
         producer_name="onnxflow",
     )
     model.ir_version = helper.find_min_ir_version_for(opsets, True)
-    return FlowModel(model, dict(g.weights), scores, output_flows, factors)
+    flowing = frozenset(name for name, v in values.items() if isinstance(v, Flow))
+    return FlowModel(model, dict(g.weights), scores, output_flows, factors, flowing)
 
 
 def _shape(t: gs.Tensor) -> tuple[int, ...]:
@@ -201,26 +211,13 @@ def _layer_inputs(g: FlowBuilder, node: gs.Node, inputs: list[Any], ctx: NodeCon
     ]
 
 
-def _is_lookup(node: gs.Node, inputs: list[Any], derived: set[str]) -> bool:
-    """`Gather(E, ids)`: a float table that is not itself computed from the inputs, indexed
-    by values computed from them (token ids)."""
-    return (
-        node.op == "Gather"
-        and len(inputs) == 2
-        and isinstance(inputs[0], Const)
-        and is_float_dtype(node.inputs[0].dtype)
-        and node.inputs[0].name not in derived
-        and node.inputs[1].name in derived
-    )
-
-
 def _copy_verbatim(
     g: FlowBuilder, node: gs.Node, inputs: list[Any], values: dict, derived: set[str] | None
 ) -> None:
     """A node no flow reaches runs as it is. If it computes from the inputs (`derived`
     given), its results are data (ids, masks), except an embedding lookup `Gather(E, ids)`:
     there flow enters, as one-hot(ids) @ |E| on an all-ones input (flow/sources.py)."""
-    if derived is not None and _is_lookup(node, inputs, derived):
+    if derived is not None and is_lookup(node, derived):
         (t,) = node.outputs
         table = g.const_input(inputs[0], absolute=True)
         if inputs[0].values is None:  # a table the flow model computes

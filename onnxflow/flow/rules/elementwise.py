@@ -27,6 +27,8 @@ POINTWISE = (
 class PassThrough(FlowRule):
     """Output 0 carries the flow of input 0; extra outputs (Dropout's mask) carry none."""
 
+    flow_outputs = 1
+
     def forward(self, g, node, x, *rest, **attrs):
         return [x] + [None] * (len(node.out_shapes) - 1)
 
@@ -146,6 +148,8 @@ class Mul(FlowRule):
 @flow_rule("BatchNormalization")
 class BatchNormalization(FlowRule):
     """Positive per-channel scale |gamma| / sqrt(var + eps); mean and beta are shifts."""
+
+    flow_outputs = 1  # training-mode running statistics carry none
 
     def _scale(self, g: FlowBuilder, node: NodeContext, x: Flow, gamma, var, epsilon: float):
         if "scale" not in node.saved:

@@ -259,6 +259,8 @@ class EndsFlow(FlowRule):
     """Shapes, indices and comparisons (an ArgMax label beside the probabilities; Hardmax, its
     one-hot float spelling): the result is data about the flow, not flow; nothing goes back."""
 
+    flow_outputs = 0
+
     def forward(self, g, node, *inputs, **attrs):
         names = [v.tensor if isinstance(v, Flow) else g.const_input(v) for v in inputs]
         return Const(g.node(node.op_type, names, **attrs), node.out_shapes[0])

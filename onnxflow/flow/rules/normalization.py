@@ -24,6 +24,8 @@ def _abs_scale(node, scale) -> np.ndarray:
 class LayerNormalization(FlowRule):
     """x * |gamma|, gamma broadcast over the normalized (trailing) axes."""
 
+    flow_outputs = 1  # Mean and InvStdDev carry none
+
     def forward(self, g, node, x, scale, bias=None, **attrs):
         node.saved["scale"] = s = g.f32(_abs_scale(node, scale), "ln_scale")
         outs = [g.map(x, lambda t: g.node("Mul", [t, s]))]

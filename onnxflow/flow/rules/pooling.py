@@ -16,6 +16,8 @@ from onnxflow.flow.rules.linear import conv_pads
 
 @flow_rule("MaxPool")
 class MaxPool(FlowRule):
+    flow_outputs = 1  # the indices are data
+
     def forward(self, g, node, x, **attrs):
         if not x.needs_grad and len(node.out_shapes) < 2:
             return [g.like(g.node("MaxPool", [x.tensor], **attrs), x), None]

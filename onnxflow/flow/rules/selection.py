@@ -50,6 +50,8 @@ class TopK(FlowRule):
     """Values: the flow gathered at the k winners (chosen on the flow); indices: no flow.
     Backward scatters each value's flow to the input it was taken from."""
 
+    flow_outputs = 1
+
     def forward(self, g, node, x, k_input=None, **attrs):
         k = g.const_input(k_input) if k_input is not None else g.i64([int(attrs.pop("k"))])
         attrs.pop("k", None)
