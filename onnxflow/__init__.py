@@ -9,7 +9,7 @@ torch_masks = onnxflow.map_masks(masks, "model.onnx", torch_model.state_dict())
 from onnxflow.api import PruneResult, ScoreResult, build_pipeline, prune, save, score
 from onnxflow.errors import OnnxflowError, UnsupportedOpError
 from onnxflow.flow import Const, Flow, FlowBuilder, FlowRule, NodeContext
-from onnxflow.flow.registry import flow_rule, register_flow_rule
+from onnxflow.flow.registry import RuleRegistry, default_rules, flow_rule, register_flow_rule
 from onnxflow.mapping import MaskMappingError, map_masks
 from onnxflow.options import PruneOptions
 from onnxflow.report import Report
@@ -27,9 +27,11 @@ __all__ = [
     "PruneOptions",
     "PruneResult",
     "Report",
+    "RuleRegistry",
     "ScoreResult",
     "UnsupportedOpError",
     "build_pipeline",
+    "default_rules",
     "flow_rule",
     "map_masks",
     "prune",

@@ -13,6 +13,7 @@ from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError
 from onnxflow.external import ExternalDataWriter, data_path, external_info
 from onnxflow.flow.engine import FlowEngine
+from onnxflow.flow.registry import RuleRegistry
 from onnxflow.options import PruneOptions
 from onnxflow.passes import (
     ApplyMasksPass,
@@ -98,6 +99,7 @@ def prune(
     *,
     progress: ProgressCallback | None = None,
     keep_scores: bool = True,
+    rules: RuleRegistry | None = None,
     granularity: Literal["weight"] = "weight",
     **kwargs: Any,
 ) -> PruneResult: ...
@@ -110,6 +112,7 @@ def prune(
     *,
     progress: ProgressCallback | None = None,
     keep_scores: bool = True,
+    rules: RuleRegistry | None = None,
     granularity: Literal["channel"],
     channel_multiple: int = 1,
     latency: bool = False,
@@ -124,6 +127,7 @@ def prune(
     *,
     progress: ProgressCallback | None = None,
     keep_scores: bool = True,
+    rules: RuleRegistry | None = None,
     granularity: str = "weight",
     channel_multiple: int = 1,
     latency: bool = False,
@@ -139,6 +143,8 @@ def prune(
         progress: called as progress(done, total) after each iteration.
         keep_scores: return the dense network's log-scores (float64: twice the memory of a
             float32 model); with False, `log_scores` is an empty dict.
+        rules: the flow rules to score with (a `RuleRegistry`, e.g. a copy of
+            `default_rules()` with a custom op's rule); None: the default registry.
         granularity: `weight` (zero single weights) or `channel` (remove whole channels:
             the result is a compact model, see docs/channels.md).
         channel_multiple: channel mode: keep channel counts multiples of this.
@@ -166,10 +172,13 @@ def prune(
             progress=progress,
             ranking=ranking,
         )
+    if rules is not None and granularity == "channel":
+        raise TypeError("rules= is not supported with granularity='channel'")
     if channel_multiple != 1 or latency or ranking != "flow":
         raise OnnxflowError("channel_multiple, latency and ranking need granularity='channel'")
     start = initial_state(model, options, progress)
     start.keep_scores = keep_scores
+    start.rules = rules
     state = build_pipeline()(start)
     assert state.pruned is not None and state.masks is not None
     assert state.log_scores is not None and state.report is not None
@@ -190,11 +199,13 @@ def score(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     provider: str = "auto",
     zero_init: str = "ones",
+    rules: RuleRegistry | None = None,
 ) -> ScoreResult:
     """SynFlow scores of the dense network, without pruning (one flow-model run).
 
     `zero_init` is PruneOptions.zero_init: with "ones", all-zero weights are not prunable
-    and have no score; zero-initialized tensors are read as ones."""
+    and have no score; zero-initialized tensors are read as ones. `rules`: the flow rules
+    (None: the default registry)."""
     options = PruneOptions(
         sparsity=0.0,
         input_shapes=input_shapes or {},
@@ -203,7 +214,8 @@ def score(
     )
     state = Sequential(*analysis_passes())(initial_state(model, options))
     assert state.graph is not None and state.dag is not None
-    scores = FlowEngine(state.graph, state.dag, resolve_provider(options.provider)).run()
+    provider_name = resolve_provider(options.provider)
+    scores = FlowEngine(state.graph, state.dag, provider_name, rules).run()
     return ScoreResult(scores.log(), scores.log_flow, state.dag)
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
     from onnxflow.dag import WeightDag, WeightLayer
+    from onnxflow.flow.registry import RuleRegistry
     from onnxflow.report import Report
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class PruneState:
     progress: ProgressCallback | None = None
     keep_scores: bool = True
     """Keep the dense network's log-scores (float64, per weight) in `log_scores`."""
+    rules: RuleRegistry | None = None
+    """The flow rules to score with (None: the default registry)."""
     timings: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 

@@ -13,6 +13,7 @@ from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.external import constant_array
 from onnxflow.flow.model import build_flow_model
+from onnxflow.flow.registry import RuleRegistry
 from onnxflow.parallel import each
 from onnxflow.runtime import ort_session
 
@@ -52,8 +53,10 @@ ARENA_MAX_BYTES = 256 << 20
 class FlowEngine:
     """One onnxruntime session of the flow model, fed |W| * mask of every prunable weight."""
 
-    def __init__(self, graph: gs.Graph, dag: WeightDag, provider: str) -> None:
-        self.flow = build_flow_model(graph, dag)
+    def __init__(
+        self, graph: gs.Graph, dag: WeightDag, provider: str, rules: RuleRegistry | None = None
+    ) -> None:
+        self.flow = build_flow_model(graph, dag, rules)
         self.dag = dag
         try:
             self.session = ort_session(

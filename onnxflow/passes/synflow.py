@@ -51,7 +51,7 @@ class SynFlowPass(Pass):
                     "of the prunable weights; choose a lower sparsity"
                 )
         state.provider = resolve_provider(opts.provider)
-        engine = FlowEngine(state.graph, dag, state.provider)
+        engine = FlowEngine(state.graph, dag, state.provider, state.rules)
         names = [layer.name for layer in dag.layers]
         sizes = [layer.size for layer in dag.layers]
         masks = {layer.name: np.ones(layer.shape, dtype=bool) for layer in dag.layers}
