@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxflow
+from onnxflow.flow import registry
 from onnxflow.flow.registry import registered_ops
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,14 +70,23 @@ def custom_op_model() -> onnx.ModelProto:
     return model
 
 
-def test_custom_op_needs_a_rule_and_the_documented_rule_works() -> None:
+def _custom_op_examples() -> list[str]:
+    """The two code blocks of docs/flow_rules.md's "Adding a rule for a custom op"."""
+    text = (ROOT / "docs" / "flow_rules.md").read_text()
+    section = text.split("## Adding a rule for a custom op", 1)[1]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+
+
+def test_custom_op_needs_a_rule_and_the_documented_rule_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     model = custom_op_model()
     with pytest.raises(onnxflow.UnsupportedOpError, match=r"'MyScale'.*com\.example.*'scale'"):
         onnxflow.score(model)
-    text = (ROOT / "docs" / "flow_rules.md").read_text()
-    example = re.search(r"```python\n(.*?)```", text, re.S)
-    assert example
-    exec(compile(example.group(1), "docs/flow_rules.md", "exec"), {})  # registers MyScale
+    # The example registers into the default registry: give this test its own copy of it.
+    monkeypatch.setattr(registry, "DEFAULT_RULES", registry.DEFAULT_RULES.copy())
+    define, _ = _custom_op_examples()
+    exec(compile(define, "docs/flow_rules.md", "exec"), {})  # registers MyScale
     scaled = onnxflow.score(model)
     # The rule multiplies every path by 3: R and every score triple.
     plain = custom_op_model()
@@ -87,3 +97,24 @@ def test_custom_op_needs_a_rule_and_the_documented_rule_works() -> None:
         np.testing.assert_allclose(
             scaled.log_scores[name], base.log_scores[name] + np.log(3.0), atol=1e-5
         )
+
+
+def test_documented_own_registry_keeps_the_rule_local(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second example registers on a copy of the default registry: the rule works where
+    the copy is passed and nowhere else."""
+    define, local = _custom_op_examples()
+    namespace: dict[str, object] = {}
+    monkeypatch.setattr(registry, "DEFAULT_RULES", registry.DEFAULT_RULES.copy())
+    exec(compile(define, "docs/flow_rules.md", "exec"), namespace)  # defines MyScale
+    monkeypatch.undo()  # the default registry as it was: without MyScale
+    model = custom_op_model()
+    namespace["model"] = model
+    exec(compile(local, "docs/flow_rules.md", "exec"), namespace)
+    plain = custom_op_model()
+    plain.graph.node[1].CopyFrom(helper.make_node("Identity", ["c"], ["s"], name="scale"))
+    result = namespace["result"]
+    assert isinstance(result, onnxflow.api.ScoreResult)
+    assert result.log_flow == pytest.approx(onnxflow.score(plain).log_flow + np.log(3.0), abs=1e-5)
+    assert registry.get_flow_rule("MyScale", "com.example") is None
+    with pytest.raises(onnxflow.UnsupportedOpError, match="'MyScale'"):
+        onnxflow.score(model)
