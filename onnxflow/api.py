@@ -254,7 +254,7 @@ def output_paths(
     plot: Path | None = None,
 ) -> dict[str, Path]:
     paths = {
-        "output": output, "--masks": masks, "--scores": scores, "--report": report, "--plot": plot
+        "output": output, "masks": masks, "scores": scores, "report": report, "plot": plot
     }  # fmt: skip
     return {k: v for k, v in paths.items() if v is not None}
 
@@ -275,7 +275,7 @@ def save(
     All files are written atomically and together: on failure none of them changes.
 
     Returns:
-        The files written, by role ("output", "external data", "--masks", ...).
+        The files written, by role ("output", "external data", "masks", ...).
     """
     paths = output_paths(
         Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report, plot))
@@ -293,13 +293,13 @@ def save(
         writers[paths["output"]] = out.write_model
     else:
         writers[paths["output"]] = model_writer(result.model)
-    if "--masks" in paths:
-        writers[paths["--masks"]] = npz_writer(result.masks)
-    if "--scores" in paths:
-        writers[paths["--scores"]] = npz_writer(result.log_scores, compress=False)
-    if "--report" in paths:
-        writers[paths["--report"]] = text_writer(result.report.to_json())
-    if "--plot" in paths:
+    if "masks" in paths:
+        writers[paths["masks"]] = npz_writer(result.masks)
+    if "scores" in paths:
+        writers[paths["scores"]] = npz_writer(result.log_scores, compress=False)
+    if "report" in paths:
+        writers[paths["report"]] = text_writer(result.report.to_json())
+    if "plot" in paths:
         r = result.report
         fig = density_figure(
             [layer.name for layer in r.layers],
@@ -308,6 +308,6 @@ def save(
             f"{r.options.get('method', 'synflow')}: density per layer, "
             f"{r.kept:,} of {r.params:,} weights kept",
         )
-        writers[paths["--plot"]] = png_writer(fig)
+        writers[paths["plot"]] = png_writer(fig)
     write_atomically(writers)
     return paths

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -24,12 +25,92 @@ from rich.progress import (
 )
 
 from onnxflow import api, render
-from onnxflow.errors import OnnxflowError, one_line
+from onnxflow.errors import OnnxflowError, Opt, one_line
 from onnxflow.inspect import inspect_model
-from onnxflow.options import ZERO_INIT_CHOICES, parse_input_shape, parse_pattern
+from onnxflow.options import (
+    DEFAULTS,
+    GRANULARITIES,
+    METHODS,
+    PROVIDERS,
+    RANKINGS,
+    SCHEDULES,
+    SCOPES,
+    ZERO_INITS,
+)
 from onnxflow.plot import density_figure, png_writer, require_matplotlib
 from onnxflow.report import Report
 from onnxflow.save import check_output_paths, write_atomically
+
+
+def _dims(shape: object) -> str:
+    return "x".join(map(str, shape))  # type: ignore[call-overload]
+
+
+def _shapes(value: object) -> str:
+    return " ".join(f"{k}={_dims(v)}" for k, v in dict(value).items())  # type: ignore[call-overload]
+
+
+def _pattern(value: object) -> str:
+    return ":".join(map(str, value))  # type: ignore[call-overload]
+
+
+# The one table from the library's fields (errors name options by field, `Opt`) to this
+# command's flags, with how a value is written on the command line (None: the flag alone).
+# A field not listed here (`sparsity`, `iterations`, `output`) is printed as it is.
+FLAGS: dict[str, tuple[str, Callable[[object], str] | None]] = {
+    "input_shapes": ("--input-shape", _shapes),
+    "pattern": ("--pattern", _pattern),
+    "provider": ("--provider", str),
+    "schedule": ("--schedule", str),
+    "scope": ("--scope", str),
+    "method": ("--method", str),
+    "zero_init": ("--zero-init", str),
+    "min_kept": ("--min-kept", str),
+    "exclude": ("--exclude", None),
+    "masks": ("--masks", None),
+    "scores": ("--scores", None),
+    "report": ("--report", None),
+    "plot": ("--plot", None),
+}
+
+
+def flag(opt: Opt) -> str:
+    """An option as this command spells it: `pattern=(2, 4)` -> `--pattern 2:4`."""
+    if opt.field not in FLAGS:
+        return str(opt)
+    name, show = FLAGS[opt.field]
+    return f"{name} {show(opt.value)}" if show is not None and opt.has_value else name
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse `NAME=1x3x224x224` (--input-shape)."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name or not dims:
+        raise OnnxflowError(f"--input-shape must look like NAME=1x3x224x224, got {text!r}")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        raise OnnxflowError(
+            f"--input-shape {text!r}: dimensions must be positive integers separated by 'x'"
+        ) from None
+    if not shape or any(d < 1 for d in shape):
+        raise OnnxflowError(f"--input-shape {text!r}: dimensions must be positive integers")
+    return name, shape
+
+
+def parse_pattern(text: str) -> tuple[int, int]:
+    """Parse `N:M` (--pattern)."""
+    n, sep, m = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        pattern = (int(n), int(m))
+    except ValueError:
+        raise OnnxflowError(f"--pattern must look like N:M (e.g. 2:4), got {text!r}") from None
+    if not (1 <= pattern[0] < pattern[1]):
+        raise OnnxflowError(f"--pattern {text!r}: need integers 1 <= N < M (e.g. 2:4)")
+    return pattern
+
 
 input_shape_option = click.option(
     "--input-shape",
@@ -77,31 +158,37 @@ def cli() -> None:
 @click.option("--sparsity", type=float, help="Fraction of prunable weights to zero, in [0, 1).")
 @click.option("--compression", type=float, help="Keep 10^-C of the prunable weights.")
 @click.option(
-    "--iterations", type=int, default=100, show_default=True, help="Rounds of scoring and pruning."
+    "--iterations",
+    type=int,
+    default=DEFAULTS.iterations,
+    show_default=True,
+    help="Rounds of scoring and pruning.",
 )
 @click.option(
     "--schedule",
-    type=click.Choice(["exponential", "linear"]),
-    default="exponential",
+    type=click.Choice(SCHEDULES),
+    default=DEFAULTS.schedule,
     show_default=True,
     help="How the kept fraction shrinks over the rounds.",
 )
 @click.option(
     "--scope",
-    type=click.Choice(["global", "local"]),
-    default="global",
+    type=click.Choice(SCOPES),
+    default=DEFAULTS.scope,
     show_default=True,
     help="One threshold for all layers, or the same fraction each.",
 )
 @input_shape_option
 @click.option(
     "--method",
-    type=click.Choice(["synflow", "magnitude", "random"]),
-    default="synflow",
+    type=click.Choice(METHODS),
+    default=DEFAULTS.method,
     show_default=True,
     help="Scores: SynFlow, or the baselines |W| and seeded random.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --method random.")
+@click.option(
+    "--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of --method random."
+)
 @click.option(
     "--exclude",
     multiple=True,
@@ -111,7 +198,7 @@ def cli() -> None:
 @click.option(
     "--min-kept",
     type=int,
-    default=0,
+    default=DEFAULTS.min_kept,
     show_default=True,
     help="Every layer keeps at least this many weights.",
 )
@@ -129,8 +216,8 @@ def cli() -> None:
 )
 @click.option(
     "--zero-init",
-    type=click.Choice(ZERO_INIT_CHOICES),
-    default="ones",
+    type=click.Choice(ZERO_INITS),
+    default=DEFAULTS.zero_init,
     show_default=True,
     help="Zero-initialized parameters (all-zero weight tensors, normalization or layer "
     "scales): 'ones' lets flow cross them as ones (all-zero weights are then not pruned); "
@@ -151,14 +238,14 @@ def cli() -> None:
 )
 @click.option(
     "--provider",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
+    type=click.Choice(PROVIDERS),
+    default=DEFAULTS.provider,
     show_default=True,
     help="onnxruntime device for the flow computation.",
 )
 @click.option(
     "--granularity",
-    type=click.Choice(["weight", "channel"]),
+    type=click.Choice(GRANULARITIES),
     default="weight",
     show_default=True,
     help="Zero single weights, or remove whole channels (a smaller dense model).",
@@ -182,7 +269,7 @@ def cli() -> None:
 )
 @click.option(
     "--ranking",
-    type=click.Choice(["flow", "flow-per-weight", "flow-per-flop"]),
+    type=click.Choice(RANKINGS),
     default="flow",
     show_default=True,
     help="Channel mode: rank groups by flow, or by flow per weight or per FLOP they cost.",
@@ -322,7 +409,7 @@ def inspect(
     without a rule.
     """
     if plot is not None:
-        check_output_paths(model, {"--plot": plot})
+        check_output_paths(model, {"plot": plot})
         require_matplotlib()
     result = inspect_model(model, input_shapes=dict(parse_input_shape(s) for s in input_shapes))
     if plot is not None:
@@ -389,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {e.format_message()}", err=True)
         return 2
     except OnnxflowError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {e.render(flag)}", err=True)
         return 2
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)

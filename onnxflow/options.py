@@ -1,20 +1,51 @@
-"""Pruning options: one frozen dataclass, validated once, shared by the API and the CLI."""
+"""Pruning options: one frozen dataclass, validated once, shared by the API and the CLI.
+
+Every choice set and every default is written here once; the CLI derives its click options
+from them (`click.Choice(SCHEDULES)`, `default=DEFAULTS.schedule`), so its help cannot
+disagree with the library. Errors name the field (`min_kept`), never a flag."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, Opt
 
 Schedule = Literal["exponential", "linear"]
 Scope = Literal["global", "local"]
 Provider = Literal["auto", "cpu", "cuda"]
 Method = Literal["synflow", "magnitude", "random"]
 ZeroInit = Literal["ones", "strict"]
-ZERO_INIT_CHOICES: tuple[str, ...] = ("ones", "strict")
+Granularity = Literal["weight", "channel"]
+
+# The choice sets, in the order help lists them (the first is not always the default).
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+SCOPES: tuple[str, ...] = get_args(Scope)
+PROVIDERS: tuple[str, ...] = get_args(Provider)
+METHODS: tuple[str, ...] = get_args(Method)
+ZERO_INITS: tuple[str, ...] = get_args(ZeroInit)
+ZERO_INIT_CHOICES = ZERO_INITS  # the former name
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
+RANKINGS: tuple[str, ...] = ("flow", "flow-per-weight", "flow-per-flop")
+"""Channel mode: how channel groups are ranked (docs/channels.md)."""
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """`'a', 'b' or 'c'`: a choice set in an error message."""
+    quoted = [repr(c) for c in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _check_choice(field_name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise OnnxflowError(
+            "{opt} must be {choices}, got {value!r}",
+            opt=Opt(field_name),
+            choices=one_of(choices),
+            value=value,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,33 +107,29 @@ class PruneOptions:
             raise OnnxflowError(
                 f"sparse_storage must be True or False, got {self.sparse_storage!r}"
             )
-        if self.zero_init not in ZERO_INIT_CHOICES:
-            raise OnnxflowError(f"zero_init must be 'ones' or 'strict', got {self.zero_init!r}")
+        _check_choice("zero_init", self.zero_init, ZERO_INITS)
         it = self.iterations
         if isinstance(it, bool) or not isinstance(it, int) or it < 1:
             raise OnnxflowError(f"iterations must be an integer >= 1, got {it!r}")
-        if self.schedule not in ("exponential", "linear"):
-            raise OnnxflowError(
-                f"schedule must be 'exponential' or 'linear', got {self.schedule!r}"
-            )
-        if self.scope not in ("global", "local"):
-            raise OnnxflowError(f"scope must be 'global' or 'local', got {self.scope!r}")
-        if self.method not in ("synflow", "magnitude", "random"):
-            raise OnnxflowError(
-                f"method must be 'synflow', 'magnitude' or 'random', got {self.method!r}"
-            )
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("scope", self.scope, SCOPES)
+        _check_choice("method", self.method, METHODS)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise OnnxflowError(f"seed must be an integer, got {self.seed!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         k = self.min_kept
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise OnnxflowError(f"min-kept must be an integer >= 0, got {k!r}")
-        if self.provider not in ("auto", "cpu", "cuda"):
-            raise OnnxflowError(f"provider must be 'auto', 'cpu' or 'cuda', got {self.provider!r}")
+            raise OnnxflowError(
+                "{opt} must be an integer >= 0, got {k!r}", opt=Opt("min_kept"), k=k
+            )
+        _check_choice("provider", self.provider, PROVIDERS)
         for name, shape in self.input_shapes.items():
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
                 raise OnnxflowError(
-                    f"input shape for {name!r} must be positive integers, got {shape}"
+                    "{opt} for {name!r} must be positive integers, got {shape}",
+                    opt=Opt("input_shapes"),
+                    name=name,
+                    shape=shape,
                 )
         object.__setattr__(self, "input_shapes", dict(self.input_shapes))
 
@@ -121,22 +148,6 @@ class PruneOptions:
         return 1.0 - 10.0 ** (-compression)
 
 
-def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse `NAME=1x3x224x224` (the CLI's --input-shape)."""
-    name, sep, dims = text.rpartition("=")
-    if not sep or not name or not dims:
-        raise OnnxflowError(f"--input-shape must look like NAME=1x3x224x224, got {text!r}")
-    try:
-        shape = tuple(int(d) for d in dims.lower().split("x"))
-    except ValueError:
-        raise OnnxflowError(
-            f"--input-shape {text!r}: dimensions must be positive integers separated by 'x'"
-        ) from None
-    if not shape or any(d < 1 for d in shape):
-        raise OnnxflowError(f"--input-shape {text!r}: dimensions must be positive integers")
-    return name, shape
-
-
 def check_pattern(pattern: object) -> tuple[int, int]:
     """A valid N:M pattern as a pair of ints: 1 <= N < M."""
     ok = (
@@ -146,20 +157,12 @@ def check_pattern(pattern: object) -> tuple[int, int]:
     )
     if not ok or not (1 <= pattern[0] < pattern[1]):  # type: ignore[index]
         raise OnnxflowError(
-            f"pattern must be N:M with integers 1 <= N < M (e.g. 2:4), got {pattern!r}"
+            "{opt} must be (N, M) with integers 1 <= N < M (e.g. (2, 4)), got {pattern!r}",
+            opt=Opt("pattern"),
+            pattern=pattern,
         )
     return int(pattern[0]), int(pattern[1])  # type: ignore[index]
 
 
-def parse_pattern(text: str) -> tuple[int, int]:
-    """Parse `N:M` (the CLI's --pattern)."""
-    n, sep, m = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        pattern = (int(n), int(m))
-    except ValueError:
-        raise OnnxflowError(f"--pattern must look like N:M (e.g. 2:4), got {text!r}") from None
-    if not (1 <= pattern[0] < pattern[1]):
-        raise OnnxflowError(f"--pattern {text!r}: need integers 1 <= N < M (e.g. 2:4)")
-    return pattern
+DEFAULTS = PruneOptions(sparsity=0.0)
+"""Every option at its default (the sparsity, which has none, aside): what help shows."""

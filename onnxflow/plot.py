@@ -10,7 +10,7 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, Opt
 from onnxflow.save import Writer
 
 if TYPE_CHECKING:
@@ -23,7 +23,8 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise OnnxflowError(
-            "--plot needs matplotlib: pip install 'onnxflow[plot]' (or matplotlib)"
+            "{opt} needs matplotlib: pip install 'onnxflow[plot]' (or matplotlib)",
+            opt=Opt("plot"),
         ) from None
 
 

@@ -17,7 +17,7 @@ from functools import cache
 
 import onnxruntime as ort
 
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, Opt
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,10 @@ def resolve_provider(provider: str) -> str:
     usable = _cuda_usable()
     if provider == "cuda" and not usable:
         raise OnnxflowError(
-            "--provider cuda: no usable CUDA device "
+            "{opt}: no usable CUDA device "
             "(needs onnxruntime-gpu: pip install 'onnxflow[gpu]', an NVIDIA GPU and the "
-            "CUDA libraries)"
+            "CUDA libraries)",
+            opt=Opt("provider", "cuda"),
         )
     return "cuda" if usable else "cpu"
 

@@ -19,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import onnx
 
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, Opt
 
 Writer = Callable[[BinaryIO], None]
 
@@ -29,27 +29,41 @@ def check_output_paths(source: str | os.PathLike[str] | None, outputs: Mapping[s
     seen: dict[Path, str] = {}
     src = Path(source).resolve() if source is not None else None
     for label, path in outputs.items():
+        opt = Opt(label)  # the output's role: `masks`, which the CLI calls `--masks`
         resolved = path.resolve()
         if src is not None and resolved == src:
-            raise OnnxflowError(f"{label} {path} is the input model; it is never overwritten")
+            raise OnnxflowError(
+                "{opt} {path} is the input model; it is never overwritten", opt=opt, path=path
+            )
         if resolved in seen:
-            raise OnnxflowError(f"{label} and {seen[resolved]} are the same file: {path}")
+            raise OnnxflowError(
+                "{opt} and {other} are the same file: {path}",
+                opt=opt,
+                other=Opt(seen[resolved]),
+                path=path,
+            )
         seen[resolved] = label
         if path.is_dir():
-            raise OnnxflowError(f"{label} {path} is a directory")
+            raise OnnxflowError("{opt} {path} is a directory", opt=opt, path=path)
         parent = resolved.parent
         if not parent.is_dir():
-            raise OnnxflowError(f"{label} {path}: folder {parent} does not exist")
+            raise OnnxflowError(
+                "{opt} {path}: folder {parent} does not exist", opt=opt, path=path, parent=parent
+            )
         try:  # os.access says yes to root even where the filesystem says no
             fd, probe = tempfile.mkstemp(prefix=".onnxflow-probe.", dir=parent)
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
             raise OnnxflowError(
-                f"{label} {path}: folder {parent} is not writable ({e.strerror or e})"
+                "{opt} {path}: folder {parent} is not writable ({why})",
+                opt=opt,
+                path=path,
+                parent=parent,
+                why=e.strerror or e,
             ) from None
         if path.exists() and not os.access(path, os.W_OK):
-            raise OnnxflowError(f"{label} {path} is not writable")
+            raise OnnxflowError("{opt} {path} is not writable", opt=opt, path=path)
 
 
 def _umask() -> int:

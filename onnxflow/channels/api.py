@@ -25,7 +25,7 @@ from onnxflow.channels.score import (
     select_groups,
 )
 from onnxflow.dag import WeightDag, build_weight_dag
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, Opt
 from onnxflow.external import constant_array, model_bytes
 from onnxflow.flow.engine import FlowEngine, FlowScores
 from onnxflow.options import PruneOptions
@@ -52,7 +52,9 @@ def check_channel_options(
     options: PruneOptions, channel_multiple: int, ranking: str = "flow"
 ) -> None:
     if options.pattern is not None:
-        raise OnnxflowError("--pattern prunes weights; it cannot be combined with channel mode")
+        raise OnnxflowError(
+            "{opt} prunes weights; it cannot be combined with channel mode", opt=Opt("pattern")
+        )
     if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int):
         raise OnnxflowError(f"channel-multiple must be an integer >= 1, got {channel_multiple!r}")
     if channel_multiple < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 
 from onnxflow.dag import WeightLayer, build_weight_dag, quantized_weight_node, tie_lookup_copies
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, Opt
 from onnxflow.flow.zero_init import find_zero_init
 from onnxflow.pipeline import Pass, PruneState
 from onnxflow.tensors import stored_tensor_names
@@ -47,10 +47,12 @@ class BuildDagPass(Pass):
             dag.read_as_ones = zero.names
         if not dag.layers:
             raise OnnxflowError(
-                f"{state.source or 'model'} has no prunable weights "
+                "{source} has no prunable weights "
                 "(constant weights of Conv, ConvTranspose, Gemm or MatMul"
-                + (", not excluded by --exclude" if patterns else "")
+                + (", not excluded by {opt}" if patterns else "")
                 + (", not all zero" if state.zero_init.weights else "")
-                + ")"
+                + ")",
+                source=state.source or "model",
+                opt=Opt("exclude", tuple(patterns)),
             )
         state.dag = dag

@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxflow.dag import weight_view_nodes
-from onnxflow.errors import OnnxflowError, one_line
+from onnxflow.errors import OnnxflowError, Opt, one_line
 from onnxflow.external import attach
 from onnxflow.passes.computed_weights import computed_weight_views, computed_weights_note
 from onnxflow.passes.inline_if import inline_constant_ifs, refuse_control_flow
@@ -38,7 +38,10 @@ def resolve_input_shapes(
     for name in given:
         if name not in names:
             raise OnnxflowError(
-                f"--input-shape names {name!r}, but the model's inputs are {sorted(names)}"
+                "{opt} names {name!r}, but the model's inputs are {inputs}",
+                opt=Opt("input_shapes"),
+                name=name,
+                inputs=sorted(names),
             )
     shapes: dict[str, tuple[int, ...]] = {}
     for t in inputs:
@@ -46,7 +49,9 @@ def resolve_input_shapes(
         if declared is None:
             if t.name not in given:
                 raise OnnxflowError(
-                    f"input {t.name!r} has no declared shape; give --input-shape {t.name}=..."
+                    "input {name!r} has no declared shape; give its shape in {opt}",
+                    name=t.name,
+                    opt=Opt("input_shapes"),
                 )
             shapes[t.name] = given[t.name]
             continue
@@ -54,14 +59,22 @@ def resolve_input_shapes(
             shape = given[t.name]
             if len(shape) != len(declared):
                 raise OnnxflowError(
-                    f"--input-shape for {t.name!r} has rank {len(shape)}, "
-                    f"but the input has rank {len(declared)}"
+                    "{opt} for {name!r} has rank {rank}, but the input has rank {declared}",
+                    opt=Opt("input_shapes"),
+                    name=t.name,
+                    rank=len(shape),
+                    declared=len(declared),
                 )
             for i, (want, have) in enumerate(zip(shape, declared, strict=True)):
                 if isinstance(have, int) and have > 0 and have != want:
                     raise OnnxflowError(
-                        f"--input-shape for {t.name!r}: dimension {i} is fixed to {have} "
-                        f"in the model, not {want}"
+                        "{opt} for {name!r}: dimension {i} is fixed to {have} in the model, "
+                        "not {want}",
+                        opt=Opt("input_shapes"),
+                        name=t.name,
+                        i=i,
+                        have=have,
+                        want=want,
                     )
             shapes[t.name] = shape
             continue
@@ -73,13 +86,17 @@ def resolve_input_shapes(
                 dims.append(1)
             else:
                 label = f" ({d!r})" if isinstance(d, str) and d else ""
-                hint = "x".join(
-                    str(x) if isinstance(x, int) and x > 0 else ("1" if j == 0 else "?")
+                hint = tuple(
+                    x if isinstance(x, int) and x > 0 else (1 if j == 0 else "?")
                     for j, x in enumerate(declared)
                 )
                 raise OnnxflowError(
-                    f"input {t.name!r} dimension {i}{label} is dynamic; give its size with "
-                    f"--input-shape {t.name}={hint} (each ? replaced by a size)"
+                    "input {name!r} dimension {i}{label} is dynamic; give its size with "
+                    "{opt} (each ? replaced by a size)",
+                    name=t.name,
+                    i=i,
+                    label=label,
+                    opt=Opt("input_shapes", {t.name: hint}),
                 )
         shapes[t.name] = tuple(dims)
     return shapes

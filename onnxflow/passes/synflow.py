@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from onnxflow.dag import WeightDag
-from onnxflow.errors import OnnxflowError
+from onnxflow.errors import OnnxflowError, Opt
 from onnxflow.flow.engine import FlowEngine, FlowScores
 from onnxflow.masks import (
     fits_pattern,
@@ -127,8 +127,10 @@ class _Pattern:
         self.skipped = [layer.name for layer in dag.layers if layer.name not in self.axes]
         if not self.axes:
             raise OnnxflowError(
-                f"--pattern {self.n}:{self.m} fits no layer: no prunable weight has a known "
-                f"input-channel axis whose length is a multiple of {self.m}"
+                "{opt} fits no layer: no prunable weight has a known "
+                "input-channel axis whose length is a multiple of {m}",
+                opt=Opt("pattern", (self.n, self.m)),
+                m=self.m,
             )
         self.allowed = sum(
             layer.size * self.n // self.m if layer.name in self.axes else layer.size
@@ -143,9 +145,11 @@ class _Pattern:
         if target > self.allowed:
             implied = 1.0 - self.allowed / total
             raise OnnxflowError(
-                f"sparsity {sparsity:g} contradicts --pattern {self.n}:{self.m}, which already "
-                f"prunes {implied:.4g} of this model's weights; give a sparsity >= {implied:.4g} "
-                "or none"
+                "sparsity {sparsity:g} contradicts {opt}, which already prunes {implied:.4g} "
+                "of this model's weights; give a sparsity >= {implied:.4g} or none",
+                sparsity=sparsity,
+                opt=Opt("pattern", (self.n, self.m)),
+                implied=implied,
             )
         if target == 0:
             raise OnnxflowError(f"sparsity {sparsity:g} keeps no weight; choose a lower one")
