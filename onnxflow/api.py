@@ -302,9 +302,7 @@ def save(
     if "plot" in paths:
         r = result.report
         fig = density_figure(
-            [layer.name for layer in r.layers],
-            [layer.density for layer in r.layers],
-            r.density,
+            r.layers,
             f"{r.options.get('method', 'synflow')}: density per layer, "
             f"{r.kept:,} of {r.params:,} weights kept",
         )

@@ -412,21 +412,17 @@ def inspect(
         check_output_paths(model, {"plot": plot})
         require_matplotlib()
     result = inspect_model(model, input_shapes=dict(parse_input_shape(s) for s in input_shapes))
+    rows, totals = result.rows, result.totals
     if plot is not None:
-        rows = result.to_dict()["layers"]
-        total = sum(layer.size for layer in result.dag.layers)
-        nonzero = sum(result.nonzero.values())
         fig = density_figure(
-            [r["name"] for r in rows],
-            [r["density"] for r in rows],
-            nonzero / total if total else 0.0,
-            f"{model.name}: density per layer, {nonzero:,} of {total:,} weights nonzero",
+            rows,
+            f"{model.name}: density per layer, {totals.kept:,} of {totals.params:,} weights "
+            "nonzero",
         )
         write_atomically({plot: png_writer(fig)})
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    rows = result.to_dict()["layers"]
     out = render.stdout()
     out.print(render.inspect_table(rows, model, wide=wide))
     out.print(render.inspect_summary(rows), highlight=False)

@@ -16,6 +16,7 @@ from onnxflow.flow.registry import RuleRegistry
 from onnxflow.flow.zero_init import find_zero_init
 from onnxflow.options import PruneOptions
 from onnxflow.pipeline import Sequential
+from onnxflow.rows import LayerRow, Totals, layer_rows
 from onnxflow.tensors import stored_tensor_names
 
 
@@ -35,23 +36,18 @@ class Inspection:
     notes: list[str] = field(default_factory=list)
     """One-line notes on parts of the model left dense or out of the flow (as prune's)."""
 
+    @property
+    def rows(self) -> list[LayerRow]:
+        """The table's rows: each layer with its nonzero weights as `kept`."""
+        return layer_rows(self.dag.layers, self.nonzero)
+
+    @property
+    def totals(self) -> Totals:
+        return Totals.of(self.rows)
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "layers": [
-                {
-                    "name": layer.name,
-                    "op": layer.op,
-                    "nodes": layer.nodes,
-                    "shape": list(layer.shape),
-                    "params": layer.size,
-                    "nonzero": self.nonzero[layer.name],
-                    "density": self.nonzero[layer.name] / layer.size if layer.size else 0.0,
-                    "flops": 2 * layer.size * layer.uses,
-                    "flops_kept": 2 * self.nonzero[layer.name] * layer.uses,
-                    "feeds_from": layer.feeds_from,
-                }
-                for layer in self.dag.layers
-            ],
+            "layers": [row.inspect_dict() for row in self.rows],
             "missing_rules": [vars(m) for m in self.missing_rules],
             "notes": self.notes,
         }

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from onnxflow.errors import OnnxflowError, Opt
+from onnxflow.rows import LayerRow, Totals
 from onnxflow.save import Writer
 
 if TYPE_CHECKING:
@@ -28,12 +29,13 @@ def require_matplotlib() -> None:
         ) from None
 
 
-def density_figure(
-    names: Sequence[str], densities: Sequence[float], overall: float, title: str
-) -> Figure:
-    """Bars of each layer's density (log scale), the overall density as a line, and layers
-    pruned to nothing marked in red at the bottom."""
+def density_figure(rows: Sequence[LayerRow], title: str) -> Figure:
+    """Bars of each layer's density (log scale), the overall density of the rows as a line,
+    and layers pruned to nothing marked in red at the bottom."""
     require_matplotlib()
+    names = [r.name for r in rows]
+    densities = [r.density for r in rows]
+    overall = Totals.of(rows).density
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     n = len(names)

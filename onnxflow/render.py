@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console, Group
@@ -22,7 +22,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from onnxflow.report import LayerReport, Report
+from onnxflow.report import Report
+from onnxflow.rows import LayerRow, Totals
 
 if TYPE_CHECKING:
     from onnxflow.inspect import Inspection, MissingRule
@@ -88,39 +89,59 @@ def method_label(report: Report) -> str:
     return METHOD_LABELS.get(method, method)
 
 
-def prune_table(report: Report, output: Path | str, *, wide: bool = False) -> Group:
-    """The per-layer table of a pruning; excluded layers are listed after the pruned ones."""
-    columns = ["layer", "op", "params", "kept", "density"]
+def layer_table(
+    title: str,
+    rows: Sequence[LayerRow],
+    *,
+    kept: str = "kept",
+    wide: bool = False,
+    excluded: Sequence[LayerRow] = (),
+    fed_by: bool = False,
+) -> Group:
+    """The per-layer table of prune and inspect: one row per layer (`kept` names the count
+    column), excluded layers after them, then the totals of the rows (`Totals`).
+    `wide` adds the shape and FLOPs columns, and with `fed_by` the layers feeding each."""
+    columns = ["layer", "op", "params", kept, "density"]
     if wide:
         columns[2:2] = ["shape"]
-        columns += ["FLOPs", "sparse FLOPs"]
-    titled = _table(
-        f"{method_label(report)} pruning -> {output}", columns, ("layer", "op", "shape")
-    )
+        columns += ["FLOPs", "sparse FLOPs"] + (["fed by"] if fed_by else [])
+    titled = _table(title, columns, ("layer", "op", "shape", "fed by"))
     table = titled.renderables[1]
     assert isinstance(table, Table)
     count = (lambda n: f"{n:,}") if wide else compact
 
-    def row(layer: LayerReport, kept: str, density: str) -> list[str]:
-        cells = [layer.name, layer.op, count(layer.params), kept, density]
+    def cells(row: LayerRow, kept: str, density: str) -> list[str]:
+        out = [row.name, row.op, count(row.params), kept, density]
         if wide:
-            cells[2:2] = ["x".join(map(str, layer.shape))]
-            cells += [compact(layer.flops), compact(layer.flops_kept)]
-        return cells
+            out[2:2] = ["x".join(map(str, row.shape))]
+            out += [compact(row.flops), compact(row.flops_kept)]
+            out += [", ".join(row.fed_by) or "input"] if fed_by else []
+        return out
 
-    for layer in report.layers:
-        table.add_row(*row(layer, count(layer.kept), percent(layer.density)))
-    if report.excluded:
+    for row in rows:
+        table.add_row(*cells(row, count(row.kept), percent(row.density)))
+    if excluded:
         table.add_section()
-        for layer in report.excluded:
-            table.add_row(*row(layer, "excluded", ""), style="dim")
+        for row in excluded:
+            table.add_row(*cells(row, "excluded", ""), style="dim")
     table.add_section()
-    total = ["total", "", count(report.params), count(report.kept), percent(report.density)]
+    totals = Totals.of(rows)
+    total = ["total", "", count(totals.params), count(totals.kept), percent(totals.density)]
     if wide:
         total[2:2] = [""]
-        total += [compact(report.flops), compact(report.flops_kept)]
+        total += [compact(totals.flops), compact(totals.flops_kept)] + ([""] if fed_by else [])
     table.add_row(*total)
     return titled
+
+
+def prune_table(report: Report, output: Path | str, *, wide: bool = False) -> Group:
+    """The per-layer table of a pruning; excluded layers are listed after the pruned ones."""
+    return layer_table(
+        f"{method_label(report)} pruning -> {output}",
+        report.layers,
+        wide=wide,
+        excluded=report.excluded,
+    )
 
 
 def prune_summary(report: Report, written: Mapping[str, Path] | None = None) -> list[str]:
@@ -162,50 +183,24 @@ def prune_warnings(report: Report) -> list[str]:
     return out
 
 
-def inspect_table(rows: Sequence[Mapping[str, Any]], model: Path | str, *, wide: bool) -> Group:
-    """The per-layer table of `onnxflow inspect` (rows of `Inspection.to_dict()`)."""
-    columns = ["layer", "op", "params", "nonzero", "density"]
-    if wide:
-        columns[2:2] = ["shape"]
-        columns += ["FLOPs", "sparse FLOPs", "fed by"]
-    titled = _table(f"prunable weights of {model}", columns, ("layer", "op", "shape", "fed by"))
-    table = titled.renderables[1]
-    assert isinstance(table, Table)
-    count = (lambda n: f"{n:,}") if wide else compact
-    for r in rows:
-        cells = [r["name"], r["op"], count(r["params"]), count(r["nonzero"]), percent(r["density"])]
-        if wide:
-            cells[2:2] = ["x".join(map(str, r["shape"]))]
-            cells += [
-                compact(r["flops"]),
-                compact(r["flops_kept"]),
-                ", ".join(r["feeds_from"]) or "input",
-            ]
-        table.add_row(*cells)
-    params, nonzero = sum(r["params"] for r in rows), sum(r["nonzero"] for r in rows)
-    table.add_section()
-    total = ["total", "", count(params), count(nonzero), percent(nonzero / max(params, 1))]
-    if wide:
-        total[2:2] = [""]
-        total += [
-            compact(sum(r["flops"] for r in rows)),
-            compact(sum(r["flops_kept"] for r in rows)),
-            "",
-        ]
-    table.add_row(*total)
-    return titled
+def inspect_table(rows: Sequence[LayerRow], model: Path | str, *, wide: bool) -> Group:
+    """The per-layer table of `onnxflow inspect` (`Inspection.rows`)."""
+    return layer_table(f"prunable weights of {model}", rows, kept="nonzero", wide=wide, fed_by=True)
 
 
-def inspect_summary(rows: Sequence[Mapping[str, Any]]) -> str:
-    params, nonzero = sum(r["params"] for r in rows), sum(r["nonzero"] for r in rows)
-    return f"{plural(len(rows), 'prunable weight')}, {params:,} parameters, {nonzero:,} nonzero"
+def inspect_summary(rows: Sequence[LayerRow]) -> str:
+    totals = Totals.of(rows)
+    return (
+        f"{plural(len(rows), 'prunable weight')}, {totals.params:,} parameters, "
+        f"{totals.kept:,} nonzero"
+    )
 
 
 def inspect_warnings(inspection: Inspection) -> list[str]:
     """One line per op type without a rule (with a count and an example node), and one for
     the layers that are already all zeros."""
     out = list(inspection.notes)  # parts left dense or out of the flow, and why
-    empty = [layer.name for layer in inspection.dag.layers if inspection.nonzero[layer.name] == 0]
+    empty = [row.name for row in inspection.rows if row.kept == 0]
     if empty:
         out.append(
             f"{plural(len(empty), 'layer')} already all zeros (no signal passes them; "

@@ -7,47 +7,24 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from onnxflow.dag import WeightDag, WeightLayer
 from onnxflow.flow.zero_init import ZeroInit
+from onnxflow.rows import LayerRow, Totals, layer_rows
 
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True)
-class LayerReport:
-    name: str
-    """Initializer name of the weight (the key in masks and scores)."""
-    nodes: list[str]
-    op: str
-    shape: list[int]
-    params: int
-    kept: int
-    uses: int = 0
-    """Multiply-accumulates per weight per forward pass."""
-
-    @property
-    def density(self) -> float:
-        return self.kept / self.params if self.params else 0.0
-
-    @property
-    def flops(self) -> int:
-        """Dense FLOPs of the layer (2 per multiply-accumulate)."""
-        return 2 * self.params * self.uses
-
-    @property
-    def flops_kept(self) -> int:
-        """FLOPs left when zero weights are skipped."""
-        return 2 * self.kept * self.uses
+LayerReport = LayerRow  # the former name of a report's row
 
 
 @dataclass(frozen=True)
 class Report:
-    layers: list[LayerReport]
+    layers: list[LayerRow]
     options: dict[str, Any] = field(default_factory=dict)
     provider: str = "cpu"
     log_flow: float | None = None
@@ -66,35 +43,40 @@ class Report:
     """One-line notes on parts of the model left dense or out of the flow, and why."""
     zero_init: ZeroInit = field(default_factory=ZeroInit)
     """Zero-initialized tensors the flow read as ones (`PruneOptions.zero_init`)."""
-    excluded: list[LayerReport] = field(default_factory=list)
+    excluded: list[LayerRow] = field(default_factory=list)
     """Prunable layers that `exclude` kept whole (not in `layers` nor in the totals)."""
     exclude_unmatched: list[str] = field(default_factory=list)
     """`exclude` patterns that matched no prunable weight (a typo, most likely)."""
 
     @property
+    def totals(self) -> Totals:
+        """Sums over `layers` (the excluded layers are not counted)."""
+        return Totals.of(self.layers)
+
+    @property
     def params(self) -> int:
-        return sum(layer.params for layer in self.layers)
+        return self.totals.params
 
     @property
     def kept(self) -> int:
-        return sum(layer.kept for layer in self.layers)
+        return self.totals.kept
 
     @property
     def density(self) -> float:
-        return self.kept / self.params if self.params else 0.0
+        return self.totals.density
 
     @property
     def compression(self) -> float:
         """log10(params / kept): the paper's compression C; inf if nothing is kept."""
-        return math.log10(self.params / self.kept) if self.kept else math.inf
+        return self.totals.compression
 
     @property
     def flops(self) -> int:
-        return sum(layer.flops for layer in self.layers)
+        return self.totals.flops
 
     @property
     def flops_kept(self) -> int:
-        return sum(layer.flops_kept for layer in self.layers)
+        return self.totals.flops_kept
 
     @property
     def emptied(self) -> list[str]:
@@ -102,28 +84,21 @@ class Report:
         return [layer.name for layer in self.layers if layer.kept == 0]
 
     def to_dict(self) -> dict[str, Any]:
+        totals = self.totals
         return {
             "schema_version": SCHEMA_VERSION,
             "options": self.options,
             "provider": self.provider,
-            "layers": [
-                {
-                    **asdict(layer),
-                    "density": layer.density,
-                    "flops": layer.flops,
-                    "flops_kept": layer.flops_kept,
-                }
-                for layer in self.layers
-            ],
+            "layers": [layer.report_dict() for layer in self.layers],
             "totals": {
-                "params": self.params,
-                "kept": self.kept,
-                "density": self.density,
-                "compression_log10": None if math.isinf(self.compression) else self.compression,
+                "params": totals.params,
+                "kept": totals.kept,
+                "density": totals.density,
+                "compression_log10": None if math.isinf(totals.compression) else totals.compression,
                 "log_flow": self.log_flow,
                 "emptied_layers": self.emptied,
-                "flops": self.flops,
-                "flops_kept": self.flops_kept,
+                "flops": totals.flops,
+                "flops_kept": totals.flops_kept,
                 "bytes_before": self.bytes_before,
                 "bytes_after": self.bytes_after,
                 "bytes_after_dense": self.bytes_after_dense,
@@ -135,7 +110,7 @@ class Report:
                 },
                 "exclude_unmatched": self.exclude_unmatched,
             },
-            "excluded_layers": [asdict(layer) for layer in self.excluded],
+            "excluded_layers": [layer.report_dict(figures=False) for layer in self.excluded],
             "notes": self.notes,
             "seconds": self.seconds,
         }
@@ -150,28 +125,8 @@ def build_report(
     excluded: list[WeightLayer] | None = None,
     **kwargs: Any,
 ) -> Report:
-    kept_whole = [
-        LayerReport(
-            name=layer.name,
-            nodes=list(layer.nodes),
-            op=layer.op,
-            shape=list(layer.shape),
-            params=layer.size,
-            kept=layer.size,
-            uses=layer.uses,
-        )
-        for layer in excluded or []
-    ]
-    layers = [
-        LayerReport(
-            name=layer.name,
-            nodes=list(layer.nodes),
-            op=layer.op,
-            shape=list(layer.shape),
-            params=layer.size,
-            kept=int(np.count_nonzero(masks[layer.name])),
-            uses=layer.uses,
-        )
-        for layer in dag.layers
-    ]
-    return Report(layers, excluded=kept_whole, **kwargs)
+    """The report's rows: each layer's kept weights are its mask's ones; an excluded layer
+    keeps all of its weights."""
+    kept = {layer.name: int(np.count_nonzero(masks[layer.name])) for layer in dag.layers}
+    whole = layer_rows(excluded or [], {layer.name: layer.size for layer in excluded or []})
+    return Report(layer_rows(dag.layers, kept), excluded=whole, **kwargs)

@@ -262,8 +262,10 @@ def test_pattern_through_the_cli(tmp_path: Path, capsys) -> None:
 def test_density_figure_draws_one_bar_per_layer_at_its_density() -> None:
     pytest.importorskip("matplotlib")  # in the test extras; the plot extra is optional
     from onnxflow.plot import density_figure
+    from onnxflow.rows import LayerRow
 
-    fig = density_figure(["a", "b", "c"], [0.5, 0.01, 0.0], 0.1, "t")
+    rows = [LayerRow(n, [n], "Gemm", [100], 100, k) for n, k in (("a", 50), ("b", 1), ("c", 0))]
+    fig = density_figure(rows, "t")
     ax = fig.axes[0]
     bars = ax.patches
     assert len(bars) == 3
@@ -272,6 +274,8 @@ def test_density_figure_draws_one_bar_per_layer_at_its_density() -> None:
     assert bars[2].get_facecolor() != bars[0].get_facecolor()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
     assert ax.get_yscale() == "log"
+    (overall,) = ax.get_lines()  # the rows' overall density: 51 of 300
+    assert overall.get_ydata()[0] == pytest.approx(51 / 300)
 
 
 def test_plot_files_from_prune_and_inspect(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ summary's wording, and the warnings' shape (tested on reports, without running a
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -75,15 +76,11 @@ def test_prune_table_fits_80_columns_with_resnet50_names() -> None:
 
 def test_inspect_table_fits_80_columns_with_resnet50_names() -> None:
     rows = [
-        {
-            "name": x.name, "op": "Conv", "shape": x.shape, "params": x.params,
-            "nonzero": x.kept, "density": x.density, "flops": x.flops,
-            "flops_kept": x.flops_kept, "feeds_from": ["layer4.2.downsample.0.weight"] * 3,
-        }
+        dataclasses.replace(x, fed_by=["layer4.2.downsample.0.weight"] * 3)
         for x in resnet50_report().layers
-    ]  # fmt: skip
+    ]
     text = render_text(render.inspect_table(rows, "resnet50.onnx", wide=False))
-    want = [[r["name"], render.compact(r["params"]), render.compact(r["nonzero"])] for r in rows]
+    want = [[r.name, render.compact(r.params), render.compact(r.kept)] for r in rows]
     assert_fits_uncut(text, want)
     assert "fed by" not in text  # --wide only
     wide = render_text(render.inspect_table(rows, "resnet50.onnx", wide=True), width=400)
@@ -135,14 +132,14 @@ def test_excluded_layers_stay_in_the_table_marked_excluded() -> None:
 def test_summary_counts_are_exact_singular_and_list_the_files() -> None:
     one = LayerReport("w", ["n"], "Gemm", [3, 4], 12, 1, 1)
     report = Report([one], options={"method": "magnitude"})
-    lines = render.prune_summary(report, {"output": Path("o.onnx"), "--masks": Path("m.npz")})
+    lines = render.prune_summary(report, {"output": Path("o.onnx"), "masks": Path("m.npz")})
     assert "1 prunable weight" not in lines[0]  # 12 weights
     assert lines[0] == "kept 1 of 12 prunable weights (8.33%, compression 10^1.08)"
     assert "FLOPs with a sparse kernel (theoretical" in lines[1]
     assert lines[-1] == "wrote o.onnx, m.npz"
-    rows = [{"params": 12, "nonzero": 3}]
-    assert render.inspect_summary(rows).startswith("1 prunable weight, ")
-    assert render.inspect_summary(rows * 2).startswith("2 prunable weights, ")
+    rows = [dataclasses.replace(one, kept=3)]
+    assert render.inspect_summary(rows) == "1 prunable weight, 12 parameters, 3 nonzero"
+    assert render.inspect_summary(rows * 2).startswith("2 prunable weights, 24 parameters, ")
 
 
 def test_missing_rules_are_one_line_per_op_type_with_a_count_and_an_example() -> None:
