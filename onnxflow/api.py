@@ -14,7 +14,7 @@ from onnxflow.errors import OnnxflowError
 from onnxflow.external import ExternalDataWriter, data_path, external_info
 from onnxflow.flow.engine import FlowEngine
 from onnxflow.flow.registry import RuleRegistry
-from onnxflow.options import PruneOptions
+from onnxflow.options import DEFAULTS, GRANULARITIES, PruneOptions, check_choice
 from onnxflow.passes import (
     ApplyMasksPass,
     BuildDagPass,
@@ -155,8 +155,7 @@ def prune(
         PruneResult(model, masks, log_scores, report); in channel mode a
         ChannelResult(model, masks, kept, report, channels).
     """
-    if granularity not in ("weight", "channel"):
-        raise OnnxflowError(f"granularity must be 'weight' or 'channel', got {granularity!r}")
+    check_choice("granularity", granularity, GRANULARITIES)
     if options is None:
         options = make_options(**kwargs)
     elif kwargs:
@@ -197,8 +196,8 @@ def score(
     model: str | os.PathLike[str] | onnx.ModelProto,
     *,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
-    provider: str = "auto",
-    zero_init: str = "ones",
+    provider: str = DEFAULTS.provider,
+    zero_init: str = DEFAULTS.zero_init,
     rules: RuleRegistry | None = None,
 ) -> ScoreResult:
     """SynFlow scores of the dense network, without pruning (one flow-model run).

@@ -38,7 +38,7 @@ def one_of(choices: tuple[str, ...]) -> str:
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
-def _check_choice(field_name: str, value: object, choices: tuple[str, ...]) -> None:
+def check_choice(field_name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise OnnxflowError(
             "{opt} must be {choices}, got {value!r}",
@@ -107,13 +107,13 @@ class PruneOptions:
             raise OnnxflowError(
                 f"sparse_storage must be True or False, got {self.sparse_storage!r}"
             )
-        _check_choice("zero_init", self.zero_init, ZERO_INITS)
+        check_choice("zero_init", self.zero_init, ZERO_INITS)
         it = self.iterations
         if isinstance(it, bool) or not isinstance(it, int) or it < 1:
             raise OnnxflowError(f"iterations must be an integer >= 1, got {it!r}")
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("scope", self.scope, SCOPES)
-        _check_choice("method", self.method, METHODS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("scope", self.scope, SCOPES)
+        check_choice("method", self.method, METHODS)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise OnnxflowError(f"seed must be an integer, got {self.seed!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -122,7 +122,7 @@ class PruneOptions:
             raise OnnxflowError(
                 "{opt} must be an integer >= 0, got {k!r}", opt=Opt("min_kept"), k=k
             )
-        _check_choice("provider", self.provider, PROVIDERS)
+        check_choice("provider", self.provider, PROVIDERS)
         for name, shape in self.input_shapes.items():
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
                 raise OnnxflowError(

@@ -53,6 +53,7 @@ def _no_flags(e: pytest.ExceptionInfo[OnnxflowError]) -> str:
         ({"pattern": (4, 2)}, "pattern", "pattern must be (N, M) with integers 1 <= N < M"),
         ({"pattern": "2:4"}, "pattern", "got '2:4'"),
         ({"input_shapes": {"x": (1, 0)}}, "input_shapes", "input_shapes for 'x' must be"),
+        ({"granularity": "block"}, "granularity", "must be 'weight' or 'channel', got 'block'"),
     ],
 )
 def test_option_errors_name_the_field_not_a_flag(

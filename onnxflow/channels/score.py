@@ -22,6 +22,7 @@ import numpy as np
 from onnxflow.channels.groups import IN, ChannelGroups
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.engine import FlowScores
+from onnxflow.options import RANKINGS as CHANNEL_RANKINGS
 
 ScoreFn = Callable[[set[int]], np.ndarray]
 """Log-scores by group id of the network with the groups in the set removed."""
@@ -173,7 +174,7 @@ def units(
     return [b for _, b in out]
 
 
-RANKINGS = ("flow", "flow-per-weight", "flow-per-flop")
+RANKINGS = CHANNEL_RANKINGS  # the one set, in onnxflow/options.py
 
 
 def group_weights(cg: ChannelGroups, uses: dict[str, int] | None = None) -> np.ndarray:
