@@ -116,7 +116,7 @@ def prune(
     granularity: Literal["channel"],
     channel_multiple: int = 1,
     latency: bool = False,
-    ranking: str = "flow",
+    ranking: str | None = None,
     **kwargs: Any,
 ) -> ChannelResult: ...
 
@@ -131,7 +131,7 @@ def prune(
     granularity: str = "weight",
     channel_multiple: int = 1,
     latency: bool = False,
-    ranking: str = "flow",
+    ranking: str | None = None,
     **kwargs: Any,
 ) -> PruneResult | ChannelResult:
     """Prune a model with iterative SynFlow.
@@ -149,7 +149,7 @@ def prune(
             the result is a compact model, see docs/channels.md).
         channel_multiple: channel mode: keep channel counts multiples of this.
         latency: channel mode: time both models in onnxruntime.
-        ranking: channel mode: `flow`, `flow-per-weight` or `flow-per-flop`.
+        ranking: channel mode: `flow-per-flop` (default), `flow` or `flow-per-weight`.
 
     Returns:
         PruneResult(model, masks, log_scores, report); in channel mode a
@@ -160,8 +160,11 @@ def prune(
         options = make_options(**kwargs)
     elif kwargs:
         raise TypeError("pass either options or keyword options, not both")
+    if rules is not None and granularity == "channel":
+        raise TypeError("rules= is not supported with granularity='channel'")
     if granularity == "channel":
         from onnxflow.channels.api import prune_channels
+        from onnxflow.channels.score import DEFAULT_RANKING
 
         return prune_channels(
             model,
@@ -169,11 +172,9 @@ def prune(
             channel_multiple=channel_multiple,
             latency=latency,
             progress=progress,
-            ranking=ranking,
+            ranking=ranking or DEFAULT_RANKING,
         )
-    if rules is not None and granularity == "channel":
-        raise TypeError("rules= is not supported with granularity='channel'")
-    if channel_multiple != 1 or latency or ranking != "flow":
+    if channel_multiple != 1 or latency or ranking is not None:
         raise OnnxflowError("channel_multiple, latency and ranking need granularity='channel'")
     start = initial_state(model, options, progress)
     start.keep_scores = keep_scores

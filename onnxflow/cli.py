@@ -270,9 +270,8 @@ def cli() -> None:
 @click.option(
     "--ranking",
     type=click.Choice(RANKINGS),
-    default="flow",
-    show_default=True,
-    help="Channel mode: rank groups by flow, or by flow per weight or per FLOP they cost.",
+    help="Channel mode: rank groups by their flow per FLOP they cost (default), their flow, "
+    "or their flow per weight.",
 )
 @click.option(
     "--quiet",
@@ -306,7 +305,7 @@ def prune(
     channels: Path | None,
     channel_multiple: int,
     latency: bool,
-    ranking: str,
+    ranking: str | None,
     quiet: bool,
     wide: bool,
 ) -> None:
@@ -337,6 +336,7 @@ def prune(
     output = output or api.default_output(model)
     if granularity == "channel":
         from onnxflow.channels.command import prune_command
+        from onnxflow.channels.score import DEFAULT_RANKING
 
         weight_only = [
             flag
@@ -350,10 +350,10 @@ def prune(
         prune_command(
             model, output, options, channel_multiple=channel_multiple, latency=latency,
             masks=masks, report=report, channels=channels, weight_only=weight_only, quiet=quiet,
-            ranking=ranking,
+            ranking=ranking or DEFAULT_RANKING,
         )  # fmt: skip
         return
-    if channels is not None or channel_multiple != 1 or latency or ranking != "flow":
+    if channels is not None or channel_multiple != 1 or latency or ranking is not None:
         raise OnnxflowError(
             "--channels, --channel-multiple, --latency and --ranking need --granularity channel"
         )

@@ -17,6 +17,7 @@ from onnxflow.channels.groups import IN, OUT, Aliases, ChannelGroups, trace_chan
 from onnxflow.channels.materialize import check_equivalent, materialize
 from onnxflow.channels.report import ChannelReport, groups_json, measure_latency, params_of
 from onnxflow.channels.score import (
+    DEFAULT_RANKING,
     RANKINGS,
     GroupScorer,
     ScoreFn,
@@ -49,7 +50,7 @@ class ChannelResult(NamedTuple):
 
 
 def check_channel_options(
-    options: PruneOptions, channel_multiple: int, ranking: str = "flow"
+    options: PruneOptions, channel_multiple: int, ranking: str = DEFAULT_RANKING
 ) -> None:
     if options.pattern is not None:
         raise OnnxflowError(
@@ -166,7 +167,7 @@ def prune_channels(
     channel_multiple: int = 1,
     latency: bool = False,
     progress: ProgressCallback | None = None,
-    ranking: str = "flow",
+    ranking: str = DEFAULT_RANKING,
 ) -> ChannelResult:
     """Remove whole channels: the compact model, masks on the original and the report."""
     started = time.perf_counter()

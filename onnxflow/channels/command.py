@@ -15,6 +15,7 @@ from rich.table import Table
 
 from onnxflow.channels.api import ChannelResult, check_channel_options, prune_channels
 from onnxflow.channels.report import ChannelReport
+from onnxflow.channels.score import DEFAULT_RANKING
 from onnxflow.errors import OnnxflowError
 from onnxflow.options import PruneOptions
 from onnxflow.pipeline import ProgressCallback
@@ -70,7 +71,7 @@ def prune_command(
     weight_only: list[str],
     quiet: bool,
     progress: ProgressCallback | None = None,
-    ranking: str = "flow",
+    ranking: str = DEFAULT_RANKING,
 ) -> ChannelResult:
     """Check the options, prune, write, print."""
     if weight_only:

@@ -175,6 +175,9 @@ def units(
 
 
 RANKINGS = CHANNEL_RANKINGS  # the one set, in onnxflow/options.py
+DEFAULT_RANKING = "flow-per-flop"
+"""Measured on ResNet-50 and MobileNetV2 (docs/channels.md): at the same weight sparsity it
+leaves the fewest FLOPs and the lowest latency, for a somewhat lower retained flow R."""
 
 
 def group_weights(cg: ChannelGroups, uses: dict[str, int] | None = None) -> np.ndarray:
