@@ -47,7 +47,13 @@ def export(name: str, path: Path) -> None:
 
 
 def bench(
-    path: Path, sparsity: float, iterations: int, runs: int, repeats: int, rankings: list[str]
+    path: Path,
+    sparsity: float,
+    iterations: int,
+    runs: int,
+    repeats: int,
+    rankings: list[str],
+    multiple: int = 1,
 ) -> dict[str, Any]:
     """Weight-mode and channel-mode (first ranking) run times alternated over `repeats`;
     then every ranking's figures and latencies."""
@@ -64,14 +70,14 @@ def bench(
             else:
                 results[rankings[0]] = onnxflow.prune(
                     path, granularity="channel", sparsity=sparsity, iterations=iterations,
-                    ranking=rankings[0],
+                    ranking=rankings[0], channel_multiple=multiple,
                 )  # fmt: skip
             times[mode].append(time.perf_counter() - t0)
     for ranking in rankings:
         if ranking not in results:
             results[ranking] = onnxflow.prune(
                 path, granularity="channel", sparsity=sparsity, iterations=iterations,
-                ranking=ranking,
+                ranking=ranking, channel_multiple=multiple,
             )  # fmt: skip
     original = onnx.load(str(path))
     out: dict[str, Any] = {"times": times}
@@ -120,6 +126,7 @@ def main() -> None:
         "--rankings", nargs="+", default=["flow", "flow-per-flop", "flow-per-weight"],
         help="channel rankings to run (the first is also timed against weight mode)",
     )  # fmt: skip
+    ap.add_argument("--channel-multiple", type=int, default=1, help="--channel-multiple K")
     ap.add_argument("--out", type=Path, help="write the figures as JSON")
     args = ap.parse_args()
     figures = {}
@@ -128,8 +135,9 @@ def main() -> None:
             path = Path(tmp) / f"{name}.onnx"
             export(name, path)
             figures[name] = bench(
-                path, args.sparsity, args.iterations, args.runs, args.repeats, args.rankings
-            )
+                path, args.sparsity, args.iterations, args.runs, args.repeats, args.rankings,
+                args.channel_multiple,
+            )  # fmt: skip
             print(name, json.dumps(figures[name], indent=1), flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps(figures, indent=1))
