@@ -262,7 +262,8 @@ def cli() -> None:
     default=1,
     show_default=True,
     metavar="K",
-    help="Channel mode: keep channel counts multiples of K where a group allows.",
+    help="Channel mode: keep channel counts multiples of K where a group allows "
+    "(onnxruntime on CPU is fastest with 16 on AVX-512, 8 on AVX2).",
 )
 @click.option(
     "--latency", is_flag=True, help="Channel mode: time both models in onnxruntime (CPU)."
