@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,10 @@ HEAVY = [
     r"resnet152", r"maxvit", r"deeplabv3_resnet101", r"fcn_resnet101",
 ]  # fmt: skip
 # Input sizes other than the family's default (height = width).
-INPUT_SIZE = {"inception_v3": 96, "maxvit_t": 224}
+# AlexNet and VGG pool adaptively to 6x6 / 7x7, which only an input of 224 makes an identity
+# (a smaller one fails TorchScript's export and gives dynamo's GatherND). Inception needs >= 75.
+INPUT_SIZE = {"inception_v3": 96, "maxvit_t": 224, "alexnet": 224}
+INPUT_SIZE.update({n: 224 for n in CLASSIFICATION if n.startswith("vgg")})
 FAMILY_SIZE = {"classification": 64, "segmentation": 128, "detection": 128}
 
 
@@ -191,15 +195,16 @@ def _transformer(name: str) -> tuple[Any, tuple[Any, ...], list[str]]:
             d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
             decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
             vocab_size=1000, num_mel_bins=16, max_source_positions=32,
-            max_target_positions=16,
+            max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            decoder_start_token_id=1,
         )  # fmt: skip
         feats = torch.randn(1, 16, 64)
         model = tf.WhisperForConditionalGeneration(cfg)
         return model, (feats, ids[:, :4]), ["input_features", "decoder_input_ids"]
     if name == "hf_wav2vec2":
         cfg = tf.Wav2Vec2Config(
-            **lm, conv_dim=(32, 32), conv_kernel=(10, 3), conv_stride=(5, 2),
-            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=32,
+            **{**lm, "vocab_size": 32}, conv_dim=(32, 32), conv_kernel=(10, 3),
+            conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
         )  # fmt: skip
         return tf.Wav2Vec2ForCTC(cfg), (torch.randn(1, 1600),), ["input_values"]
     raise ValueError(f"unknown transformer {name}")
@@ -276,6 +281,20 @@ def _build(name: str) -> tuple[Any, tuple[Any, ...], list[str]]:
     return Det(model).eval(), (x,), ["input"]
 
 
+def _describe(e: BaseException) -> str:
+    """One line: the exception's first line and that of its root cause (ANSI colours off)."""
+
+    def first(x: BaseException) -> str:
+        lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(x)).splitlines() if ln.strip()]
+        return f"{type(x).__name__}: {lines[0].strip() if lines else ''}"
+
+    root = e
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    text = first(e) if root is e else f"{first(e)} <- {first(root)}"
+    return text[:400]
+
+
 def export_worker(name: str, work: str, exporters: str) -> None:
     """Build `name` once and export it with each exporter to `work/<name>.<exporter>/`.
 
@@ -314,8 +333,7 @@ def export_worker(name: str, work: str, exporters: str) -> None:
             big = proto.ByteSize() > 1_900_000_000
             onnx.save(proto, str(path), save_as_external_data=big, location="model.onnx.data")
         except Exception as e:  # noqa: BLE001 - an exporter's failure is a result
-            lines = [ln for ln in str(e).splitlines() if ln.strip()]
-            meta["error"] = f"{type(e).__name__}: {lines[0] if lines else ''}"[:400]
+            meta["error"] = _describe(e)
         meta["export_s"] = round(time.perf_counter() - t0, 1)
         for leftover in folder.glob("tmp.onnx*"):
             leftover.unlink()
@@ -647,9 +665,10 @@ def render(data: dict[str, Any]) -> str:
     out += [
         "",
         "Random weights as each library initializes them; inputs 64x64 (classification; "
-        "inception_v3 96, maxvit_t 224), 128x128 (segmentation, detection; SSD resizes to its "
-        "own size), transformers from small configs (2 layers, width 64, 8 tokens or 32x32 "
-        "images). TorchScript: `torch.onnx.export(dynamo=False, opset_version=17)`; dynamo: "
+        "inception_v3 96, alexnet, vgg* and maxvit_t 224), 128x128 (segmentation, "
+        "detection; SSD resizes to its own size), transformers from small configs (2 layers, "
+        "width 64, 8 tokens or 32x32 images). TorchScript: "
+        "`torch.onnx.export(dynamo=False, opset_version=17)`; dynamo: "
         "`dynamo=True, opset_version=18`; IR version set to <= 10.",
         "",
         "Columns: **zero** = nonzero weights whose `--scores` log-score is -inf (score 0); "
@@ -690,6 +709,15 @@ def render(data: dict[str, Any]) -> str:
         out.append(f"- **{len(models)}** `{cls}`: {', '.join(models)}")
     if not classes:
         out.append("none")
+    out += ["", "## Export failures (PyTorch's exporters, not onnxflow)", ""]
+    exp_fail: dict[str, list[str]] = defaultdict(list)
+    for r in recs:
+        if r["status"] == "export failed":
+            exp_fail[r.get("error", "")[:200]].append(f"{r['model']} ({r['exporter']})")
+    for line, models in sorted(exp_fail.items(), key=lambda kv: -len(kv[1])):
+        out.append(f"- **{len(models)}** `{line}`: {', '.join(models)}")
+    if not exp_fail:
+        out.append("none")
     out += ["", "## Nonzero weights scoring 0 (pruned models)", ""]
     zs = [r for r in recs if r.get("zero_scored")]
     if zs:
@@ -710,8 +738,8 @@ def render(data: dict[str, Any]) -> str:
         "## All results",
         "",
         "| model | family | exporter | status | params | export s | prune s | zero | unexpl. "
-        "| runs | error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| zero-init | runs | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in recs:
         err = r.get("error", "") or r.get("pruned_error", "") or r.get("check_error", "")
@@ -722,7 +750,8 @@ def render(data: dict[str, Any]) -> str:
         unex = _unexplained(r) if "zero_scored" in r else ""
         out.append(
             f"| {r['model']} | {r['family']} | {r['exporter']} | {r['status']} | {params} | "
-            f"{r.get('export_s', '')} | {r.get('prune_s', '')} | {zero} | {unex} | {runs} | "
+            f"{r.get('export_s', '')} | {r.get('prune_s', '')} | {zero} | {unex} | "
+            f"{r.get('zero_init_tensors', '')} | {runs} | "
             f"{err} |"
         )
     return "\n".join(out) + "\n"
@@ -749,19 +778,27 @@ def main() -> int:
     ap.add_argument("--reexport", action="store_true", help="export again even if cached")
     ap.add_argument("--keep", action="store_true", help="keep pruned models and scores")
     ap.add_argument("--fresh", action="store_true", help="start a new JSON (else merge)")
+    ap.add_argument("--resume", action="store_true", help="skip models already in the JSON")
     ap.add_argument("--export-timeout", type=float, default=600)
     ap.add_argument("--prune-timeout", type=float, default=600)
     ap.add_argument("--label", default=None, help="a line written under the title")
+    ap.add_argument("--render-only", action="store_true", help="rewrite --out from --json")
     args = ap.parse_args()
     json_path = Path(args.json or Path(args.out).with_suffix(".json"))
+    if args.render_only:
+        Path(args.out).write_text(render(json.loads(json_path.read_text())))
+        return 0
     data: dict[str, Any] = {"meta": {"runs": []}, "results": {}}
     if json_path.exists() and not args.fresh:
         data = json.loads(json_path.read_text())
     names, skipped = selected(args)
     exporters = ["torchscript", "dynamo"] if args.exporter == "both" else [args.exporter]
+    if args.resume:
+        done = data["results"]
+        names = [n for n in names if any(f"{n}/{e}" not in done for e in exporters)]
     for s in skipped:
         data["results"][f"{s['model']}/both"] = s
-    command = "PYTHONPATH=$PWD python benchmarks/zoo.py " + " ".join(sys.argv[1:])
+    command = "PYTHONPATH=$PWD python benchmarks/zoo.py " + shlex.join(sys.argv[1:])
     start = time.time()
     data["meta"].update(
         commit=_commit(), machine=_machine(), versions=_versions(),
