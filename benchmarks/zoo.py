@@ -395,6 +395,37 @@ def _zero_layout(w: Any, s: Any) -> str:
     return "scattered"
 
 
+# Operands that multiply the flow (weights, normalization scales, Mul): an all-zero tensor
+# there (a zero-initialized head or residual-branch scale) cuts every path through it.
+MULTIPLYING = {
+    "Conv": (1,), "ConvTranspose": (1,), "MatMul": (0, 1), "Gemm": (0, 1), "Mul": (0, 1),
+    "BatchNormalization": (1,), "LayerNormalization": (1,), "InstanceNormalization": (1,),
+    "GroupNormalization": (1,), "SimplifiedLayerNormalization": (1,),
+}  # fmt: skip
+
+
+def zero_init(model: Any) -> dict[str, Any]:
+    """Float initializers (more than one value) that are entirely 0 and multiply the flow."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    used = {
+        node.input[i]
+        for node in model.graph.node
+        for i in MULTIPLYING.get(node.op_type, ())
+        if i < len(node.input)
+    }
+    names = [
+        t.name
+        for t in model.graph.initializer
+        if t.name in used
+        and t.data_type in (1, 10, 11)
+        and np.prod(t.dims) > 1
+        and not numpy_helper.to_array(t).any()
+    ]
+    return {"zero_init_tensors": len(names), "zero_init_examples": names[:10]}
+
+
 def check_worker(original: str, pruned: str, scores: str) -> None:
     """Compare scores with the original weights and run both models; print a JSON line."""
     import numpy as np
@@ -409,13 +440,7 @@ def check_worker(original: str, pruned: str, scores: str) -> None:
             for a in node.attribute:
                 if a.name == "value":
                     weights[node.output[0]] = a.t
-    zero_init = [
-        t.name
-        for t in model.graph.initializer
-        if t.data_type in (1, 10, 11) and np.prod(t.dims) > 1 and not numpy_helper.to_array(t).any()
-    ]
-    out["zero_init_tensors"] = len(zero_init)
-    out["zero_init_examples"] = zero_init[:10]
+    out.update(zero_init(model))
     if os.path.exists(scores):
         total = nonzero = zeros = 0
         layouts: dict[str, int] = defaultdict(int)
@@ -675,8 +700,9 @@ def render(data: dict[str, Any]) -> str:
         "**unexpl.** = those not laid out as whole convolution taps (taps that only ever see "
         "padding or that a stride skips score 0 correctly); **how** = layout of the zeros "
         "(whole layer / taps / whole slices along a weight axis / scattered); **zero-init** = "
-        "float tensors of the model that are entirely 0; **runs** = the pruned model runs in "
-        "onnxruntime with the original's output shapes.",
+        "float tensors entirely 0 that multiply the flow (weights, normalization scales, "
+        "Mul); **runs** = the pruned model runs in onnxruntime with the original's output "
+        "shapes.",
         "",
         "## Summary",
         "",
@@ -783,10 +809,22 @@ def main() -> int:
     ap.add_argument("--prune-timeout", type=float, default=600)
     ap.add_argument("--label", default=None, help="a line written under the title")
     ap.add_argument("--render-only", action="store_true", help="rewrite --out from --json")
+    ap.add_argument(
+        "--refresh-zero-init", action="store_true", help="with --render-only: recount them"
+    )
     args = ap.parse_args()
     json_path = Path(args.json or Path(args.out).with_suffix(".json"))
     if args.render_only:
-        Path(args.out).write_text(render(json.loads(json_path.read_text())))
+        data = json.loads(json_path.read_text())
+        if args.refresh_zero_init:  # recount from the cached exports (onnx only, no torch)
+            import onnx
+
+            for rec in data["results"].values():
+                path = Path(args.work) / f"{rec['model']}.{rec['exporter']}" / "model.onnx"
+                if path.exists():
+                    rec.update(zero_init(onnx.load(str(path))))
+            json_path.write_text(json.dumps(data, indent=1) + "\n")
+        Path(args.out).write_text(render(data))
         return 0
     data: dict[str, Any] = {"meta": {"runs": []}, "results": {}}
     if json_path.exists() and not args.fresh:
