@@ -200,7 +200,10 @@ def _transformer(name: str) -> tuple[Any, tuple[Any, ...], list[str]]:
         )  # fmt: skip
         feats = torch.randn(1, 16, 64)
         model = tf.WhisperForConditionalGeneration(cfg)
-        return model, (feats, ids[:, :4]), ["input_features", "decoder_input_ids"]
+        # with its mask, as without one the decoder's mask uses aten::diff (no TorchScript op)
+        dec = (ids[:, :4], mask[:, :4])
+        names = ["input_features", "decoder_input_ids", "decoder_attention_mask"]
+        return model, (feats, *dec), names
     if name == "hf_wav2vec2":
         cfg = tf.Wav2Vec2Config(
             **{**lm, "vocab_size": 32}, conv_dim=(32, 32), conv_kernel=(10, 3),
@@ -735,6 +738,11 @@ def render(data: dict[str, Any]) -> str:
         out.append(f"- **{len(models)}** `{cls}`: {', '.join(models)}")
     if not classes:
         out.append("none")
+    seen = {r["model"] for r in recs}
+    missing = [n for n in TRANSFORMERS + SEGMENTATION + CLASSIFICATION + DETECTION if n not in seen]
+    if missing:
+        out += ["", f"## Not run yet ({len(missing)}; `--resume` runs them)", ""]
+        out.append(", ".join(missing))
     out += ["", "## Export failures (PyTorch's exporters, not onnxflow)", ""]
     exp_fail: dict[str, list[str]] = defaultdict(list)
     for r in recs:
