@@ -1,7 +1,9 @@
 """Bad input: exit 2, one line naming the problem, no output file, input unchanged.
 
-Every row of docs/errors.md is a case here (test_docs_table_lists_every_case checks the two
-agree).
+The one table of bad inputs: every case runs through the CLI (with and without --quiet) and,
+where the Python API can be given the same input, through `onnxflow.prune` (API_CASES), which
+raises OnnxflowError and writes nothing. Every row of docs/errors.md is a case here
+(test_docs_table_lists_every_case checks the two agree).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import channel_nets
 import numpy as np
@@ -17,6 +20,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxflow
 from onnxflow.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,6 +270,53 @@ CASES: dict[str, tuple[Setup, str]] = {
         model_file(lambda tmp: small_model(input_shape=(64, 3, 16384, 16384)), "--sparsity", "0.5"),
         r"would need .* GiB",
     ),
+    # CLI-only: argument parsing and the output paths the Python API does not take.
+    "sparsity-inf": (good("--sparsity", "inf"), r"sparsity must be a number in \[0, 1\), got inf"),
+    "sparsity-not-a-number": (good("--sparsity", "half"), r"'--sparsity'.*'half' is not a valid"),
+    "sparsity-keeps-nothing": (
+        good("--sparsity", "0.9999"),
+        r"sparsity 0.9999 keeps round\(0.0001 \* 108\) = 0 of the prunable weights",
+    ),
+    "neither-sparsity-nor-compression": (good(), r"exactly one of --sparsity or --compression"),
+    "schedule-invalid": (
+        good("--sparsity", "0.5", "--schedule", "cosine"),
+        r"Invalid value for '--schedule': 'cosine' is not one of",
+    ),
+    "unknown-option": (good("--sparsity", "0.5", "--frobnicate"), r"No such option '--frobnicate'"),
+    "input-shape-without-equals": (
+        good("--sparsity", "0.5", "--input-shape", "noequals"),
+        r"--input-shape must look like NAME=1x3x224x224, got 'noequals'",
+    ),
+    "output-is-input-spelled-differently": (
+        lambda tmp: (
+            tmp / "m.onnx",
+            good("--sparsity", "0.5", "-o", str(tmp / "." / "m.onnx"))(tmp)[1],
+        ),
+        r"is the input model; it is never overwritten",
+    ),
+    "masks-is-input": (
+        lambda tmp: (
+            tmp / "m.onnx",
+            good("--sparsity", "0.5", "--masks", str(tmp / "m.onnx"))(tmp)[1],
+        ),
+        r"is the input model; it is never overwritten",
+    ),
+    "output-folder-missing": (
+        lambda tmp: (
+            tmp / "m.onnx",
+            good("--sparsity", "0.5", "-o", str(tmp / "nope" / "x.onnx"))(tmp)[1],
+        ),
+        r"output .*/nope/x.onnx: folder .*/nope does not exist",
+    ),
+    "masks-same-as-report": (
+        lambda tmp: (
+            tmp / "m.onnx",
+            good("--sparsity", "0.5", "--masks", str(tmp / "a"), "--report", str(tmp / "a"))(tmp)[
+                1
+            ],
+        ),
+        r"--report and --masks are the same file: .*/a$",
+    ),
 }
 
 # Channel mode (--granularity channel; docs/channels.md).
@@ -300,6 +351,49 @@ CASES.update(
 )
 
 
+API_EXACTLY_ONE = r"exactly one of sparsity or compression"
+API_SCHEDULE = r"schedule"
+
+
+# The same inputs through the Python API: case id -> (keyword arguments of onnxflow.prune, the
+# message regex where the library's words differ from the CLI's, else None). The model is
+# the CLI's model argument. Library errors name option fields, not flags (test_vocabulary).
+LOAD = {"sparsity": 0.5}
+API_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
+    "missing-path": (LOAD, None),
+    "directory": (LOAD, None),
+    "empty-file": (LOAD, None),
+    "random-bytes": (LOAD, None),
+    "truncated": (LOAD, None),
+    "not-a-model": (LOAD, None),
+    "json-file": (LOAD, None),
+    "text-file": (LOAD, None),
+    "no-nodes": (LOAD, None),
+    "fails-checker": (LOAD, None),
+    "onnxruntime-cannot-run": (LOAD, None),
+    "no-flow-rule": (LOAD, None),
+    "no-prunable-weights": (LOAD, None),
+    "zero-weights-only": (LOAD, None),
+    "zero-weights-strict": ({"sparsity": 0.5, "zero_init": "strict"}, None),
+    "external-data-outside-folder": (LOAD, None),
+    "external-data-absolute": (LOAD, None),
+    "external-data-missing": (LOAD, None),
+    "external-data-short": (LOAD, None),
+    "declared-weight-too-large": (LOAD, None),
+    "input-too-large": (LOAD, None),
+    "sparsity-one": ({"sparsity": 1.0}, None),
+    "sparsity-negative": ({"sparsity": -0.1}, None),
+    "sparsity-nan": ({"sparsity": float("nan")}, None),
+    "sparsity-inf": ({"sparsity": float("inf")}, None),
+    "sparsity-keeps-nothing": ({"sparsity": 0.9999}, None),
+    "negative-compression": ({"compression": -1.0}, None),
+    "iterations-zero": ({"sparsity": 0.5, "iterations": 0}, None),
+    "both-sparsity-and-compression": ({"sparsity": 0.5, "compression": 1.0}, API_EXACTLY_ONE),
+    "neither-sparsity-nor-compression": ({}, API_EXACTLY_ONE),
+    "schedule-invalid": ({"sparsity": 0.5, "schedule": "cosine"}, API_SCHEDULE),
+}
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest()
@@ -308,21 +402,45 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("quiet", [False, True], ids=["loud", "quiet"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys) -> None:
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    case: str, quiet: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = tmp_path / "work"
     work.mkdir()
     setup, pattern = CASES[case]
     _, argv = setup(work)
+    if quiet:
+        argv = [*argv, "--quiet"]
     before = digest(work)
     code = main(argv)
     out, err = capsys.readouterr()
     assert code == 2, err
     assert out == ""
     assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert err.startswith("error: ") and "Traceback" not in err and "internal error" not in err
     assert re.search(pattern, err), err
     assert digest(work) == before  # nothing written, input unchanged
+    assert not (tmp_path / "secret.bin").exists()
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_bad_input_through_the_python_api_raises_and_writes_nothing(
+    case: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    setup, cli_pattern = CASES[case]
+    kwargs, api_pattern = API_CASES[case]
+    _, argv = setup(work)
+    before = digest(work)
+    with pytest.raises(onnxflow.OnnxflowError) as raised:
+        onnxflow.prune(argv[1], **kwargs)
+    message = str(raised.value)
+    assert "\n" not in message and "--" not in message, message
+    assert re.search(api_pattern or cli_pattern, message), message
+    assert digest(work) == before
     assert not (tmp_path / "secret.bin").exists()
 
 
@@ -330,3 +448,4 @@ def test_docs_table_lists_every_case() -> None:
     table = (ROOT / "docs" / "errors.md").read_text()
     rows = set(re.findall(r"^\| `([a-z0-9-]+)` \|", table, re.M))
     assert rows == set(CASES)
+    assert set(API_CASES) <= set(CASES)
