@@ -133,6 +133,26 @@ def huge_declared_weight(tmp: Path) -> onnx.ModelProto:
     return m
 
 
+def qdq_model() -> onnx.ModelProto:
+    wq = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.int8), "wq")
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "scale")
+    zp = numpy_helper.from_array(np.array(0, np.int8), "zp")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "scale", "zp"], ["w"], name="dq"),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [wq, scale, zp],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
 # id -> (setup, expected message regex)
 CASES: dict[str, tuple[Setup, str]] = {
     "missing-path": (
@@ -270,6 +290,10 @@ CASES: dict[str, tuple[Setup, str]] = {
         model_file(lambda tmp: small_model(input_shape=(64, 3, 16384, 16384)), "--sparsity", "0.5"),
         r"would need .* GiB",
     ),
+    "quantized-weights": (
+        model_file(lambda tmp: qdq_model(), "--sparsity", "0.5"),
+        r"m\.onnx has quantized weights \(node 'conv'",
+    ),
     # CLI-only: argument parsing and the output paths the Python API does not take.
     "sparsity-inf": (good("--sparsity", "inf"), r"sparsity must be a number in \[0, 1\), got inf"),
     "sparsity-not-a-number": (good("--sparsity", "half"), r"'--sparsity'.*'half' is not a valid"),
@@ -381,6 +405,7 @@ API_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     "external-data-short": (LOAD, None),
     "declared-weight-too-large": (LOAD, None),
     "input-too-large": (LOAD, None),
+    "quantized-weights": (LOAD, None),
     "sparsity-one": ({"sparsity": 1.0}, None),
     "sparsity-negative": ({"sparsity": -0.1}, None),
     "sparsity-nan": ({"sparsity": float("nan")}, None),
@@ -449,3 +474,8 @@ def test_docs_table_lists_every_case() -> None:
     rows = set(re.findall(r"^\| `([a-z0-9-]+)` \|", table, re.M))
     assert rows == set(CASES)
     assert set(API_CASES) <= set(CASES)
+
+
+def test_quantized_weights_are_refused_with_a_clear_message() -> None:
+    with pytest.raises(onnxflow.OnnxflowError, match=r"quantized weights \(node 'conv'"):
+        onnxflow.prune(qdq_model(), sparsity=0.5)

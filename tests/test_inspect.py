@@ -1,4 +1,6 @@
-"""`onnxflow inspect` and the refusal of quantized weights."""
+"""`onnxflow inspect`: the weight DAG, densities of a pruned model, ops without a flow rule.
+
+The refusal of quantized weights is with the other bad inputs in test_errors.py."""
 
 from __future__ import annotations
 
@@ -66,28 +68,3 @@ def test_inspect_flags_ops_without_a_rule(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'Round'" in err and "'round'" in err
     assert not (tmp_path / "m.pruned.onnx").exists()
-
-
-def qdq_model() -> onnx.ModelProto:
-    wq = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.int8), "wq")
-    scale = numpy_helper.from_array(np.array(0.1, np.float32), "scale")
-    zp = numpy_helper.from_array(np.array(0, np.int8), "zp")
-    nodes = [
-        helper.make_node("DequantizeLinear", ["wq", "scale", "zp"], ["w"], name="dq"),
-        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
-        [wq, scale, zp],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    return model
-
-
-def test_quantized_weights_are_refused_with_a_clear_message() -> None:
-    with pytest.raises(onnxflow.OnnxflowError, match=r"quantized weights \(node 'conv'"):
-        onnxflow.prune(qdq_model(), sparsity=0.5)
