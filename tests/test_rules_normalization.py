@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_linearize import assert_same_scores, model
-from test_rules import Net, check, prune_scores
+from test_rules_linear import Net, check, prune_scores
 
 import onnxflow
 

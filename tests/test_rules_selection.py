@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from test_rules import (
+from test_rules_linear import (
     OPSET,
     Net,
     Shape,
