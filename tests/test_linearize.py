@@ -6,34 +6,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from rulecheck import (
+    RNG,
+    assert_same_scores,
+    model,
+)
 
 import onnxflow
-
-RNG = np.random.default_rng(11)
-W1 = RNG.normal(size=(8, 8)).astype(np.float32)
-W2 = RNG.normal(size=(8, 3)).astype(np.float32)
-GAMMA = RNG.normal(size=(8,)).astype(np.float32)
-BETA = RNG.normal(size=(8,)).astype(np.float32)
-
-
-def model(middle: list[onnx.NodeProto], extra: dict[str, np.ndarray], opset: int = 17):
-    """x(1,4,8) -> MatMul W1 -> h -> [middle] -> n -> MatMul W2 -> y(1,4,3)."""
-    inits = {"w1": W1, "w2": W2, "gamma": GAMMA, "beta": BETA, **extra}
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h"]),
-        *middle,
-        helper.make_node("MatMul", ["n", "w2"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 10
-    return m
 
 
 def fused() -> onnx.ModelProto:
@@ -99,13 +78,6 @@ def gated(kind: str) -> onnx.ModelProto:
         "relu": [helper.make_node("Relu", ["h"], ["n"])],
     }
     return model(spellings[kind], {**c, "zero": np.array(0.0, np.float32)})
-
-
-def assert_same_scores(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
-    sa, sb = onnxflow.score(a), onnxflow.score(b)
-    assert sa.log_flow == pytest.approx(sb.log_flow, abs=1e-5)
-    for name in ("w1", "w2"):
-        np.testing.assert_allclose(sa.log_scores[name], sb.log_scores[name], atol=1e-5)
 
 
 def test_decomposed_layernorm_scores_like_layernormalization() -> None:

@@ -93,3 +93,27 @@ def test_declared_flow_outputs() -> None:
     assert rules.get("MaxPool").flow_outputs == 1  # type: ignore[union-attr]
     assert rules.get("ArgMax").flow_outputs == 0  # type: ignore[union-attr]
     assert rules.get("MatMul").flow_outputs is None  # type: ignore[union-attr]
+
+
+def test_every_default_domain_op_has_a_rule_or_a_documented_refusal() -> None:
+    from pathlib import Path
+
+    import onnx.defs
+
+    from onnxflow.flow.registry import registered_ops
+    from onnxflow.flow.rules.coverage import REFUSED
+    from onnxflow.passes.recurrent import RECURRENT
+
+    ops = {
+        s.name
+        for s in onnx.defs.get_all_schemas_with_history()
+        if s.domain == "" and s.since_version <= 21
+    }
+    registered = {op for domain, op in registered_ops() if domain == ""}
+    missing = sorted(ops - registered - set(REFUSED) - set(RECURRENT))
+    assert not missing
+    assert not set(REFUSED) & registered
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "flow_rules.md").read_text()
+    table = docs[docs.index("## Ops without a rule") :]
+    for op in REFUSED:
+        assert f"`{op}`" in table, op
