@@ -12,10 +12,12 @@ import math
 
 import netgen
 import numpy as np
+import pytest
 
 import onnxflow
 
 
+@pytest.mark.slow
 def test_vgg16_bn_pruned_to_one_millionth_stays_connected() -> None:
     model = netgen.vgg("vgg16", batch_norm=True, num_classes=100)
     result = onnxflow.prune(model, compression=6, iterations=100)

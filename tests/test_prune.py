@@ -221,6 +221,7 @@ def test_path_and_modelproto_give_the_same_result() -> None:
 # -- SynFlow properties ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_iterative_synflow_on_resnet20_empties_no_layer() -> None:
     """The paper's point: 100 iterations avoid layer collapse at 99% sparsity."""
     model = load("resnet20")

@@ -124,6 +124,7 @@ def test_a_parallel_branch_is_not_a_cut() -> None:
 # ---- scale safety ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [50, 152])
 def test_imagenet_resnets_at_224_overflow_float32_but_score_finitely(depth: int) -> None:
     model = netgen.resnet(depth)
@@ -176,6 +177,7 @@ def scaled_mlp(depth: int, width: int, factor: float, seed: int = 0) -> onnx.Mod
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("factor", "beyond"),
     [(4.0, "overflow"), (0.02, "underflow")],

@@ -9,7 +9,8 @@ transformers; nothing is downloaded, weights are random):
   `h * (1 / sqrt(mean(h^2) + eps))` with a Div of a constant by a flow.
 - ops_normalize.onnx: F.normalize between two linear layers: `x / Expand(Clip(ReduceL2(x)))`.
 
-The .onnx files are committed so that the tests (tests/test_rules_recurrent.py, test_exported.py) need no framework.
+The .onnx files are committed so that the tests (tests/test_rules_recurrent.py,
+test_exported.py) need no framework.
 """
 
 from __future__ import annotations
