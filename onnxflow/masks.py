@@ -9,12 +9,17 @@ blocked) ranks below every positive one.
 The global threshold avoids sorting all N scores: a sample locates it, one pass per layer
 keeps everything clearly above it, and only the weights in a narrow band around it are
 ranked exactly.
+
+A layer may have one log-unit per input channel (`FlowScores.per_channel`: it reads channels
+whose flows differ by more than float32 spans); its thresholds and keys are then taken per
+channel, and within the layer it is ranked by float64 log-scores instead of float32 values.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,9 +62,21 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
+def rank_keys(scores: FlowScores, name: str) -> np.ndarray:
+    """Keys that rank one layer's scores exactly (higher is better, 0 scores lowest): the
+    float32 values under one unit; float64 log-scores under per-channel units, where a 0
+    score gets -1e308 (still above the -inf that `_ranked` gives pruned weights)."""
+    v = scores.values[name]
+    if not scores.per_channel(name):
+        return v
+    with np.errstate(divide="ignore"):
+        keys = np.log(v, dtype=np.float64) + scores.units[name]
+    return np.where(v > 0, keys, -1e308)
+
+
 def _ranked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Within one layer: positive scores as they are, blocked (0) above pruned (-1)."""
-    return np.where(mask, values, np.float32(-1)).ravel()
+    """Within one layer: positive scores as they are, blocked (0) above pruned (-inf)."""
+    return np.where(mask, values, -np.inf).ravel()
 
 
 def reserve(
@@ -68,7 +85,8 @@ def reserve(
     """Each layer's `per_layer` best unpruned weights (all of them if it has fewer)."""
     return {
         n: top_k(
-            _ranked(scores.values[n], masks[n]), min(per_layer, int(np.count_nonzero(masks[n])))
+            _ranked(rank_keys(scores, n), masks[n]),
+            min(per_layer, int(np.count_nonzero(masks[n]))),
         ).reshape(masks[n].shape)
         for n in names
     }
@@ -84,7 +102,7 @@ def select_local(
     """Keep the same fraction of every layer (its share of k), best weights first."""
     caps = [int(np.count_nonzero(masks[n])) for n in names]
     return {
-        n: top_k(_ranked(scores.values[n], masks[n]), kn).reshape(masks[n].shape)
+        n: top_k(_ranked(rank_keys(scores, n), masks[n]), kn).reshape(masks[n].shape)
         for n, kn in zip(names, local_counts(sizes, k, caps), strict=True)
     }
 
@@ -133,10 +151,11 @@ def select_global(
     vals = {n: scores.values[n].reshape(-1) for n in names}
     if not zeroed:
         each(lambda n: np.multiply(vals[n], masks[n].reshape(-1), out=vals[n]), names)
-    sample, sampled = _sample_keys(names, vals, scores.units)
+    shapes = {n: scores.values[n].shape for n in names}
+    sample, sampled = _sample_keys(names, vals, scores.units, shapes)
     out = {n: masks[n].reshape(-1) for n in names}
     for margin in (4.0, 16.0, math.inf):
-        if _select_band(names, vals, scores.units, k, sample, sampled, margin, out):
+        if _select_band(names, vals, scores.units, shapes, k, sample, sampled, margin, out):
             return {n: out[n].reshape(masks[n].shape) for n in names}
     # Fewer positive scores than k: keep them all, then blocked weights in network order.
     extra = k - sum(int(np.count_nonzero(vals[n] > 0)) for n in names)
@@ -149,8 +168,32 @@ def select_global(
     return {n: out[n].reshape(masks[n].shape) for n in names}
 
 
+def _unit_at(u: float | np.ndarray, shape: tuple[int, ...], idx: np.ndarray) -> float | np.ndarray:
+    """The log-unit of the entries at flat indices `idx` of a layer of `shape`: its one unit,
+    or each entry's channel's."""
+    if np.ndim(u) == 0:
+        return float(u)
+    arr = np.asarray(u)
+    multi = np.unravel_index(idx, shape)
+    return arr[tuple(m if arr.shape[d] > 1 else 0 * m for d, m in enumerate(multi))]
+
+
+def _thresholds(log_value: float, u: float | np.ndarray) -> np.float32 | np.ndarray:
+    """`_linear_threshold(log_value - u)`, per channel for per-channel units."""
+    if np.ndim(u) == 0:
+        return _linear_threshold(log_value - float(u))
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = np.nan_to_num(log_value - np.asarray(u), nan=np.inf, posinf=np.inf, neginf=-np.inf)
+        t = np.where(x < _LOG_F32_MIN, 0.0, np.exp(np.minimum(x, _LOG_F32_MAX)))
+        t = np.where(x > _LOG_F32_MAX, np.inf, t)
+    return t.astype(np.float32)
+
+
 def _sample_keys(
-    names: Sequence[str], vals: dict[str, np.ndarray], units: dict[str, float]
+    names: Sequence[str],
+    vals: dict[str, np.ndarray],
+    units: dict[str, float | np.ndarray],
+    shapes: dict[str, tuple[int, ...]],
 ) -> tuple[np.ndarray, int]:
     """Log-scores of a regular sample of the positive scores (unordered), and the number of
     entries (positive or not) the sample was drawn from."""
@@ -162,8 +205,9 @@ def _sample_keys(
         sampled += s.size
         if not np.isfinite(s).all():
             raise_non_finite(n)
-        s = s[s > 0]
-        parts.append(np.log(s, dtype=np.float64) + units[n])
+        pos = np.flatnonzero(s > 0)
+        unit = _unit_at(units[n], shapes[n], pos * step)
+        parts.append(np.log(s[pos], dtype=np.float64) + unit)
     return np.concatenate(parts), sampled
 
 
@@ -184,7 +228,8 @@ def _linear_threshold(log_value: float) -> np.float32:
 def _select_band(
     names: Sequence[str],
     vals: dict[str, np.ndarray],
-    units: dict[str, float],
+    units: dict[str, float | np.ndarray],
+    shapes: dict[str, tuple[int, ...]],
     k: int,
     sample: np.ndarray,
     sampled: int,
@@ -212,15 +257,17 @@ def _select_band(
 
     keep_above = total <= _KEEP_ABOVE
 
-    def band(n: str) -> tuple[int, np.ndarray, np.ndarray, np.float32, np.ndarray | None]:
+    def band(n: str) -> tuple[int, np.ndarray, np.ndarray, Any, np.ndarray | None]:
         v, u = vals[n], units[n]
-        t_hi, t_lo = _linear_threshold(hi - u), _linear_threshold(lo - u)
-        a = v > t_hi
+        t_hi, t_lo = _thresholds(hi, u), _thresholds(lo, u)
+        if np.ndim(u):  # per-channel thresholds broadcast over the layer's shape
+            v = v.reshape(shapes[n])
+        a = (v > t_hi).reshape(-1)
         above = int(np.count_nonzero(a))
-        inside = v > t_lo
+        inside = (v > t_lo).reshape(-1)
         np.logical_xor(inside, a, out=inside)  # above is a subset of v > t_lo
         idx = np.flatnonzero(inside)
-        keys = np.log(v[idx], dtype=np.float64) + u
+        keys = np.log(vals[n][idx], dtype=np.float64) + _unit_at(u, shapes[n], idx)
         return above, idx, keys, t_hi, a if keep_above else None
 
     bands = each(band, names)
@@ -235,7 +282,8 @@ def _select_band(
     def write(i: int) -> None:
         n, (_, idx, _, t_hi, above) = names[i], bands[i]
         if above is None:
-            np.greater(vals[n], t_hi, out=out[n])
+            shape = shapes[n] if np.ndim(t_hi) else (-1,)
+            np.greater(vals[n].reshape(shape), t_hi, out=out[n].reshape(shape))
         else:
             np.copyto(out[n], above)
         out[n][idx[chosen[starts[i] : starts[i + 1]]]] = True
@@ -254,7 +302,7 @@ def restrict_to_pattern(
 ) -> np.ndarray:
     """The mask with at most n weights kept in every group of m consecutive weights along
     `axis`: the n best scores among the group's kept weights (ties: lower position)."""
-    ranked = np.where(mask, values, np.float32(-1))
+    ranked = np.where(mask, values, -np.inf)
     groups = np.moveaxis(ranked, axis, -1)
     shape = groups.shape
     groups = groups.reshape(*shape[:-1], shape[-1] // m, m)

@@ -5,8 +5,13 @@ shrinks the same way at high compression, while onnxruntime has no float64 Conv.
 carried as a float32 tensor `t` plus a float64 scalar `s`, its natural-log unit: the true
 flow is `t * exp(s)`. Ops that multiply magnitudes renormalize their output to max 1 and add
 the log of the divisor to `s` (`rescale`); flows meeting at a sum are first brought to the
-larger unit (`add`, `align`). Divisions by the float32 maximum cost one rounding, so scores
-keep float32 accuracy at any depth.
+unit of the largest of them (`add`, `align`). Divisions by the float32 maximum cost one
+rounding, so scores keep float32 accuracy at any depth.
+
+Flows of very different size that meet at a Concat stay apart: the output gets one unit per
+channel (`Flow.unit_shape`), ops that keep channels apart carry it, and weight layers
+resolve it per input channel, so a weight reading a channel 200 nats below its neighbours
+still gets its exact (tiny, positive) score with a per-channel unit.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 Shape = tuple[int, ...]
 
 _F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+_F64 = TensorProto.DOUBLE
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,16 @@ class Flow:
     shape: Shape = ()
     needs_grad: bool = False
     """Whether a prunable weight lies upstream, so backward flow must reach this tensor."""
+    unit_shape: Shape = ()
+    """Shape of the log-unit `scale`: () for one unit for the whole tensor, or `(1, C, 1...)`
+    (the tensor's rank) for one unit per channel (axis 1). Concat gives its output one unit
+    per channel, so that flows of very different size keep their own (`FlowBuilder.concat`);
+    rules that do not declare `FlowRule.channel_units` receive such flows resolved to one
+    unit (`FlowBuilder.resolve`)."""
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.unit_shape) > 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,10 @@ class FlowBuilder:
         self.weights: dict[str, str] = {}
         """Prunable weight name -> flow-model input carrying |W| * mask."""
         self.zero_scale = self.const(np.array(0.0), "scale0")
+        self._at_peak: set[tuple[str, str]] = set()
+        """(tensor, unit) pairs known to peak at their unit: max 1 after `rescale`, at least 1
+        after a sum in the peak unit (or all zero with unit -inf). `peak` needs no pass over
+        them, which keeps the alignment at residual sums as cheap as before."""
 
     # ---- plain graph construction -------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -188,11 +208,13 @@ class FlowBuilder:
     # ---- scaled flows --------------------------------------------------------------------
     def like(self, tensor: str, ref: Flow | str) -> Flow:
         """A flow with the same unit as `ref` (a Flow or a scale name)."""
-        return Flow(tensor, ref if isinstance(ref, str) else ref.scale)
+        if isinstance(ref, str):
+            return Flow(tensor, ref)
+        return Flow(tensor, ref.scale, unit_shape=ref.unit_shape)
 
     def map(self, f: Flow, fn: Callable[[str], str]) -> Flow:
         """Apply a scale-preserving (linear, unit-free) op to a flow's tensor."""
-        return Flow(fn(f.tensor), f.scale)
+        return Flow(fn(f.tensor), f.scale, unit_shape=f.unit_shape)
 
     def scale_sum(self, *scales: str) -> str:
         """Unit of a product of flows."""
@@ -201,43 +223,103 @@ class FlowBuilder:
             return scales[0]
         return self.sum(scales)
 
+    def _channel_max(self, f: Flow, known: bool) -> str:
+        """The tensor's max: one scalar, or (1, C, 1...) per channel for a per-channel unit.
+        An empty tensor's max is -inf; unless its shape is `known` not to be empty, Relu
+        makes it 0 (a dead flow)."""
+        if f.per_channel:
+            axes = [0, *range(2, len(f.unit_shape))]
+            mx = self.reduce("ReduceMax", f.tensor, axes, keepdims=1)
+        else:
+            mx = self.node("ReduceMax", [f.tensor], keepdims=0)
+        return mx if known else self.node("Relu", [mx])
+
     def rescale(self, f: Flow, shape: Shape | None = None) -> Flow:
-        """Divide by the tensor's max and move its log into the unit.
+        """Divide by the tensor's max (per channel for a per-channel unit) and move its log
+        into the unit.
 
         An all-zero flow (every path through it pruned) gets unit log(0) = -inf, so it cannot
         outweigh a real flow when aligned with it later; its tensor stays 0 (the divisor is
         never below the smallest float32, so 0/0 cannot occur). So does an empty one (its
         max is -inf), unless its `shape` shows it is not empty.
         """
-        mx = self.node("ReduceMax", [f.tensor], keepdims=0)
-        if shape is None or 0 in shape:
-            mx = self.node("Relu", [mx])
+        mx = self._channel_max(f, known=shape is not None and 0 not in shape)
         tensor = self.node("Div", [f.tensor, self.node("Max", [mx, self.f32(_F32_TINY)])])
         log = self.node("Log", [self.node("Cast", [mx], to=TensorProto.DOUBLE)])
-        return Flow(tensor, self.node("Add", [f.scale, log]))
+        out = Flow(tensor, self.node("Add", [f.scale, log]), unit_shape=f.unit_shape)
+        self._at_peak.add((out.tensor, out.scale))
+        return out
+
+    def peak(self, f: Flow) -> str:
+        """Log of the flow's largest value (per channel for a per-channel unit): its unit
+        plus the log of its tensor's max; -inf for an all-zero flow, whatever its unit."""
+        if (f.tensor, f.scale) in self._at_peak:
+            return f.scale
+        mx = self._channel_max(f, known=False)
+        return self.node("Add", [f.scale, self.node("Log", [self.node("Cast", [mx], to=_F64)])])
+
+    def _finite(self, top: str) -> str:
+        """`top` made finite: all -inf means every flow is zero, and any unit will do."""
+        return self.node("Where", [self.node("IsInf", [top]), self.zero_scale, top])
+
+    def _ratio(self, f: Flow, safe: str) -> str:
+        """exp(unit - safe) as float32, `safe` being the finite peak unit of an alignment.
+
+        A flow not known to peak at its unit may have a unit above `safe` (its tensor all
+        zero, or tiny): its ratio is capped at e^80 so that it stays finite (0 * inf would
+        be NaN)."""
+        diff = self.node("Sub", [f.scale, safe])
+        if (f.tensor, f.scale) not in self._at_peak:
+            diff = self.node("Min", [diff, self.const(np.array(80.0), "exp_cap")])
+        return self.node("Cast", [self.node("Exp", [diff])], to=TensorProto.FLOAT)
 
     def align(self, flows: Sequence[Flow]) -> tuple[list[str], str]:
-        """Express several flows in one common unit (the largest): tensors and that unit."""
+        """Express several flows in one common unit: tensors and that unit.
+
+        The common unit is the largest *peak* (unit + log of the tensor's max), not the
+        largest unit: a flow that is all zero but kept a large unit (zeroed by a constant
+        factor, which does not renormalize) must not push the live flows below float32's
+        range (x + 0 would become 0). Per-channel units broadcast: the result is per
+        channel if any input is.
+        """
         scales = [f.scale for f in flows]
         if len(set(scales)) == 1:
             return [f.tensor for f in flows], scales[0]
-        top = self.node("Max", scales)
-        safe = self.node(
-            "Where", [self.node("IsInf", [top]), self.zero_scale, top]
-        )  # all -inf: every flow is zero, any finite unit will do for the ratios
-        tensors = []
-        for f in flows:
-            ratio = self.node(
-                "Cast",
-                [self.node("Exp", [self.node("Sub", [f.scale, safe])])],
-                to=TensorProto.FLOAT,
-            )
-            tensors.append(self.node("Mul", [f.tensor, ratio]))
-        return tensors, top
+        top = self.node("Max", [self.peak(f) for f in flows])
+        safe = self._finite(top)
+        return [self.node("Mul", [f.tensor, self._ratio(f, safe)]) for f in flows], top
 
     def add(self, flows: Sequence[Flow]) -> Flow:
         """Sum of flows (with numpy broadcasting), in the largest unit."""
         if len(flows) == 1:
             return flows[0]
         tensors, scale = self.align(flows)
-        return Flow(self.sum(tensors), scale)
+        unit_shape = tuple(np.broadcast_shapes(*(f.unit_shape for f in flows)))
+        out = Flow(self.sum(tensors), scale, unit_shape=unit_shape)
+        if len({f.scale for f in flows}) > 1 or all(
+            (f.tensor, f.scale) in self._at_peak for f in flows
+        ):
+            self._at_peak.add((out.tensor, out.scale))
+        return out
+
+    def resolve(self, f: Flow) -> Flow:
+        """A per-channel-unit flow in one unit (its largest peak), for ops that mix channels
+        or move axis 1. Channels more than ~103 nats below the largest underflow to 0 here:
+        they are negligible in any sum with the others, but rules that keep channels apart
+        (`FlowRule.channel_units`) take the flow unresolved and stay exact."""
+        if not f.per_channel:
+            return f
+        top = self.node("ReduceMax", [self.peak(f)], keepdims=0)
+        tensor = self.node("Mul", [f.tensor, self._ratio(f, self._finite(top))])
+        return Flow(tensor, top, f.shape, f.needs_grad)
+
+    def channel_unit(self, f: Flow, rank: int, channels: int) -> str:
+        """The unit of `f` as a float64 tensor of shape (1, channels, 1...) of `rank` dims."""
+        shape = [1, channels] + [1] * (rank - 2)
+        if f.per_channel:
+            return f.scale
+        return self.node("Expand", [self.reshape(f.scale, [1] * rank), self.i64(shape, "shape")])
+
+    def unit_as(self, f: Flow, shape: Sequence[int]) -> str:
+        """A per-channel unit reshaped (e.g. onto a weight's input-channel axis)."""
+        return self.reshape(f.scale, list(shape))

@@ -25,11 +25,13 @@ class FlowScores:
     """Scores of one run: the score of weight `w` is `values[w] * exp(units[w])`.
 
     Within a layer the float32 values rank the weights exactly; across layers the float64
-    units put them on one scale, whatever the size of R.
+    units put them on one scale, whatever the size of R. A layer that reads channels of
+    very different flow (after a Concat) has one unit per input channel: an array of the
+    weight's rank that broadcasts to it; there only `log()` (or `rank_keys`) ranks exactly.
     """
 
     values: dict[str, np.ndarray]
-    units: dict[str, float]
+    units: dict[str, float | np.ndarray]
     log_flow: float
     """Natural log of R, the network's total synaptic flow."""
 
@@ -40,6 +42,10 @@ class FlowScores:
             for name, v in self.values.items():
                 out[name] = np.log(v, dtype=np.float64) + self.units[name]
         return out
+
+    def per_channel(self, name: str) -> bool:
+        """Whether layer `name` has one unit per input channel (an array) rather than one."""
+        return np.ndim(self.units[name]) > 0
 
 
 def raise_non_finite(name: str) -> None:
@@ -88,7 +94,9 @@ class FlowEngine:
             if (score := self.flow.scores.get(layer.name, ("",))[0])
         }
         results = {
-            name: np.empty(shapes.get(name, ()), np.float32 if name in shapes else np.float64)
+            name: np.empty(shapes[name], np.float32)
+            if name in shapes
+            else np.empty(self.flow.unit_shapes.get(name, ()), np.float64)
             for name in self._outputs
         }
         io = self.session.io_binding()
@@ -122,6 +130,16 @@ class FlowEngine:
             for name, w in self.weights.items():
                 np.copyto(w, saved[name])
 
+    def restore(self, masks: dict[str, np.ndarray], names: list[str]) -> None:
+        """Set the weights `names` back to |W| * factor * mask (undoing a `prune`), in the
+        buffers the session is bound to."""
+        for name in names:
+            w = self.weights[name]
+            np.copyto(w, self.magnitude(name))
+            if name in self.flow.weight_factors:
+                np.multiply(w, self.flow.weight_factors[name], out=w)
+            np.multiply(w, masks[name], out=w)
+
     def run(self, *, check: bool = True) -> FlowScores:
         """Scores of the current (masked) network. The returned arrays are buffers that the
         next run overwrites.
@@ -143,16 +161,27 @@ class FlowEngine:
                 raise OnnxflowError("non-finite synaptic flow (a flow's scale is NaN or inf)")
             return u
 
+        def units_of(name: str) -> float | np.ndarray:
+            if name not in self.flow.unit_shapes:
+                return unit(name)
+            u = results[name]
+            if np.isnan(u).any() or (u == np.inf).any():
+                raise OnnxflowError("non-finite synaptic flow (a flow's scale is NaN or inf)")
+            return float(u.max()) if np.isneginf(u).all() else u
+
         values: dict[str, np.ndarray] = {}
-        units: dict[str, float] = {}
+        units: dict[str, float | np.ndarray] = {}
         for layer in self.dag.layers:
             entry = self.flow.scores.get(layer.name)
-            if entry is None or np.isneginf(unit(entry[1])):
+            u: float | np.ndarray = 0.0
+            if entry is not None and entry[1] is not None:
+                u = units_of(entry[1])
+            if entry is None or (isinstance(u, float) and u == -np.inf):
                 values[layer.name] = np.zeros(layer.shape, np.float32)
                 units[layer.name] = 0.0
                 continue
             values[layer.name] = results[entry[0]]
-            units[layer.name] = unit(entry[1])
+            units[layer.name] = u
         names = list(values) if check else []
         maxima = each(lambda n: values[n].max(initial=0.0), names)
         for name, mx in zip(names, maxima, strict=True):

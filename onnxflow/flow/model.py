@@ -45,6 +45,9 @@ class FlowModel:
     """Weight name -> factor folded into it: the input is fed |W| * mask * factor."""
     flowing: frozenset[str] = frozenset()
     """Analysis tensors that carried flow: what `flow_reach` predicts (tests hold them equal)."""
+    unit_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Log-unit output -> its shape, for the units that are not scalars: a weight reading
+    channels of very different flow gets one unit per input channel, broadcastable to it."""
 
 
 @dataclass
@@ -111,10 +114,16 @@ def build_flow_model(
         if node.name in layer_nodes:
             inputs = _layer_inputs(g, node, inputs, ctx)
         attrs = dict(node.attrs)
+        if not rule.channel_units:
+            inputs = [g.resolve(v) if isinstance(v, Flow) else v for v in inputs]
         outs = _as_list(rule.forward(g, ctx, *inputs, **attrs))
         needs = any(isinstance(v, Flow) and v.needs_grad for v in inputs)
         for t, shape, out in zip(node.outputs, ctx.out_shapes, outs, strict=False):
             if isinstance(out, Flow):
+                if out.per_channel and (
+                    len(out.unit_shape) != len(shape) or out.unit_shape[1] != shape[1]
+                ):
+                    out = g.resolve(out)
                 if rule.rescales:
                     out = g.rescale(out, shape if t.shape is not None else None)
                 values[t.name] = replace(out, shape=shape, needs_grad=needs)
@@ -126,6 +135,8 @@ def build_flow_model(
     outputs: list[tuple[str, str]] = []
     for t in graph.outputs:
         v = values.get(t.name)
+        if isinstance(v, Flow):
+            v = g.resolve(v)
         # Only float outputs that some weight reaches count in R; others are ignored.
         if (
             isinstance(v, Flow)
@@ -153,15 +164,28 @@ def build_flow_model(
             # Flow reaching a weight is only multiplied by |W| and read out: no renormalizing.
             rescale = step.rule.rescales and t.name not in weights
             known = _shape(t) if t.shape is not None else None
+            if t.name not in weights:
+                r = g.resolve(r)  # backward flow is kept in one unit
             grads[t.name].append(g.rescale(r, known) if rescale else r)
 
     scores = {}
+    unit_shapes: dict[str, tuple[int, ...]] = {}
     for layer in dag.layers:
         if layer.name not in grads:
             continue
-        total = g.add(grads[layer.name])
+        parts = grads[layer.name]
+        if len({p.unit_shape for p in parts}) > 1:
+            parts = [g.resolve(p) for p in parts]
+        total = g.add(parts)
+        if total.per_channel and (
+            len(total.unit_shape) != len(layer.shape)
+            or np.broadcast_shapes(total.unit_shape, layer.shape) != tuple(layer.shape)
+        ):
+            total = g.resolve(total)
         score = g.node("Mul", [g.weights[layer.name], total.tensor])
         scores[layer.name] = (score, _unit(g, total.scale))
+        if total.per_channel:
+            unit_shapes[total.scale] = total.unit_shape
         g.add_output(score, TensorProto.FLOAT)
     output_flows = [(total, _unit(g, scale)) for total, scale in outputs]
     for total, _ in output_flows:
@@ -181,7 +205,7 @@ def build_flow_model(
     )
     model.ir_version = helper.find_min_ir_version_for(opsets, True)
     flowing = frozenset(name for name, v in values.items() if isinstance(v, Flow))
-    return FlowModel(model, dict(g.weights), scores, output_flows, factors, flowing)
+    return FlowModel(model, dict(g.weights), scores, output_flows, factors, flowing, unit_shapes)
 
 
 def _shape(t: gs.Tensor) -> tuple[int, ...]:

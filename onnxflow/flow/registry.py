@@ -41,6 +41,11 @@ class FlowRule:
     results are data about the flow). `flow/reach.py` reads it to know, without building
     anything, where flow goes: keep it in step with what `forward` returns."""
 
+    channel_units: ClassVar[bool] = False
+    """True for rules that accept flows with one log-unit per channel (`Flow.unit_shape`):
+    they keep channels apart or resolve the units themselves. Other rules receive such flows
+    resolved to a single unit (`FlowBuilder.resolve`)."""
+
     def forward(self, g: FlowBuilder, node: NodeContext, *inputs: Any, **attrs: Any) -> Any:
         """Flow at the outputs, given flow (or constants) at the inputs."""
         raise NotImplementedError

@@ -4,11 +4,22 @@ paper's baselines (magnitude, random) through the same schedule and selection.
 Scores are recomputed on the masked network at every step, and the kept count follows the
 schedule down to exactly round(density * N). The first step's scores are those of the dense
 network and are kept for `--scores`.
+
+At the edge of compression one step can remove a whole layer at once (a layer's last few
+weights tie at the lowest score) or cut every path (R = 0) although removing them one by one,
+rescoring in between, would not. SynFlow steps are therefore checked once few weights are
+left: a step that would empty a layer or leave R = 0 is undone and split in two halves,
+each followed by a rescoring, down to single weights (at most `_SPLITS` splits a step);
+past that, a layer about to be emptied keeps its best weight while every layer can keep one
+(`_Refiner`). The counts at the end of each scheduled step, and so the final count, stay
+as scheduled. One-shot pruning
+(`iterations=1`) is left as the paper defines it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +29,7 @@ from onnxflow.errors import OnnxflowError, Opt
 from onnxflow.flow.engine import FlowEngine, FlowScores
 from onnxflow.masks import (
     fits_pattern,
+    rank_keys,
     reserve,
     restrict_to_pattern,
     schedule_counts,
@@ -28,6 +40,17 @@ from onnxflow.pipeline import Pass, PruneState
 from onnxflow.runtime import resolve_provider
 
 logger = logging.getLogger(__name__)
+
+# Steps that leave at most this many weights are checked for R = 0 (they could cut the last
+# paths without emptying a layer); above it, only steps that could empty a layer are checked.
+_CHECK_R_BELOW = 1 << 16
+# Models up to this many weights are refined (the undo holds a second set of N booleans).
+_REFINE_MAX = 1 << 26
+# A layer whose dense scores sum to R within this (in log) is a cut (theorem 2).
+_CUT_TOLERANCE = 1e-3
+# Splits allowed per scheduled step (each costs one more flow-model run): enough to take a
+# step of a few weights one at a time; past it, layers about to be emptied keep their best.
+_SPLITS = 4
 
 
 class SynFlowPass(Pass):
@@ -59,13 +82,34 @@ class SynFlowPass(Pass):
         counts = schedule_counts(total, target / total, opts.iterations, opts.schedule)
         counts[-1] = target
         baseline = _baseline(opts.method, opts.seed, engine)
+        engine_scores = baseline is None and pattern is None  # 0 exactly where pruned
+        # One-shot (a single iteration) stays the paper's one-shot baseline, unrefined.
+        # Local scope keeps each layer's share by construction: nothing to refine there.
+        refine = (
+            engine_scores
+            and opts.iterations > 1
+            and opts.scope == "global"
+            and total <= _REFINE_MAX
+        )
+        pending: FlowScores | None = None  # scores already computed on the current masks
+
+        def choose(
+            scores: FlowScores, masks: dict, k: int, protect: dict | None = None
+        ) -> dict[str, np.ndarray]:
+            return _select(opts, names, sizes, scores, masks, k, protect, exact_zeros=engine_scores)
+
+        refiner: _Refiner | None = None
         for step, k in enumerate(counts):
             limit = pattern.per_group(step, len(counts)) if pattern is not None else None
             if step == 0 or k < kept or limit != per_group:
                 per_group = limit
                 # Later global selections check a sample of the scores instead of all N.
                 check = step == 0 or opts.scope != "global"
-                scores = engine.run(check=check) if step == 0 or baseline is None else None
+                scores: FlowScores | None = pending
+                if pending is not None:
+                    pending = None
+                elif step == 0 or baseline is None:
+                    scores = engine.run(check=check)
                 if step == 0:
                     assert scores is not None
                     if scores.log_flow == -np.inf:
@@ -76,24 +120,22 @@ class SynFlowPass(Pass):
                 assert scores is not None
                 if step == 0:
                     state.log_scores = scores.log() if state.keep_scores else {}
+                    refiner = _Refiner(engine, choose, masks, scores) if refine else None
                 if pattern is not None:
                     assert limit is not None
                     masks = pattern.restrict(scores, masks, limit)
                     if opts.sparsity is None:  # the pattern alone: keep every candidate
                         k = sum(int(np.count_nonzero(m)) for m in masks.values())
-                kept_first = reserve(names, scores, masks, opts.min_kept) if opts.min_kept else {}
-                rest = {n: masks[n] & ~kept_first[n] for n in kept_first} or masks
-                k_rest = max(0, k - sum(int(np.count_nonzero(r)) for r in kept_first.values()))
-                if opts.scope == "global":
-                    # The engine's scores are 0 exactly where it was pruned: at `masks`.
-                    zeroed = rest is masks and pattern is None and baseline is None
-                    masks = select_global(names, scores, rest, k_rest, zeroed=zeroed)
+
+                if refiner is not None and refiner.needed(kept, k):
+                    refiner.check = opts.scope != "global"
+                    masks, pending = refiner.step(scores, masks, kept, k)
                 else:
-                    masks = select_local(names, scores, rest, k_rest, sizes)
-                for n, first in kept_first.items():
-                    masks[n] |= first
-                engine.prune(masks)
-                exact = kept_first or pattern is not None
+                    masks = choose(scores, masks, k, refiner.pins if refiner else None)
+                    engine.prune(masks)
+                    if refiner is not None:
+                        refiner.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+                exact = opts.min_kept or pattern is not None
                 kept = sum(int(np.count_nonzero(m)) for m in masks.values()) if exact else k
             logger.debug("step %d/%d: kept %d", step + 1, len(counts), kept)
             if state.progress is not None:
@@ -112,6 +154,184 @@ def _no_flow_message(engine: FlowEngine) -> str:
         "that picks a constant)"
     )
     return f"the network carries no synaptic flow (R = 0): {cause}, so there is nothing to rank"
+
+
+def _select(
+    opts,
+    names: list[str],
+    sizes: list[int],
+    scores: FlowScores,
+    masks: dict[str, np.ndarray],
+    k: int,
+    protect: dict[str, np.ndarray] | None = None,
+    *,
+    exact_zeros: bool,
+) -> dict[str, np.ndarray]:
+    """The masks keeping k weights by score, written over `masks`: each layer's `min_kept`
+    best and the `protect`ed weights first. `exact_zeros`: the scores are the engine's, 0
+    exactly where `masks` pruned."""
+    if protect and not opts.min_kept and opts.scope == "global":
+        # Protected weights leave the selection: their scores (the engine's buffers, used
+        # once) are zeroed where `rest` prunes them, so `zeroed` still holds.
+        rest = dict(masks)
+        for n, m in protect.items():
+            rest[n] = masks[n] & ~m
+            np.multiply(scores.values[n], ~m, out=scores.values[n])
+        k_rest = max(0, k - sum(int(np.count_nonzero(m & masks[n])) for n, m in protect.items()))
+        masks = select_global(names, scores, rest, k_rest, zeroed=exact_zeros)
+        for n, m in protect.items():
+            masks[n] |= m
+        return masks
+    kept_first = reserve(names, scores, masks, opts.min_kept) if opts.min_kept else {}
+    for n, m in (protect or {}).items():
+        kept_first[n] = kept_first[n] | m if n in kept_first else m
+    if kept_first:
+        kept_first = {n: kept_first.get(n, np.zeros_like(masks[n])) for n in names}
+    rest = {n: masks[n] & ~kept_first[n] for n in kept_first} or masks
+    k_rest = max(0, k - sum(int(np.count_nonzero(r)) for r in kept_first.values()))
+    if opts.scope == "global":
+        zeroed = rest is masks and exact_zeros
+        masks = select_global(names, scores, rest, k_rest, zeroed=zeroed)
+    else:
+        masks = select_local(names, scores, rest, k_rest, sizes)
+    for n, first in kept_first.items():
+        masks[n] |= first
+    return masks
+
+
+Choose = Callable[..., dict[str, np.ndarray]]
+
+
+def _layer_log_sum(scores: FlowScores, name: str) -> float:
+    """Log of the sum of a layer's scores (float64 sums per unit; -inf if all are 0)."""
+    v, u = scores.values[name], scores.units[name]
+    if np.ndim(u) == 0:
+        total = float(v.sum(dtype=np.float64))
+        return math.log(total) + float(u) if total > 0 else -math.inf
+    u = np.asarray(u)
+    axes = tuple(i for i, d in enumerate(u.shape) if d == 1)
+    sums = v.sum(axis=axes, keepdims=True, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return float(np.logaddexp.reduce((np.log(sums) + u).ravel()))
+
+
+class _Refiner:
+    """Checks and splits the steps of SynFlow's schedule where they would collapse.
+
+    A step that would empty a layer or leave R = 0 is undone and split in halves, with a
+    rescoring between them, at most `_SPLITS` times per scheduled step (each split costs one
+    flow-model run). Past that, or at a single weight, a layer about to be emptied keeps its
+    best weight instead while every layer can keep one (k at least the number of non-empty
+    layers): a residual branch is no cut, and its last weights can score lowest of all,
+    rescored or not.
+
+    To undo, the masks are copied into spare buffers (N bytes, allocated once) before the
+    steps that can collapse: those that remove at least as many weights as some layer
+    holds, or that leave few weights (`_CHECK_R_BELOW`), where R = 0 is possible. Other
+    steps cost one count of the masks per layer.
+    """
+
+    def __init__(
+        self,
+        engine: FlowEngine,
+        choose: Choose,
+        masks: dict[str, np.ndarray],
+        dense: FlowScores,
+    ) -> None:
+        self.engine, self.choose = engine, choose
+        self.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+        self._spare: dict[str, np.ndarray] | None = None
+        self.check = True
+        self.pins: dict[str, np.ndarray] = {}
+        """Bypassed layers' last weights, kept at every later step once their layer was
+        about to be emptied."""
+        self.bypassed = {
+            n for n in masks if abs(_layer_log_sum(dense, n) - dense.log_flow) > _CUT_TOLERANCE
+        }
+        """Layers that are no cut of the dense network (flow bypasses them: residual
+        branches, shortcuts): their scores sum below R. Splitting a step does not raise
+        their last weights' scores, so they keep their best weight without splits."""
+
+    def needed(self, kept: int, k: int) -> bool:
+        """Whether the step from `kept` to `k` weights could empty a layer or cut R."""
+        removed = kept - k
+        return kept <= _CHECK_R_BELOW or any(
+            0 < c <= removed for n, c in self.counts.items() if n not in self.pins
+        )
+
+    def step(
+        self, scores: FlowScores, masks: dict[str, np.ndarray], kept: int, k: int
+    ) -> tuple[dict[str, np.ndarray], FlowScores]:
+        """The masks after the step, and the scores of the network they leave (the next
+        step's, so the check costs no extra run)."""
+        masks, after = self._step(scores, masks, kept, k, [_SPLITS])
+        self.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+        return masks, after
+
+    def _step(
+        self,
+        scores: FlowScores,
+        masks: dict[str, np.ndarray],
+        kept: int,
+        k: int,
+        splits: list[int],
+    ) -> tuple[dict[str, np.ndarray], FlowScores]:
+        if self._spare is None:
+            self._spare = {n: np.empty_like(m) for n, m in masks.items()}
+        before = self._spare
+        for n, m in masks.items():
+            np.copyto(before[n], m)
+        counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+        live = [n for n, c in counts.items() if c]
+        feasible = k >= len(live)
+        split = kept - k >= 2
+
+        def undo() -> None:  # `choose` writes over `masks`
+            for n, m in masks.items():
+                np.copyto(m, before[n])
+
+        removed = kept - k
+        danger = [
+            n for n in live if n in self.bypassed and n not in self.pins and counts[n] <= removed
+        ]
+        if danger and feasible:
+            self.pins |= reserve(danger, scores, masks, 1)
+        protect = dict(self.pins)
+        new = self.choose(scores, masks, k, protect or None)
+        emptied = [n for n in live if not new[n].any()]
+        while emptied and feasible:
+            logger.debug("step %d -> %d empties %s", kept, k, ", ".join(emptied))
+            undo()
+            if split and splits[0] > 0:
+                splits[0] -= 1
+                return self._split(scores, masks, kept, k, splits)
+            protect |= reserve(emptied, scores, masks, 1)
+            new = self.choose(scores, masks, k, protect)
+            emptied = [n for n in live if not new[n].any()]
+        changed = [n for n in live if np.count_nonzero(new[n]) < counts[n]]
+        self.engine.prune(new)
+        after = self.engine.run(check=self.check)
+        if after.log_flow > -np.inf or not split or splits[0] <= 0:
+            return new, after
+        logger.debug("step %d -> %d leaves R = 0: split", kept, k)
+        splits[0] -= 1
+        undo()
+        self.engine.restore(masks, changed)
+        return self._split(self.engine.run(check=self.check), masks, kept, k, splits)
+
+    def _split(
+        self,
+        scores: FlowScores,
+        masks: dict[str, np.ndarray],
+        kept: int,
+        k: int,
+        splits: list[int],
+    ) -> tuple[dict[str, np.ndarray], FlowScores]:
+        """The step as two refined halves, rescoring after the first. (The spare buffers
+        are free again: a split step never undoes.)"""
+        mid = kept - (kept - k) // 2
+        masks, scores = self._step(scores, masks, kept, mid, splits)
+        return self._step(scores, masks, mid, k, splits)
 
 
 class _Pattern:
@@ -163,7 +383,7 @@ class _Pattern:
         self, scores: FlowScores, masks: dict[str, np.ndarray], n: int
     ) -> dict[str, np.ndarray]:
         return {
-            name: restrict_to_pattern(scores.values[name], mask, self.axes[name], n, self.m)
+            name: restrict_to_pattern(rank_keys(scores, name), mask, self.axes[name], n, self.m)
             if name in self.axes
             else mask
             for name, mask in masks.items()

@@ -28,6 +28,7 @@ class PassThrough(FlowRule):
     """Output 0 carries the flow of input 0; extra outputs (Dropout's mask) carry none."""
 
     flow_outputs = 1
+    channel_units = True
 
     def forward(self, g, node, x, *rest, **attrs):
         return [x] + [None] * (len(node.out_shapes) - 1)
@@ -41,10 +42,12 @@ class Cast(FlowRule):
     """A cast between float types keeps the flow (the flow model is float32 throughout); a
     cast to a non-float type ends it (the result is index or shape data)."""
 
+    channel_units = True
+
     def forward(self, g, node, x, *, to, saturate=1):
         if np.issubdtype(helper.tensor_dtype_to_np_dtype(to), np.floating):
             return x
-        return Const(g.node("Cast", [x.tensor], to=to), node.out_shapes[0])
+        return Const(g.node("Cast", [g.resolve(x).tensor], to=to), node.out_shapes[0])
 
     def backward(self, g, node, grads, x, *, to, saturate=1):
         return [grads[0]]
@@ -57,11 +60,16 @@ def _flows(inputs: tuple) -> list[tuple[int, Flow]]:
 @flow_rule("Add", "Sub", "Sum", "Max", "Min", "Mean")
 class Sum(FlowRule):
     """Flows add up (Max/Min/Mean of flows: their sum bounds them; they are rare on weight
-    paths); constant operands are biases and carry no flow."""
+    paths); constant operands are biases and carry no flow. Per-channel units broadcast."""
+
+    channel_units = True
 
     def forward(self, g, node, *inputs, **attrs):
         out_shape = node.out_shapes[0]
-        flows = [v for _, v in _flows(inputs)]
+        flows = [
+            v if len(v.unit_shape) in (0, len(out_shape)) else g.resolve(v)
+            for _, v in _flows(inputs)
+        ]
         total = g.add(flows)
         shape = np.broadcast_shapes(*(f.shape for f in flows))
         return g.map(total, lambda t: g.expand_to(t, shape, out_shape))
@@ -100,6 +108,8 @@ class Mul(FlowRule):
     scale, so b's weights do not scale the output); `c / b` is |c| * Reciprocal(b), and
     Reciprocal passes flow like every pointwise activation."""
 
+    channel_units = True  # per-channel units are resolved where flows multiply
+
     def forward(self, g, node, a, b):
         out = node.out_shapes[0]
         if node.op_type == "Div" and isinstance(b, Flow):
@@ -107,14 +117,18 @@ class Mul(FlowRule):
             # denominator); the ratio passes a's flow, b's branch gets none from it. c / b
             # (a constant over a flow) is |c| times Reciprocal(b), which passes b's flow.
             node.saved["ratio"] = True
+            a, b = (g.resolve(v) if isinstance(v, Flow) else v for v in (a, b))
             if isinstance(a, Flow):
                 return g.map(a, lambda t: g.expand_to(t, a.shape, out))
             node.saved["factor"] = f = _abs_factor(g, a)
             return g.map(b, lambda t: g.node("Mul", [t, f]))
         if isinstance(a, Flow) and isinstance(b, Flow):
+            node.saved["pair"] = a, b = g.resolve(a), g.resolve(b)
             t = g.node("Mul", [a.tensor, b.tensor])
             return g.rescale(Flow(t, g.scale_sum(a.scale, b.scale)))
         x, c = (a, b) if isinstance(a, Flow) else (b, a)
+        if len(x.unit_shape) not in (0, len(out)):
+            x = g.resolve(x)
         node.saved["factor"] = f = _abs_factor(g, c, invert=node.op_type == "Div")
         return g.map(x, lambda t: g.node("Mul", [t, f]))
 
@@ -128,6 +142,7 @@ class Mul(FlowRule):
             f = node.saved["factor"]
             return [None, g.map(gy, lambda t: g.reduce_to(g.node("Mul", [t, f]), out, b.shape))]
         if isinstance(a, Flow) and isinstance(b, Flow):
+            a, b = node.saved["pair"]
             res: list[Flow | None] = []
             for me, other in ((a, b), (b, a)):
                 if not me.needs_grad:
@@ -150,6 +165,7 @@ class BatchNormalization(FlowRule):
     """Positive per-channel scale |gamma| / sqrt(var + eps); mean and beta are shifts."""
 
     flow_outputs = 1  # training-mode running statistics carry none
+    channel_units = True
 
     def _scale(self, g: FlowBuilder, node: NodeContext, x: Flow, gamma, var, epsilon: float):
         if "scale" not in node.saved:

@@ -6,6 +6,12 @@ evaluated with the forward flow `f` at its input and the backward flow `b` at it
 For convolutions that is itself a convolution of `f` by `b` with stride and dilation swapped
 (one per group), or a plain matrix product for 1x1 convolutions.
 
+A weight layer reading a flow with one unit per channel (after a Concat) computes its output
+in one unit (channels far below the others are negligible in that sum) but its weight's flow
+per input channel, in that channel's unit: the score of a weight reading a channel 200 nats
+below the others stays positive and exact. Depthwise convolutions keep the channels apart
+and their per-channel units.
+
 Pointwise convolutions (1x1, stride 1, no padding, one group: most of a ResNet's layers) run
 all three products as matrix products, which onnxruntime's CPU kernels compute faster than
 Conv and ConvTranspose (no im2col, no col2im).
@@ -306,9 +312,29 @@ def _conv_attrs(w: Const, x_shape: Shape, strides, dilations, pads, auto_pad):
     )
 
 
+def _depthwise(x: Flow, w: Flow | Const, group: int) -> bool:
+    """Whether each output channel reads only the same input channel (multiplier 1)."""
+    return group > 1 and group == x.shape[1] == w.shape[0]
+
+
+def _resolved(g: FlowBuilder, node: NodeContext, *vs: object) -> list:
+    """The operands in one unit each, computed once per node (forward) and reused (backward)."""
+    if "resolved" not in node.saved:
+        node.saved["resolved"] = [g.resolve(v) if isinstance(v, Flow) else v for v in vs]
+    return node.saved["resolved"]
+
+
+def _per_input_channel(g: FlowBuilder, x: Flow, t: str, unit_shape: Shape, gy: Flow) -> Flow:
+    """Weight flow `t` computed from a per-channel `x`: its unit is x's unit laid along the
+    weight's input-channel axis (`unit_shape`), plus the backward flow's."""
+    unit = g.scale_sum(g.unit_as(x, unit_shape), gy.scale)
+    return Flow(t, unit, unit_shape=tuple(unit_shape))
+
+
 @flow_rule("Conv")
 class Conv(FlowRule):
     rescales = True
+    channel_units = True
 
     def forward(
         self,
@@ -326,6 +352,9 @@ class Conv(FlowRule):
         strides=None,
     ):
         k, strides, dilations, pads = _conv_attrs(w, x.shape, strides, dilations, pads, auto_pad)
+        keep = x.per_channel and _depthwise(x, w, group)
+        if not keep:
+            x, w = _resolved(g, node, x, w)
         if _pointwise(k, strides, dilations, pads, group):
             y = _pointwise_forward(g, x.tensor, x.shape, _operand(g, node, w), w.shape)
             return Flow(y, g.scale_sum(x.scale, *_scales(w)))
@@ -338,7 +367,7 @@ class Conv(FlowRule):
             pads=pads,
             kernel_shape=list(k),
         )
-        return Flow(y, g.scale_sum(x.scale, *_scales(w)))
+        return Flow(y, g.scale_sum(x.scale, *_scales(w)), unit_shape=x.unit_shape if keep else ())
 
     def backward(
         self,
@@ -360,6 +389,12 @@ class Conv(FlowRule):
         k, strides, dilations, pads = _conv_attrs(w, x.shape, strides, dilations, pads, auto_pad)
         nd = len(k)
         y_shape = node.out_shapes[0]
+        raw = x
+        depthwise = x.per_channel and _depthwise(x, w, group)
+        if x.per_channel and not depthwise:
+            x, w = _resolved(g, node, x, w)
+        if (raw.per_channel and group == 1) or depthwise:
+            x = raw  # the weight's flow per input channel, each in its own unit
         wt = _operand(g, node, w)
         dx = dw = None
         if x.needs_grad:
@@ -405,7 +440,12 @@ class Conv(FlowRule):
                     begins=pads[:nd],
                     k=k,
                 )
-            dw = Flow(t, g.scale_sum(x.scale, gy.scale))
+            if x.per_channel:
+                cin = x.shape[1]
+                axes = (1, cin) if group == 1 else (cin, 1)
+                dw = _per_input_channel(g, x, t, (*axes, *[1] * nd), gy)
+            else:
+                dw = Flow(t, g.scale_sum(x.scale, gy.scale))
         return [dx, dw, None]
 
 
@@ -514,8 +554,10 @@ class Gemm(FlowRule):
     """Y = |alpha| A' B' + |beta| C where C carries flow (a constant C is a bias: dropped)."""
 
     rescales = True
+    channel_units = True
 
     def forward(self, g, node, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+        a, b, c = _resolved(g, node, a, b, c)
         y = g.node(
             "Gemm",
             [_operand(g, node, a), _operand(g, node, b)],
@@ -534,6 +576,12 @@ class Gemm(FlowRule):
 
     def backward(self, g, node, grads, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
         (gy,) = grads
+        raw = a
+        a, b, c = _resolved(g, node, a, b, c)
+        if (
+            isinstance(raw, Flow) and raw.per_channel and not transA
+        ):  # (N, K): one unit per contracted feature
+            a = raw
         ta, tb = _operand(g, node, a), _operand(g, node, b)
         alpha = abs(alpha)
         da = db = None
@@ -550,7 +598,11 @@ class Gemm(FlowRule):
                 if not transB
                 else g.node("Gemm", [gy.tensor, ta], alpha=alpha, transA=1, transB=transA)
             )
-            db = Flow(db, g.scale_sum(gy.scale, *_scales(a)))
+            if a.per_channel:
+                k = a.shape[1]
+                db = _per_input_channel(g, a, db, (1, k) if transB else (k, 1), gy)
+            else:
+                db = Flow(db, g.scale_sum(gy.scale, *_scales(a)))
         dc = None
         if isinstance(c, Flow) and c.needs_grad:
             dc = g.map(
@@ -579,16 +631,22 @@ class MatMul(FlowRule):
     """Y = A @ B with numpy broadcasting; either operand may be the weight, or neither."""
 
     rescales = True
+    channel_units = True
 
     def forward(self, g, node, a, b):
         if len(a.shape) < 2 or len(b.shape) < 2:
             raise OnnxflowError(f"node {node.name!r}: MatMul with a 1-D operand is not supported")
+        a, b = _resolved(g, node, a, b)
         y = g.node("MatMul", [_operand(g, node, a), _operand(g, node, b)])
         return Flow(y, g.scale_sum(*(v.scale for v in (a, b) if isinstance(v, Flow))))
 
     def backward(self, g, node, grads, a, b):
         (gy,) = grads
         y_shape = node.out_shapes[0]
+        raw = a
+        a, b = _resolved(g, node, a, b)
+        # (N, K) @ (K, M): one unit per contracted feature for the weight's flow
+        per_feature = isinstance(raw, Flow) and raw.per_channel and len(raw.shape) == 2
         ta, tb = _operand(g, node, a), _operand(g, node, b)
         da = db = None
         if _wants(a):
@@ -604,6 +662,10 @@ class MatMul(FlowRule):
                     transA=1,
                 )
             else:
+                if per_feature and len(b.shape) == 2:
+                    t = g.node("MatMul", [_swap_last(g, raw.tensor, 2), gy.tensor])
+                    db = _per_input_channel(g, raw, t, (raw.shape[1], 1), gy)
+                    return [da, db]
                 t = g.node("MatMul", [_swap_last(g, ta, len(a.shape)), gy.tensor])
                 t = g.reduce_to(t, (*y_shape[:-2], b.shape[-2], b.shape[-1]), b.shape)
             db = Flow(t, g.scale_sum(gy.scale, *_scales(a)))

@@ -17,6 +17,7 @@ from onnxflow.flow.rules.linear import conv_pads
 @flow_rule("MaxPool")
 class MaxPool(FlowRule):
     flow_outputs = 1  # the indices are data
+    channel_units = True  # within each channel: per-channel units pass
 
     def forward(self, g, node, x, **attrs):
         if not x.needs_grad and len(node.out_shapes) < 2:
@@ -52,6 +53,8 @@ def _inverse_divisor(
 
 @flow_rule("AveragePool")
 class AveragePool(FlowRule):
+    channel_units = True
+
     def forward(self, g, node, x, **attrs):
         return g.like(g.node("AveragePool", [x.tensor], **attrs), x)
 
@@ -121,6 +124,8 @@ def _spread(g: FlowBuilder, gy: Flow, kept_shape: tuple[int, ...], x: Flow, mean
 
 @flow_rule("GlobalAveragePool")
 class GlobalAveragePool(FlowRule):
+    channel_units = True
+
     def forward(self, g, node, x):
         return g.like(g.node("GlobalAveragePool", [x.tensor]), x)
 
@@ -162,6 +167,8 @@ class Reduce(FlowRule):
 @flow_rule("GlobalMaxPool")
 class GlobalMaxPool(FlowRule):
     """Like MaxPool over the whole map: each channel's flow goes back to its first maximum."""
+
+    channel_units = True
 
     def forward(self, g, node, x):
         return g.like(g.node("GlobalMaxPool", [x.tensor]), x)

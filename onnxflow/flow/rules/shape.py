@@ -11,10 +11,20 @@ from onnxflow.flow.sources import finite_unit, token_source
 
 @flow_rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 class Reshape(FlowRule):
-    """Static reshapes: the output shape is known, the transpose reshapes back."""
+    """Static reshapes: the output shape is known, the transpose reshapes back. A per-channel
+    unit passes when the batch and channel axes stay (Flatten of (N, C, 1, 1))."""
+
+    channel_units = True
 
     def forward(self, g, node, x, *rest, **attrs):
-        return g.map(x, lambda t: g.reshape(t, node.out_shapes[0]))
+        out = node.out_shapes[0]
+        t = g.reshape(x.tensor, out)
+        if not x.per_channel:
+            return Flow(t, x.scale)
+        if len(out) >= 2 and tuple(out[:2]) == tuple(x.shape[:2]):
+            unit_shape = (1, out[1], *[1] * (len(out) - 2))
+            return Flow(t, g.unit_as(x, unit_shape), unit_shape=unit_shape)
+        return g.map(g.resolve(x), lambda t: g.reshape(t, out))
 
     def backward(self, g, node, grads, x, *rest, **attrs):
         return [g.map(grads[0], lambda t: g.reshape(t, x.shape))] + [None] * len(rest)
@@ -34,20 +44,38 @@ class Transpose(FlowRule):
 
 @flow_rule("Concat")
 class Concat(FlowRule):
-    """Flows are brought to one unit and concatenated. A constant part is a learned token
-    (class, register, distillation token, learned query): a flow source of ones in the
-    unit of the flows beside it, see flow/sources.py."""
+    """Along the channel axis (1), flows of different units keep them: the output gets one
+    unit per channel, so that a part far smaller than another (an early DenseNet feature
+    beside a late one) does not underflow in one float32 tensor. Otherwise flows are brought
+    to one unit. A constant part is a learned token (class, register, distillation token,
+    learned query): a flow source of ones in the unit of the flows beside it, see
+    flow/sources.py."""
+
+    channel_units = True
 
     def forward(self, g, node, *inputs, axis):
-        tensors, scale = g.align([v for v in inputs if isinstance(v, Flow)])
-        if len(tensors) < len(inputs):  # learned tokens: ones in the data's unit
-            scale = finite_unit(g, scale)
-            it = iter(tensors)
-            tensors = [
-                token_source(g, v, scale).tensor if isinstance(v, Const) else next(it)
-                for v in inputs
-            ]
-        return Flow(g.node("Concat", tensors, axis=axis), scale)
+        out = node.out_shapes[0]
+        flows = [v for v in inputs if isinstance(v, Flow)]
+        one_unit = len({f.scale for f in flows}) == 1 and not any(f.per_channel for f in flows)
+        channel = len(out) >= 2 and axis % len(out) == 1
+        if one_unit or not channel or len(flows) < len(inputs):
+            tensors, scale = g.align([g.resolve(f) for f in flows])
+            if len(tensors) < len(inputs):  # learned tokens: ones in the data's unit
+                scale = finite_unit(g, scale)
+                it = iter(tensors)
+                tensors = [
+                    token_source(g, v, scale).tensor if isinstance(v, Const) else next(it)
+                    for v in inputs
+                ]
+            return Flow(g.node("Concat", tensors, axis=axis), scale)
+        rank = len(out)
+        units = [g.channel_unit(v, rank, v.shape[1]) for v in flows]
+        unit_shape = (1, out[1], *[1] * (rank - 2))
+        return Flow(
+            g.node("Concat", [v.tensor for v in flows], axis=1),
+            g.node("Concat", units, axis=1),
+            unit_shape=unit_shape,
+        )
 
     def backward(self, g, node, grads, *inputs, axis):
         (gy,) = grads
