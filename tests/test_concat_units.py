@@ -170,7 +170,8 @@ def test_a_zero_branch_with_a_large_unit_does_not_zero_a_residual_sum() -> None:
         helper.make_node("Add", ["h", "dead"], ["s"]),
         helper.make_node("MatMul", ["s", "w3"], ["y"]),
     ]
-    result = onnxflow.score(_model(nodes, inits, [1, 8], [1, 4]))
+    # strict: the zero factor stays zero (the default reads zero-initialized scales as ones)
+    result = onnxflow.score(_model(nodes, inits, [1, 8], [1, 4]), zero_init="strict")
     f = np.ones(8) @ w0
     b = w3 @ np.ones(4)
     assert result.log_flow == pytest.approx(float(np.log(f @ b)), abs=1e-5)
@@ -191,7 +192,8 @@ def test_a_three_node_sum_with_a_dead_operand_keeps_the_live_one() -> None:
         helper.make_node("MatMul", ["s", "v"], ["y"]),
     ]
     v = np.full((8, 4), 0.5)
-    result = onnxflow.score(_model(nodes, {"w": w, "zero": np.zeros(1), "v": v}, [1, 8], [1, 4]))
+    model = _model(nodes, {"w": w, "zero": np.zeros(1), "v": v}, [1, 8], [1, 4])
+    result = onnxflow.score(model, zero_init="strict")
     assert result.log_flow == pytest.approx(np.log(16.0), abs=1e-6)
     np.testing.assert_allclose(result.log_scores["v"], np.log(v), atol=1e-6)
 

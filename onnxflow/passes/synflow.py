@@ -290,22 +290,22 @@ class _Refiner:
             for n, m in masks.items():
                 np.copyto(m, before[n])
 
-        removed = kept - k
-        danger = [
-            n for n in live if n in self.bypassed and n not in self.pins and counts[n] <= removed
-        ]
-        if danger and feasible:
-            self.pins |= reserve(danger, scores, masks, 1)
         protect = dict(self.pins)
         new = self.choose(scores, masks, k, protect or None)
         emptied = [n for n in live if not new[n].any()]
         while emptied and feasible:
             logger.debug("step %d -> %d empties %s", kept, k, ", ".join(emptied))
             undo()
-            if split and splits[0] > 0:
+            bypassed = [n for n in emptied if n in self.bypassed]
+            if bypassed:  # no split helps there: keep their best weight from now on
+                pins = reserve(bypassed, scores, masks, 1)
+                self.pins |= pins
+                protect |= pins
+            elif split and splits[0] > 0:
                 splits[0] -= 1
                 return self._split(scores, masks, kept, k, splits)
-            protect |= reserve(emptied, scores, masks, 1)
+            else:
+                protect |= reserve(emptied, scores, masks, 1)
             new = self.choose(scores, masks, k, protect)
             emptied = [n for n in live if not new[n].any()]
         changed = [n for n in live if np.count_nonzero(new[n]) < counts[n]]
