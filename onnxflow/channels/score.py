@@ -42,12 +42,16 @@ class GroupScorer:
     def __call__(self, scores: FlowScores) -> np.ndarray:
         total = np.full(self.n, -np.inf)
         for name, axis, gids in self.readers:
-            v = scores.values[name]
+            v, unit = scores.values[name], scores.units[name]
+            if np.ndim(unit):  # one unit per input channel: into float64 under their max
+                u = np.asarray(unit)
+                unit = float(np.max(u[np.isfinite(u)], initial=0.0))
+                v = v.astype(np.float64) * np.exp(u - unit)
             others = tuple(i for i in range(v.ndim) if i != axis)
             per_index = np.sum(v, axis=others, dtype=np.float64) if others else v.astype(float)
             sums = np.bincount(gids, weights=per_index, minlength=self.n)
             with np.errstate(divide="ignore"):
-                total = np.logaddexp(total, np.log(sums) + scores.units[name])
+                total = np.logaddexp(total, np.log(sums) + unit)
         return total
 
 

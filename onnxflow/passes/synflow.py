@@ -291,8 +291,10 @@ class _Refiner:
                 np.copyto(m, before[n])
 
         protect = dict(self.pins)
+        # Layers whose weights all score 0 carry no flow: emptying them loses nothing.
+        flowing = [n for n in live if np.any(scores.values[n])]
         new = self.choose(scores, masks, k, protect or None)
-        emptied = [n for n in live if not new[n].any()]
+        emptied = [n for n in flowing if not new[n].any()]
         while emptied and feasible:
             logger.debug("step %d -> %d empties %s", kept, k, ", ".join(emptied))
             undo()
@@ -307,7 +309,7 @@ class _Refiner:
             else:
                 protect |= reserve(emptied, scores, masks, 1)
             new = self.choose(scores, masks, k, protect)
-            emptied = [n for n in live if not new[n].any()]
+            emptied = [n for n in flowing if not new[n].any()]
         changed = [n for n in live if np.count_nonzero(new[n]) < counts[n]]
         self.engine.prune(new)
         after = self.engine.run(check=self.check)
