@@ -245,6 +245,9 @@ class _Refiner:
         self.pins: dict[str, np.ndarray] = {}
         """Bypassed layers' last weights, kept at every later step once their layer was
         about to be emptied."""
+        self.dead = {n for n in masks if _layer_log_sum(dense, n) == -math.inf}
+        """Layers no flow crosses even in the dense network (a branch behind a zero factor,
+        under strict zero_init): emptying them loses nothing, they are not kept."""
         self.bypassed = {
             n for n in masks if abs(_layer_log_sum(dense, n) - dense.log_flow) > _CUT_TOLERANCE
         }
@@ -291,8 +294,7 @@ class _Refiner:
                 np.copyto(m, before[n])
 
         protect = dict(self.pins)
-        # Layers whose weights all score 0 carry no flow: emptying them loses nothing.
-        flowing = [n for n in live if np.any(scores.values[n])]
+        flowing = [n for n in live if n not in self.dead]
         new = self.choose(scores, masks, k, protect or None)
         emptied = [n for n in flowing if not new[n].any()]
         while emptied and feasible:
