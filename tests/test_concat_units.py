@@ -98,9 +98,13 @@ def mlp_with_gap(depth: int = 8) -> tuple[onnx.ModelProto, dict[str, np.ndarray]
     return _model(nodes, inits, [1, 4], [1, 2]), w
 
 
-def cnn_with_gap(depth: int = 8) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def cnn_with_gap(
+    depth: int = 8, pool: str = "GlobalAveragePool"
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """Conv version on 1x1 maps: 1x1 convs, Concat, a depthwise conv (prunable, keeps the
-    channels apart), BatchNorm, Relu, a 1x1 conv, GlobalAveragePool, Flatten, Gemm."""
+    channels apart), BatchNorm, Relu, a 1x1 conv, a global pool, Flatten, Gemm. The pool is
+    GlobalAveragePool + Flatten (TorchScript's spelling) or ReduceMean over the spatial axes
+    + Reshape (dynamo's), with keepdims 1 or 0 ("ReduceMean0")."""
     w = _gap_weights(depth=depth)
     c = w["dw"].size
     inits = {k: v[:, :, None, None] for k, v in w.items() if k not in ("dw", "g")}
@@ -115,14 +119,73 @@ def cnn_with_gap(depth: int = 8) -> tuple[onnx.ModelProto, dict[str, np.ndarray]
         helper.make_node(
             "BatchNormalization", ["h", "gamma", "beta", "mean", "var"], ["hn"], epsilon=0.0
         ),
-        helper.make_node("GlobalAveragePool", ["hn"], ["p"]),
-        helper.make_node("Flatten", ["p"], ["q"]),
+        *_pool_nodes(pool),
         helper.make_node("Gemm", ["q", "g"], ["y"], transB=1),
     ]
-    return _model(nodes, inits, [1, 4, 1, 1], [1, 2]), w
+    if pool.startswith("ReduceMean"):
+        inits["flat"] = np.array([1, -1])
+    model = _model(nodes, inits, [1, 4, 1, 1], [1, 2])
+    if pool.startswith("ReduceMean"):  # the shape must stay int64
+        for init in model.graph.initializer:
+            if init.name == "flat":
+                init.CopyFrom(numpy_helper.from_array(np.array([1, -1], np.int64), "flat"))
+    return model, w
 
 
-@pytest.mark.parametrize("build", [mlp_with_gap, cnn_with_gap], ids=["matmul", "conv"])
+def _pool_nodes(pool: str) -> list:
+    if pool == "GlobalAveragePool":
+        return [
+            helper.make_node("GlobalAveragePool", ["hn"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["q"]),
+        ]
+    keepdims = 0 if pool == "ReduceMean0" else 1
+    return [
+        helper.make_node("ReduceMean", ["hn"], ["p"], axes=[2, 3], keepdims=keepdims),
+        helper.make_node("Reshape", ["p", "flat"], ["q"]),
+    ]
+
+
+def cnn_concat_pool(pool: str, depth: int = 8) -> onnx.ModelProto:
+    """DenseNet's tail: the Concat of flows far apart goes through BatchNorm, Relu and a
+    global pool straight into the classifier Gemm, so the Gemm's input channels carry the
+    Concat's per-channel units (GlobalAveragePool + Flatten, or ReduceMean + Reshape)."""
+    w = _gap_weights(depth=depth)
+    c = w["dw"].size
+    inits = {k: v[:, :, None, None] for k, v in w.items() if k not in ("dw", "g", "f")}
+    inits["head"] = np.random.default_rng(1).uniform(0.5, 1.5, (2, c))
+    inits |= {"gamma": np.ones(c), "beta": np.zeros(c), "mean": np.zeros(c), "var": np.ones(c)}
+    nodes = [
+        *_chain_nodes(depth, "Conv"),
+        helper.make_node("Concat", [f"t{depth - 1}", "u"], ["z"], axis=1),
+        helper.make_node(
+            "BatchNormalization", ["z", "gamma", "beta", "mean", "var"], ["zn"], epsilon=0.0
+        ),
+        helper.make_node("Relu", ["zn"], ["hn"]),
+        *_pool_nodes(pool),
+        helper.make_node("Gemm", ["q", "head"], ["y"], transB=1),
+    ]
+    if pool.startswith("ReduceMean"):
+        inits["flat"] = np.array([1, -1])
+    model = _model(nodes, inits, [1, 4, 1, 1], [1, 2])
+    for init in model.graph.initializer:  # the shape must stay int64
+        if init.name == "flat":
+            init.CopyFrom(numpy_helper.from_array(np.array([1, -1], np.int64), "flat"))
+    return model
+
+
+def cnn_with_reducemean(depth: int = 8) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    return cnn_with_gap(depth, pool="ReduceMean")
+
+
+def cnn_with_reducemean0(depth: int = 8) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    return cnn_with_gap(depth, pool="ReduceMean0")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [mlp_with_gap, cnn_with_gap, cnn_with_reducemean, cnn_with_reducemean0],
+    ids=["matmul", "conv", "conv-reducemean", "conv-reducemean-keepdims0"],
+)
 def test_concat_of_flows_beyond_float32_apart_scores_exactly(build) -> None:
     model, w = build()
     want, log_r = _reference(w, 8)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 from float64_flow import float64_log_scores
-from test_concat_units import cnn_with_gap, mlp_with_gap
+from test_concat_units import cnn_concat_pool, cnn_with_gap, mlp_with_gap
 
 from onnxflow.api import analysis_passes, initial_state
 from onnxflow.flow.engine import FlowEngine
@@ -32,6 +32,11 @@ SLOW = {"models/resnet20.onnx"}  # ~25 s in the reference evaluator
 GENERATED = {
     "mlp_concat_gap": lambda: mlp_with_gap()[0],
     "cnn_concat_gap": lambda: cnn_with_gap()[0],
+    # DenseNet's classifier reads the last Concat through a global pool: TorchScript writes
+    # GlobalAveragePool + Flatten, dynamo ReduceMean + Reshape (keepdims 1; 0 also tested).
+    "cnn_concat_globalaveragepool": lambda: cnn_concat_pool("GlobalAveragePool"),
+    "cnn_concat_reducemean": lambda: cnn_concat_pool("ReduceMean"),
+    "cnn_concat_reducemean_keepdims0": lambda: cnn_concat_pool("ReduceMean0"),
     "resnet50_narrow": lambda: netgen.resnet(50, input_hw=32, width=4, num_classes=10),
     "vgg16_bn": lambda: netgen.vgg("vgg16", batch_norm=True, width_div=16),
 }

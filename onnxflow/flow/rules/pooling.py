@@ -146,7 +146,12 @@ def _reduce_axes(x: Flow, axes, noop_with_empty_axes: int) -> list[int]:
 
 @flow_rule("ReduceMean", "ReduceSum", "ReduceL1")
 class Reduce(FlowRule):
-    """Sums and means; ReduceL1 is ReduceSum on the (non-negative) flow."""
+    """Sums and means; ReduceL1 is ReduceSum on the (non-negative) flow. A reduction over
+    the spatial axes only (a global pool spelled ReduceMean, as the dynamo exporter writes
+    it) keeps each channel apart, so a per-channel unit passes; any other reduction mixes
+    channels and takes the flow in one unit."""
+
+    channel_units = True
 
     def forward(self, g, node, x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
         ax = _reduce_axes(x, axes, noop_with_empty_axes)
@@ -154,7 +159,14 @@ class Reduce(FlowRule):
         if not ax:
             return x
         op = "ReduceSum" if node.op_type == "ReduceL1" else node.op_type
-        return g.like(g.reduce(op, x.tensor, ax, keepdims), x)
+        if x.per_channel and (0 in ax or 1 in ax):
+            x = g.resolve(x)
+        t = g.reduce(op, x.tensor, ax, keepdims)
+        if x.per_channel and not keepdims:
+            rank = len(x.shape) - len(ax)
+            unit_shape = (1, x.shape[1], *[1] * (rank - 2))
+            return Flow(t, g.unit_as(x, unit_shape), unit_shape=unit_shape)
+        return g.like(t, x)
 
     def backward(self, g, node, grads, x, axes=None, **attrs):
         ax = node.saved["axes"]
