@@ -12,13 +12,11 @@ with a unit scale does).
 
 from __future__ import annotations
 
-import numpy as np
-
 from onnxflow.flow.builder import _F32_TINY, Flow, FlowBuilder
 from onnxflow.flow.registry import FlowRule, flow_rule, register_flow_rule
 from onnxflow.flow.rules.elementwise import PassThrough
-from onnxflow.flow.rules.linear import _conv_transpose_full, conv_pads
-from onnxflow.flow.rules.pooling import _reduce_axes
+from onnxflow.flow.rules.linear import conv_pads
+from onnxflow.flow.rules.pooling import _reduce_axes, window_sum_back
 
 register_flow_rule("LpNormalization", PassThrough)
 register_flow_rule("MeanVarianceNormalization", PassThrough)
@@ -148,19 +146,6 @@ class LpPool(FlowRule):
         pad = conv_pads(in_sp, k, strides, dilations, pads, auto_pad)
         y = _safe(g, node.saved["y"])
         scaled = g.node("Div", [gy.tensor, y if p == 2 else g.node("Pow", [y, g.f32(p - 1.0)])])
-        c = x.shape[1]
-        ones = g.f32(np.ones((c, 1, *k)), "ones_kernel")
-        t = _conv_transpose_full(
-            g,
-            scaled,
-            ones,
-            group=c,
-            strides=strides,
-            dilations=dilations,
-            begins=pad[:nd],
-            in_sp=out_sp,
-            k=k,
-            want=in_sp,
-        )
+        t = window_sum_back(g, scaled, x, k, strides, dilations, pad[:nd], out_sp)
         xp = x.tensor if p == 2 else g.node("Pow", [x.tensor, g.f32(p - 1.0)])
         return [g.like(g.node("Mul", [t, xp]), gy)]

@@ -73,8 +73,6 @@ class AveragePool(FlowRule):
         pads=None,
         strides=None,
     ):
-        from onnxflow.flow.rules.linear import _conv_transpose_full
-
         (gy,) = grads
         k = tuple(kernel_shape)
         nd = len(k)
@@ -96,21 +94,38 @@ class AveragePool(FlowRule):
             )
             inv = np.multiply.outer(inv, axis)
         scaled = g.node("Mul", [gy.tensor, g.f32(inv.reshape((1, 1, *out_sp)), "inv_count")])
-        c = x.shape[1]
-        ones = g.f32(np.ones((c, 1, *k)), "ones_kernel")
-        t = _conv_transpose_full(
-            g,
-            scaled,
-            ones,
-            group=c,
-            strides=strides,
-            dilations=dilations,
-            begins=p[:nd],
-            in_sp=out_sp,
-            k=k,
-            want=in_sp,
-        )
+        t = window_sum_back(g, scaled, x, k, strides, dilations, p[:nd], out_sp)
         return [g.like(t, gy)]
+
+
+def window_sum_back(
+    g: FlowBuilder,
+    t: str,
+    x: Flow,
+    k: tuple[int, ...],
+    strides: list[int],
+    dilations: list[int],
+    begins: list[int],
+    out_sp: tuple[int, ...],
+) -> str:
+    """Transpose of a per-channel sum over pooling windows: each output's value goes back to
+    every input position of its window (a depthwise ConvTranspose with a kernel of ones)."""
+    from onnxflow.flow.rules.linear import _conv_transpose_full
+
+    c = x.shape[1]
+    ones = g.f32(np.ones((c, 1, *k)), "ones_kernel")
+    return _conv_transpose_full(
+        g,
+        t,
+        ones,
+        group=c,
+        strides=strides,
+        dilations=dilations,
+        begins=begins,
+        in_sp=out_sp,
+        k=k,
+        want=x.shape[2:],
+    )
 
 
 def _spread(g: FlowBuilder, gy: Flow, kept_shape: tuple[int, ...], x: Flow, mean: bool) -> Flow:
