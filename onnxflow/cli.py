@@ -71,6 +71,7 @@ FLAGS: dict[str, tuple[str, Callable[[object], str] | None]] = {
     "scores": ("--scores", None),
     "report": ("--report", None),
     "plot": ("--plot", None),
+    "channels": ("--channels", None),
 }
 
 

@@ -114,7 +114,7 @@ def test_output_paths_are_named_by_role(tmp_path: Path) -> None:
 def test_every_mapped_field_is_a_real_option() -> None:
     """cli.FLAGS names only options the library has and flags the command has."""
     fields = {f for f in options.PruneOptions.__dataclass_fields__} | {
-        "masks", "scores", "report", "plot"
+        "masks", "scores", "report", "plot", "channels"
     }  # fmt: skip
     flags = {o for p in cli.prune.params for o in p.opts}
     for field, (flag, _) in cli.FLAGS.items():

@@ -44,17 +44,17 @@ def save_channels(
     """Write the compact model and the optional masks (.npz), report and groups (.json),
     all atomically: on failure none of them changes."""
     paths = {"output": Path(output)}
-    for key, p in (("--masks", masks), ("--report", report), ("--channels", channels)):
+    for key, p in (("masks", masks), ("report", report), ("channels", channels)):
         if p is not None:
             paths[key] = Path(p)
     check_output_paths(source, paths)
     writers: dict[Path, Writer] = {paths["output"]: model_writer(result.model)}
     if masks is not None:
-        writers[paths["--masks"]] = npz_writer(result.masks)
+        writers[paths["masks"]] = npz_writer(result.masks)
     if report is not None:
-        writers[paths["--report"]] = text_writer(result.report.to_json())
+        writers[paths["report"]] = text_writer(result.report.to_json())
     if channels is not None:
-        writers[paths["--channels"]] = text_writer(json.dumps(result.channels, indent=1))
+        writers[paths["channels"]] = text_writer(json.dumps(result.channels, indent=1))
     write_atomically(writers)
 
 
@@ -77,7 +77,7 @@ def prune_command(
     if weight_only:
         raise OnnxflowError(f"{', '.join(weight_only)}: weight mode only, not with channel mode")
     check_channel_options(options, channel_multiple, ranking)
-    paths = {"output": output, "--masks": masks, "--report": report, "--channels": channels}
+    paths = {"output": output, "masks": masks, "report": report, "channels": channels}
     check_output_paths(model, {k: v for k, v in paths.items() if v is not None})
     result = prune_channels(
         model,
