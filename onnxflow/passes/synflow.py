@@ -23,10 +23,12 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError, Opt
 from onnxflow.flow.engine import FlowEngine, FlowScores
+from onnxflow.flow.registry import RuleRegistry
 from onnxflow.masks import (
     fits_pattern,
     rank_keys,
@@ -36,8 +38,10 @@ from onnxflow.masks import (
     select_global,
     select_local,
 )
-from onnxflow.pipeline import Pass, PruneState
+from onnxflow.options import PruneOptions
+from onnxflow.pipeline import Pass, ProgressCallback, PruneState
 from onnxflow.runtime import resolve_provider
+from onnxflow.stages import Selection
 
 logger = logging.getLogger(__name__)
 
@@ -59,88 +63,109 @@ class SynFlowPass(Pass):
 
     def run(self, state: PruneState) -> None:
         assert state.graph is not None and state.dag is not None
-        opts, dag = state.options, state.dag
-        total = dag.size
-        pattern = _Pattern(opts.pattern, dag) if opts.pattern else None
-        if pattern is not None:
-            state.pattern_skipped = pattern.skipped
-            target = pattern.target(opts.sparsity, total)
-        else:
-            assert opts.density is not None
-            target = round(opts.density * total)
-            if target == 0 and opts.density > 0:
-                raise OnnxflowError(
-                    f"sparsity {opts.sparsity} keeps round({opts.density:g} * {total}) = 0 "
-                    "of the prunable weights; choose a lower sparsity"
-                )
-        state.provider = resolve_provider(opts.provider)
-        engine = FlowEngine(state.graph, dag, state.provider, state.rules)
-        names = [layer.name for layer in dag.layers]
-        sizes = [layer.size for layer in dag.layers]
-        masks = {layer.name: np.ones(layer.shape, dtype=bool) for layer in dag.layers}
-        kept, per_group = total, None
-        counts = schedule_counts(total, target / total, opts.iterations, opts.schedule)
-        counts[-1] = target
-        baseline = _baseline(opts.method, opts.seed, engine)
-        engine_scores = baseline is None and pattern is None  # 0 exactly where pruned
-        # One-shot (a single iteration) stays the paper's one-shot baseline, unrefined.
-        # Local scope keeps each layer's share by construction: nothing to refine there.
-        refine = (
-            engine_scores
-            and opts.iterations > 1
-            and opts.scope == "global"
-            and total <= _REFINE_MAX
+        sel = select(
+            state.graph,
+            state.dag,
+            state.options,
+            rules=state.rules,
+            progress=state.progress,
+            keep_scores=state.keep_scores,
         )
-        pending: FlowScores | None = None  # scores already computed on the current masks
+        state.masks, state.log_scores, state.log_flow = sel.masks, sel.log_scores, sel.log_flow
+        state.provider, state.pattern_skipped = sel.provider, sel.pattern_skipped
 
-        def choose(
-            scores: FlowScores, masks: dict, k: int, protect: dict | None = None
-        ) -> dict[str, np.ndarray]:
-            return _select(opts, names, sizes, scores, masks, k, protect, exact_zeros=engine_scores)
 
-        refiner: _Refiner | None = None
-        for step, k in enumerate(counts):
-            limit = pattern.per_group(step, len(counts)) if pattern is not None else None
-            if step == 0 or k < kept or limit != per_group:
-                per_group = limit
-                # Later global selections check a sample of the scores instead of all N.
-                check = step == 0 or opts.scope != "global"
-                scores: FlowScores | None = pending
-                if pending is not None:
-                    pending = None
-                elif step == 0 or baseline is None:
-                    scores = engine.run(check=check)
-                if step == 0:
-                    assert scores is not None
-                    if scores.log_flow == -np.inf:
-                        raise OnnxflowError(_no_flow_message(engine))
-                    state.log_flow = scores.log_flow
-                if baseline is not None:
-                    scores = baseline(masks)
+def select(
+    graph: gs.Graph,
+    dag: WeightDag,
+    opts: PruneOptions,
+    *,
+    rules: RuleRegistry | None = None,
+    progress: ProgressCallback | None = None,
+    keep_scores: bool = True,
+) -> Selection:
+    """Run the pruning loop on an analyzed graph: the masks it keeps, and the dense scores."""
+    total = dag.size
+    pattern_skipped: list[str] = []
+    log_scores: dict[str, np.ndarray] = {}
+    log_flow = float("nan")
+    pattern = _Pattern(opts.pattern, dag) if opts.pattern else None
+    if pattern is not None:
+        pattern_skipped = pattern.skipped
+        target = pattern.target(opts.sparsity, total)
+    else:
+        assert opts.density is not None
+        target = round(opts.density * total)
+        if target == 0 and opts.density > 0:
+            raise OnnxflowError(
+                f"sparsity {opts.sparsity} keeps round({opts.density:g} * {total}) = 0 "
+                "of the prunable weights; choose a lower sparsity"
+            )
+    provider = resolve_provider(opts.provider)
+    engine = FlowEngine(graph, dag, provider, rules)
+    names = [layer.name for layer in dag.layers]
+    sizes = [layer.size for layer in dag.layers]
+    masks = {layer.name: np.ones(layer.shape, dtype=bool) for layer in dag.layers}
+    kept, per_group = total, None
+    counts = schedule_counts(total, target / total, opts.iterations, opts.schedule)
+    counts[-1] = target
+    baseline = _baseline(opts.method, opts.seed, engine)
+    engine_scores = baseline is None and pattern is None  # 0 exactly where pruned
+    # One-shot (a single iteration) stays the paper's one-shot baseline, unrefined.
+    # Local scope keeps each layer's share by construction: nothing to refine there.
+    refine = (
+        engine_scores and opts.iterations > 1 and opts.scope == "global" and total <= _REFINE_MAX
+    )
+    pending: FlowScores | None = None  # scores already computed on the current masks
+
+    def choose(
+        scores: FlowScores, masks: dict, k: int, protect: dict | None = None
+    ) -> dict[str, np.ndarray]:
+        return _select(opts, names, sizes, scores, masks, k, protect, exact_zeros=engine_scores)
+
+    refiner: _Refiner | None = None
+    for step, k in enumerate(counts):
+        limit = pattern.per_group(step, len(counts)) if pattern is not None else None
+        if step == 0 or k < kept or limit != per_group:
+            per_group = limit
+            # Later global selections check a sample of the scores instead of all N.
+            check = step == 0 or opts.scope != "global"
+            scores: FlowScores | None = pending
+            if pending is not None:
+                pending = None
+            elif step == 0 or baseline is None:
+                scores = engine.run(check=check)
+            if step == 0:
                 assert scores is not None
-                if step == 0:
-                    state.log_scores = scores.log() if state.keep_scores else {}
-                    refiner = _Refiner(engine, choose, masks, scores) if refine else None
-                if pattern is not None:
-                    assert limit is not None
-                    masks = pattern.restrict(scores, masks, limit)
-                    if opts.sparsity is None:  # the pattern alone: keep every candidate
-                        k = sum(int(np.count_nonzero(m)) for m in masks.values())
+                if scores.log_flow == -np.inf:
+                    raise OnnxflowError(_no_flow_message(engine))
+                log_flow = scores.log_flow
+            if baseline is not None:
+                scores = baseline(masks)
+            assert scores is not None
+            if step == 0:
+                log_scores = scores.log() if keep_scores else {}
+                refiner = _Refiner(engine, choose, masks, scores) if refine else None
+            if pattern is not None:
+                assert limit is not None
+                masks = pattern.restrict(scores, masks, limit)
+                if opts.sparsity is None:  # the pattern alone: keep every candidate
+                    k = sum(int(np.count_nonzero(m)) for m in masks.values())
 
-                if refiner is not None and refiner.needed(kept, k):
-                    refiner.check = opts.scope != "global"
-                    masks, pending = refiner.step(scores, masks, kept, k)
-                else:
-                    masks = choose(scores, masks, k, refiner.pins if refiner else None)
-                    engine.prune(masks)
-                    if refiner is not None:
-                        refiner.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
-                exact = opts.min_kept or pattern is not None
-                kept = sum(int(np.count_nonzero(m)) for m in masks.values()) if exact else k
-            logger.debug("step %d/%d: kept %d", step + 1, len(counts), kept)
-            if state.progress is not None:
-                state.progress(step + 1, len(counts))
-        state.masks = masks
+            if refiner is not None and refiner.needed(kept, k):
+                refiner.check = opts.scope != "global"
+                masks, pending = refiner.step(scores, masks, kept, k)
+            else:
+                masks = choose(scores, masks, k, refiner.pins if refiner else None)
+                engine.prune(masks)
+                if refiner is not None:
+                    refiner.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+            exact = opts.min_kept or pattern is not None
+            kept = sum(int(np.count_nonzero(m)) for m in masks.values()) if exact else k
+        logger.debug("step %d/%d: kept %d", step + 1, len(counts), kept)
+        if progress is not None:
+            progress(step + 1, len(counts))
+    return Selection(masks, log_scores, log_flow, provider, pattern_skipped)
 
 
 def _no_flow_message(engine: FlowEngine) -> str:
