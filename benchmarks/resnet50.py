@@ -77,16 +77,12 @@ def reference_child() -> None:
 def iteration_ratio(path: Path) -> dict[str, float]:
     import onnx
 
+    from onnxflow.analyze import normalized, weights_of
     from onnxflow.flow.engine import FlowEngine
     from onnxflow.masks import select_global
-    from onnxflow.options import PruneOptions
-    from onnxflow.passes import BuildDagPass, LoadPass, NormalizePass
-    from onnxflow.pipeline import PruneState, Sequential
     from onnxflow.runtime import ort_session
 
-    state = PruneState(PruneOptions(SPARSITY), source=str(path))
-    state = Sequential(LoadPass(), NormalizePass(), BuildDagPass())(state)
-    assert state.graph is not None and state.dag is not None
+    state = weights_of(*normalized(path))  # the analysis, not linearized
     engine = FlowEngine(state.graph, state.dag, "cpu")
     names = [layer.name for layer in state.dag.layers]
     masks = {layer.name: np.ones(layer.shape, bool) for layer in state.dag.layers}

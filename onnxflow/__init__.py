@@ -6,7 +6,7 @@ onnxflow.save(onnxflow.prune(...), "model.pruned.onnx", masks="masks.npz")
 torch_masks = onnxflow.map_masks(masks, "model.onnx", torch_model.state_dict())
 """
 
-from onnxflow.api import PruneResult, ScoreResult, build_pipeline, prune, save, score
+from onnxflow.api import PruneResult, ScoreResult, prune, save, score
 from onnxflow.errors import OnnxflowError, UnsupportedOpError
 from onnxflow.flow import Const, Flow, FlowBuilder, FlowRule, NodeContext
 from onnxflow.flow.registry import RuleRegistry, default_rules, flow_rule, register_flow_rule
@@ -30,7 +30,6 @@ __all__ = [
     "RuleRegistry",
     "ScoreResult",
     "UnsupportedOpError",
-    "build_pipeline",
     "default_rules",
     "flow_rule",
     "map_masks",

@@ -1,34 +1,40 @@
-"""The Python API: `prune()` builds the pipeline and runs it; `save()` writes the results."""
+"""The Python API: `prune()` runs the stages (analyze -> select -> materialize -> report);
+`save()` writes the results as the materialization's storage plan says.
+
+docs/architecture.md maps the stages and the types that pass between them."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
 import onnx
 
+from onnxflow.analyze import analyze
 from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError
 from onnxflow.external import ExternalDataWriter, data_path, external_info
 from onnxflow.flow.engine import FlowEngine
 from onnxflow.flow.registry import RuleRegistry
-from onnxflow.options import DEFAULTS, GRANULARITIES, PruneOptions, check_choice
-from onnxflow.passes import (
-    ApplyMasksPass,
-    BuildDagPass,
-    LinearizePass,
-    LoadPass,
-    NormalizePass,
-    ReportPass,
-    SparseStoragePass,
-    SynFlowPass,
+from onnxflow.materialize import materialize
+from onnxflow.options import (
+    DEFAULTS,
+    GRANULARITIES,
+    PROVIDERS,
+    ZERO_INITS,
+    PruneOptions,
+    check_choice,
 )
-from onnxflow.pipeline import Pass, ProgressCallback, PruneState, Sequential
+from onnxflow.passes.synflow import no_flow_message, select
 from onnxflow.plot import density_figure, png_writer
-from onnxflow.report import Report
+from onnxflow.report import Report, prune_report
 from onnxflow.runtime import resolve_provider
+from onnxflow.stages import Materialization, ProgressCallback, Selection
 
 if TYPE_CHECKING:
     from onnxflow.channels.api import ChannelResult
@@ -42,40 +48,34 @@ from onnxflow.save import (
 )
 
 
-class PruneResult(NamedTuple):
-    model: onnx.ModelProto
-    """The pruned model: the input with masked weights zeroed."""
-    masks: dict[str, np.ndarray]
-    """Boolean keep-masks by weight initializer name, shaped like the weight."""
-    log_scores: dict[str, np.ndarray]
-    """Dense-network SynFlow scores as float64 natural logs (-inf where 0)."""
+@dataclass(frozen=True)
+class PruneResult:
+    """What `prune` returns. Unpacks as `model, masks, log_scores, report`."""
+
+    output: Materialization
+    """The pruned model, its sizes and how `save` writes it."""
+    selection: Selection
+    """The masks, the dense network's scores, R and the provider."""
     report: Report
 
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The pruned model: the input with masked weights zeroed."""
+        return self.output.model
 
-def initial_state(
-    model: str | os.PathLike[str] | onnx.ModelProto,
-    options: PruneOptions,
-    progress: ProgressCallback | None = None,
-) -> PruneState:
-    """The pipeline's starting state for a path (loaded by LoadPass) or a loaded model."""
-    state = PruneState(options=options, progress=progress)
-    if isinstance(model, onnx.ModelProto):
-        state.model = model
-    else:
-        state.source = os.fspath(model)
-    return state
+    @property
+    def masks(self) -> dict[str, np.ndarray]:
+        """Boolean keep-masks by weight initializer name, shaped like the weight."""
+        return self.selection.masks
 
+    @property
+    def log_scores(self) -> dict[str, np.ndarray]:
+        """Dense-network SynFlow scores as float64 natural logs (-inf where 0)."""
+        return self.selection.log_scores
 
-def analysis_passes() -> list[Pass]:
-    """Load, normalize, linearize and find the weight-layer DAG: everything before scoring."""
-    return [LoadPass(), NormalizePass(), LinearizePass(), BuildDagPass()]
-
-
-def build_pipeline() -> Sequential:
-    """The one pruning pipeline."""
-    return Sequential(
-        *analysis_passes(), SynFlowPass(), ApplyMasksPass(), SparseStoragePass(), ReportPass()
-    )
+    def __iter__(self) -> Iterator[Any]:
+        """`model, masks, log_scores, report = prune(...)`, as before results were typed."""
+        return iter((self.model, self.masks, self.log_scores, self.report))
 
 
 def make_options(
@@ -176,13 +176,24 @@ def prune(
         )
     if channel_multiple != 1 or latency or ranking is not None:
         raise OnnxflowError("channel_multiple, latency and ranking need granularity='channel'")
-    start = initial_state(model, options, progress)
-    start.keep_scores = keep_scores
-    start.rules = rules
-    state = build_pipeline()(start)
-    assert state.pruned is not None and state.masks is not None
-    assert state.log_scores is not None and state.report is not None
-    return PruneResult(state.pruned, state.masks, state.log_scores, state.report)
+    started = time.perf_counter()
+    analysis = analyze(
+        model,
+        input_shapes=options.input_shapes,
+        zero_init=options.zero_init,
+        exclude=options.exclude,
+    )
+    selection = select(
+        analysis.graph,
+        analysis.dag,
+        options,
+        rules=rules,
+        progress=progress,
+        keep_scores=keep_scores,
+    )
+    output = materialize(analysis, selection.masks, sparse_storage=options.sparse_storage)
+    report = prune_report(options, analysis, selection, output, time.perf_counter() - started)
+    return PruneResult(output, selection, report)
 
 
 class ScoreResult(NamedTuple):
@@ -205,22 +216,18 @@ def score(
 
     `zero_init` is PruneOptions.zero_init: with "ones", all-zero weights are not prunable
     and have no score; zero-initialized tensors are read as ones. `rules`: the flow rules
-    (None: the default registry)."""
-    options = PruneOptions(
-        sparsity=0.0,
-        input_shapes=input_shapes or {},
-        provider=provider,  # type: ignore[arg-type]
-        zero_init=zero_init,  # type: ignore[arg-type]
-    )
-    state = Sequential(*analysis_passes())(initial_state(model, options))
-    assert state.graph is not None and state.dag is not None
-    provider_name = resolve_provider(options.provider)
-    scores = FlowEngine(state.graph, state.dag, provider_name, rules).run()
-    return ScoreResult(scores.log(), scores.log_flow, state.dag)
+    (None: the default registry).
 
-
-# Models larger than this are written with external data even if the input had none.
-EXTERNAL_OVER_BYTES = 1_800_000_000
+    A network that carries no synaptic flow (R = 0: every score is 0, a ranking of ties) is
+    refused with the same error as `prune`'s."""
+    check_choice("provider", provider, PROVIDERS)
+    check_choice("zero_init", zero_init, ZERO_INITS)
+    analysis = analyze(model, input_shapes=input_shapes, zero_init=zero_init)  # type: ignore[arg-type]
+    engine = FlowEngine(analysis.graph, analysis.dag, resolve_provider(provider), rules)
+    scores = engine.run()
+    if scores.log_flow == -np.inf:
+        raise OnnxflowError(no_flow_message(engine))
+    return ScoreResult(scores.log(), scores.log_flow, analysis.dag)
 
 
 def _check_not_input_data(source: str | os.PathLike[str] | None, path: Path) -> None:
@@ -280,8 +287,7 @@ def save(
     paths = output_paths(
         Path(output), *(Path(p) if p is not None else None for p in (masks, scores, report, plot))
     )
-    # bytes_after is the pruned model's size, measured once by ReportPass.
-    external = result.report.external_data or result.report.bytes_after > EXTERNAL_OVER_BYTES
+    external = result.output.storage.external_data  # decided by `materialize`
     if external:
         paths["external data"] = data_path(paths["output"])
         _check_not_input_data(source, paths["external data"])

@@ -9,13 +9,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxflow.api import analysis_passes, initial_state
+from onnxflow.analyze import analyze
 from onnxflow.dag import WeightDag
 from onnxflow.flow.reach import flow_reach
 from onnxflow.flow.registry import RuleRegistry
 from onnxflow.flow.zero_init import find_zero_init
-from onnxflow.options import PruneOptions
-from onnxflow.pipeline import Sequential
 from onnxflow.rows import LayerRow, Totals, layer_rows
 from onnxflow.tensors import stored_tensor_names
 
@@ -63,19 +61,17 @@ def inspect_model(
     `rules` (default: the default registry): exactly the ops `prune` would refuse, since
     both ask `flow_reach`."""
     # Every stored weight is listed, all-zero ones too (a layer pruned to nothing, say).
-    options = PruneOptions(sparsity=0.0, input_shapes=input_shapes or {}, zero_init="strict")
-    state = Sequential(*analysis_passes())(initial_state(model, options))
-    assert state.graph is not None and state.dag is not None
-    tensors = state.graph.tensors()
+    analysis = analyze(model, input_shapes=input_shapes, zero_init="strict")
+    tensors = analysis.graph.tensors()
     nonzero = {
-        layer.name: int(np.count_nonzero(tensors[layer.name].values)) for layer in state.dag.layers
+        layer.name: int(np.count_nonzero(tensors[layer.name].values))
+        for layer in analysis.dag.layers
     }
     # Flow starts where prune's (zero_init="ones") would: all-zero weights are read as ones.
-    assert state.model is not None
-    zero = find_zero_init(state.graph, stored_tensor_names(state.model)).weights
-    sources = [layer.name for layer in state.dag.layers if layer.name not in zero]
+    zero = find_zero_init(analysis.graph, stored_tensor_names(analysis.model)).weights
+    sources = [layer.name for layer in analysis.dag.layers if layer.name not in zero]
     missing = [
         MissingRule(node.op, node.domain or "", node.name)
-        for node in flow_reach(state.graph, sources, rules).missing
+        for node in flow_reach(analysis.graph, sources, rules).missing
     ]
-    return Inspection(state.dag, nonzero, missing, list(state.notes))
+    return Inspection(analysis.dag, nonzero, missing, list(analysis.notes))

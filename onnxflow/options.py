@@ -123,15 +123,7 @@ class PruneOptions:
                 "{opt} must be an integer >= 0, got {k!r}", opt=Opt("min_kept"), k=k
             )
         check_choice("provider", self.provider, PROVIDERS)
-        for name, shape in self.input_shapes.items():
-            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-                raise OnnxflowError(
-                    "{opt} for {name!r} must be positive integers, got {shape}",
-                    opt=Opt("input_shapes"),
-                    name=name,
-                    shape=shape,
-                )
-        object.__setattr__(self, "input_shapes", dict(self.input_shapes))
+        object.__setattr__(self, "input_shapes", check_input_shapes(self.input_shapes))
 
     @property
     def density(self) -> float | None:
@@ -146,6 +138,21 @@ class PruneOptions:
         if not math.isfinite(compression) or compression < 0:
             raise OnnxflowError(f"compression must be a finite number >= 0, got {compression!r}")
         return 1.0 - 10.0 ** (-compression)
+
+
+def check_input_shapes(
+    input_shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, tuple[int, ...]]:
+    """`input_shapes` as a dict, each dimension checked to be a positive integer."""
+    for name, shape in input_shapes.items():
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            raise OnnxflowError(
+                "{opt} for {name!r} must be positive integers, got {shape}",
+                opt=Opt("input_shapes"),
+                name=name,
+                shape=shape,
+            )
+    return dict(input_shapes)
 
 
 def check_pattern(pattern: object) -> tuple[int, int]:

@@ -5,16 +5,21 @@ The JSON schema (version 1) is documented in docs/report.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from onnxflow.dag import WeightDag, WeightLayer
 from onnxflow.flow.zero_init import ZeroInit
 from onnxflow.rows import LayerRow, Totals, layer_rows
+
+if TYPE_CHECKING:
+    from onnxflow.options import PruneOptions
+    from onnxflow.stages import Analysis, Materialization, Selection
 
 SCHEMA_VERSION = 1
 
@@ -130,3 +135,32 @@ def build_report(
     kept = {layer.name: int(np.count_nonzero(masks[layer.name])) for layer in dag.layers}
     whole = layer_rows(excluded or [], {layer.name: layer.size for layer in excluded or []})
     return Report(layer_rows(dag.layers, kept), excluded=whole, **kwargs)
+
+
+def prune_report(
+    options: PruneOptions,
+    analysis: Analysis,
+    selection: Selection,
+    output: Materialization,
+    seconds: float,
+) -> Report:
+    """The report of one pruning, built from the three stages' results."""
+    opts = dataclasses.asdict(options)
+    opts["input_shapes"] = {k: list(v) for k, v in options.input_shapes.items()}
+    return build_report(
+        analysis.dag,
+        selection.masks,
+        analysis.excluded,
+        options=opts,
+        provider=selection.provider,
+        log_flow=selection.log_flow,
+        seconds=seconds,
+        bytes_before=analysis.source.bytes_before,
+        bytes_after=output.bytes_after,
+        bytes_after_dense=output.bytes_dense,
+        pattern_skipped=selection.pattern_skipped,
+        external_data=analysis.source.external_data,
+        notes=list(analysis.notes),
+        zero_init=analysis.zero_init,
+        exclude_unmatched=analysis.exclude_unmatched,
+    )

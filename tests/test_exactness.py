@@ -18,10 +18,8 @@ import pytest
 from float64_flow import float64_log_scores
 from test_concat_units import cnn_concat_pool, cnn_with_gap, mlp_with_gap
 
-from onnxflow.api import analysis_passes, initial_state
+from onnxflow.analyze import analyze
 from onnxflow.flow.engine import FlowEngine
-from onnxflow.options import PruneOptions
-from onnxflow.pipeline import Sequential
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = sorted(
@@ -43,9 +41,8 @@ GENERATED = {
 
 
 def engine_of(model: str | onnx.ModelProto) -> FlowEngine:
-    state = Sequential(*analysis_passes())(initial_state(model, PruneOptions(sparsity=0.0)))
-    assert state.graph is not None and state.dag is not None
-    return FlowEngine(state.graph, state.dag, "cpu")
+    analysis = analyze(model)
+    return FlowEngine(analysis.graph, analysis.dag, "cpu")
 
 
 def assert_no_positive_score_lost(engine: FlowEngine) -> None:

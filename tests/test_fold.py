@@ -11,18 +11,13 @@ import pytest
 
 import onnxflow
 import onnxflow.flow.model as flow_model
+from onnxflow.analyze import normalized, weights_of
 from onnxflow.flow.engine import FlowEngine
-from onnxflow.options import PruneOptions
-from onnxflow.passes import BuildDagPass, LoadPass, NormalizePass
-from onnxflow.pipeline import PruneState, Sequential
 
 
 def engine_of(model) -> FlowEngine:
-    state = Sequential(LoadPass(), NormalizePass(), BuildDagPass())(
-        PruneState(PruneOptions(0.5), model=model)
-    )
-    assert state.graph is not None and state.dag is not None
-    return FlowEngine(state.graph, state.dag, "cpu")
+    analysis = weights_of(*normalized(model))  # not linearized
+    return FlowEngine(analysis.graph, analysis.dag, "cpu")
 
 
 def test_every_conv_batchnorm_pair_is_folded() -> None:

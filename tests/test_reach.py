@@ -14,14 +14,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxflow
-from onnxflow.api import analysis_passes, initial_state
+from onnxflow.analyze import analyze
 from onnxflow.flow.model import build_flow_model
 from onnxflow.flow.reach import flow_reach
 from onnxflow.flow.registry import default_rules
 from onnxflow.flow.rules.elementwise import PassThrough
 from onnxflow.inspect import inspect_model
-from onnxflow.options import PruneOptions
-from onnxflow.pipeline import Sequential
+from onnxflow.stages import Analysis
 
 EXPORTED = sorted((Path(__file__).parent / "exported").glob("*.onnx"))
 RNG = np.random.default_rng(0)
@@ -189,8 +188,8 @@ def test_inspect_names_what_prune_refuses_exported(path: Path) -> None:
     _assert_inspect_equals_prune(path)
 
 
-def _analysis(model: onnx.ModelProto | Path) -> Sequential:
-    return Sequential(*analysis_passes())(initial_state(model, PruneOptions(sparsity=0.5)))
+def _analysis(model: onnx.ModelProto | Path) -> Analysis:
+    return analyze(model)
 
 
 @pytest.mark.parametrize("path", EXPORTED, ids=[p.stem for p in EXPORTED])
@@ -198,7 +197,6 @@ def test_builder_flow_goes_where_reach_says(path: Path) -> None:
     """Every tensor the builder gives a flow is one flow_reach predicts, and every predicted
     tensor that some node produces got one (a rule's `flow_outputs` is kept honest)."""
     state = _analysis(path)
-    assert state.graph is not None and state.dag is not None
     reach = flow_reach(state.graph, [layer.name for layer in state.dag.layers])
     built = build_flow_model(state.graph, state.dag).flowing
     produced = {t.name for n in state.graph.nodes for t in n.outputs}
@@ -209,7 +207,6 @@ def test_builder_flow_goes_where_reach_says(path: Path) -> None:
 
 def test_reach_on_the_issue_case_walks_past_the_lookup() -> None:
     state = _analysis(round_after_embedding())
-    assert state.graph is not None and state.dag is not None
     names = [layer.name for layer in state.dag.layers]
     assert names == ["W"]  # the table is a constant: flow enters at the lookup
     reach = flow_reach(state.graph, names)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
+from onnxflow.analyze import normalized, weights_of
 from onnxflow.channels.groups import IN, OUT, Aliases, ChannelGroups, trace_channels
 from onnxflow.channels.materialize import check_equivalent, materialize
 from onnxflow.channels.report import ChannelReport, groups_json, measure_latency, params_of
@@ -30,10 +31,11 @@ from onnxflow.errors import OnnxflowError, Opt
 from onnxflow.external import constant_array, model_bytes
 from onnxflow.flow.engine import FlowEngine, FlowScores
 from onnxflow.options import PruneOptions
-from onnxflow.passes import BuildDagPass, LinearizePass, LoadPass, NormalizePass
+from onnxflow.passes import LinearizePass
 from onnxflow.passes.apply_masks import apply_masks
-from onnxflow.pipeline import ProgressCallback, PruneState, Sequential
 from onnxflow.runtime import resolve_provider
+from onnxflow.stages import Analysis as WeightAnalysis
+from onnxflow.stages import ProgressCallback
 from onnxflow.tensors import stored_tensor_names
 
 
@@ -67,7 +69,8 @@ def check_channel_options(
 
 
 class Analysis(NamedTuple):
-    state: PruneState
+    base: WeightAnalysis
+    """The weight mode's analysis (`onnxflow.analyze`): source model, graph, DAG."""
     groups: ChannelGroups
     dag: WeightDag
 
@@ -75,37 +78,30 @@ class Analysis(NamedTuple):
 def analyse(model: str | os.PathLike[str] | onnx.ModelProto, options: PruneOptions) -> Analysis:
     """Load and normalize the model, trace channel groups on the unlinearized graph, then
     linearize and build the weight DAG for the flow engine."""
-    state = PruneState(options=options)
-    if isinstance(model, onnx.ModelProto):
-        state.model = model
-    else:
-        state.source = os.fspath(model)
-    state = Sequential(LoadPass(), NormalizePass())(state)
-    assert state.graph is not None and state.model is not None
-    raw = state.graph.copy()
-    state = Sequential(LinearizePass(), BuildDagPass())(state)
-    assert state.dag is not None and state.model is not None
-    names = stored_tensor_names(state.model)
-    full = build_weight_dag(state.graph, names)
-    stored = Aliases.of(state.model, names)
-    chosen = {layer.name for layer in state.dag.layers}
+    source, graph, notes = normalized(model, options.input_shapes)
+    raw = graph.copy()
+    LinearizePass()(graph)
+    base = weights_of(source, graph, notes, zero_init=options.zero_init, exclude=options.exclude)
+    names = stored_tensor_names(source.model)
+    full = build_weight_dag(graph, names)
+    stored = Aliases.of(source.model, names)
+    chosen = {layer.name for layer in base.dag.layers}
     excluded = [layer.name for layer in full.layers if layer.name not in chosen]
     shapes = {layer.name: layer.shape for layer in full.layers}
     groups = trace_channels(raw, stored, shapes, excluded)
     groups.weights &= chosen
-    return Analysis(state, groups, state.dag)
+    return Analysis(base, groups, base.dag)
 
 
 def score_function(analysis: Analysis, method: str, seed: int, provider: str) -> ScoreFn:
     """Group log-scores on the network with some groups removed: SynFlow on the masked
     network, or the fixed baselines (L1 of the group's slices; seeded random)."""
-    cg, state = analysis.groups, analysis.state
+    cg, state = analysis.groups, analysis.base
     n = max((g.id for g in cg.groups), default=-1) + 1
     if method == "random":
         fixed = np.log(np.random.default_rng(seed).random(n) + 1e-12)
         return lambda removed: fixed
     if method == "magnitude":
-        assert state.graph is not None
         tensors = state.graph.tensors()
         values = {
             name: np.abs(constant_array(tensors[name]), dtype=np.float32) for name in cg.weights
@@ -121,10 +117,9 @@ class SynFlowScore:
     groups' slices masked (one onnxruntime session for the whole run)."""
 
     def __init__(self, analysis: Analysis, provider: str) -> None:
-        assert analysis.state.graph is not None
         self.groups = analysis.groups
         self.by_id = {g.id: g for g in analysis.groups.groups}
-        self.engine = FlowEngine(analysis.state.graph, analysis.dag, provider)
+        self.engine = FlowEngine(analysis.base.graph, analysis.dag, provider)
         self.scorer = GroupScorer(analysis.groups)
         self.pruned: set[int] = set()
         self.dense_log_flow = -np.inf
@@ -173,8 +168,8 @@ def prune_channels(
     started = time.perf_counter()
     check_channel_options(options, channel_multiple, ranking)
     analysis = analyse(model, options)
-    cg, state = analysis.groups, analysis.state
-    assert state.model is not None and state.graph is not None and options.sparsity is not None
+    cg, state = analysis.groups, analysis.base
+    assert options.sparsity is not None
     if not cg.prunable:
         raise OnnxflowError(no_prunable_message(cg))
     provider = resolve_provider(options.provider)
@@ -187,8 +182,8 @@ def prune_channels(
     if isinstance(score, SynFlowScore):
         flows = (score.dense_log_flow, score.flow_after(sel.removed))
     masks = {n: m for n, m in cg.masks(sel.removed).items() if n in cg.weights}
-    compact, kept = materialize(state.model, cg, sel.removed, state.base_dir)
-    masked = apply_masks(state.model, masks, state.base_dir)
+    compact, kept = materialize(state.model, cg, sel.removed, state.source.base_dir)
+    masked = apply_masks(state.model, masks, state.source.base_dir)
     shapes = {t.name: tuple(int(d) for d in t.shape) for t in state.graph.inputs}
     worst = check_equivalent(masked, compact, shapes)
     timing = measure_latency(state.model, compact, shapes) if latency else None
@@ -222,8 +217,7 @@ def _report(
     timing: tuple[float, float] | None,
     started: float,
 ) -> ChannelReport:
-    state, cg, dag = analysis.state, analysis.groups, analysis.dag
-    assert state.model is not None
+    state, cg, dag = analysis.base, analysis.groups, analysis.dag
     weights = dag.size
     kept_weights = sum(int(np.count_nonzero(m)) for m in masks.values())
     flops = sum(2 * layer.size * layer.uses for layer in dag.layers)
@@ -242,7 +236,7 @@ def _report(
         params_after=params_of(compact),
         flops_before=flops,
         flops_after=flops_after,
-        bytes_before=state.bytes_before,
+        bytes_before=state.source.bytes_before,
         bytes_after=model_bytes(compact),
         log_flow=None if flows is None else flows[0],
         log_flow_after=None if flows is None else flows[1],

@@ -18,7 +18,6 @@ from onnxflow.channels.report import ChannelReport
 from onnxflow.channels.score import DEFAULT_RANKING
 from onnxflow.errors import OnnxflowError
 from onnxflow.options import PruneOptions
-from onnxflow.pipeline import ProgressCallback
 from onnxflow.save import (
     Writer,
     check_output_paths,
@@ -27,6 +26,7 @@ from onnxflow.save import (
     text_writer,
     write_atomically,
 )
+from onnxflow.stages import ProgressCallback
 
 WEIGHT_ONLY = ("--scores", "--plot", "--sparse-storage", "--min-kept", "--scope local")
 """Options of weight mode that have no meaning for whole channels (refused)."""

@@ -1,21 +1,17 @@
-"""The passes of the pruning pipeline, one per module, in pipeline order."""
+"""Graph passes (graph-to-graph transforms of the analysis graph, `passes.base.GraphPass`)
+and the stage parts they sit beside: loading, the weight DAG, the pruning loop, masking."""
 
-from onnxflow.passes.apply_masks import ApplyMasksPass
-from onnxflow.passes.build_dag import BuildDagPass
+from onnxflow.passes.base import GraphPass, PassResult
+from onnxflow.passes.inline_if import InlineIfPass
 from onnxflow.passes.linearize import LinearizePass
-from onnxflow.passes.load import LoadPass
 from onnxflow.passes.normalize import NormalizePass
-from onnxflow.passes.report import ReportPass
-from onnxflow.passes.sparse_storage import SparseStoragePass
-from onnxflow.passes.synflow import SynFlowPass
+from onnxflow.passes.selection import CutSelectionPass
 
 __all__ = [
-    "ApplyMasksPass",
-    "BuildDagPass",
+    "CutSelectionPass",
+    "GraphPass",
+    "InlineIfPass",
     "LinearizePass",
-    "LoadPass",
     "NormalizePass",
-    "ReportPass",
-    "SparseStoragePass",
-    "SynFlowPass",
+    "PassResult",
 ]

@@ -1,4 +1,4 @@
-"""ApplyMasksPass: the pruned model is the input model with masked weights set to zero.
+"""The pruned model is the input model with masked weights set to zero.
 
 Only the initializers of prunable weights change; every other constant, node and attribute
 is left as it was, and the weight keeps its dtype and name.
@@ -14,7 +14,6 @@ from onnx import numpy_helper
 
 from onnxflow.errors import OnnxflowError
 from onnxflow.external import is_external, read_external
-from onnxflow.pipeline import Pass, PruneState
 from onnxflow.tensors import read_stored, rewrite_stored
 
 # Highest IR version every supported onnxruntime accepts (onnx >= 1.17 writes newer ones).
@@ -53,18 +52,3 @@ def apply_masks(
     if pruned.ir_version > max(MAX_IR_VERSION, needed):
         pruned.ir_version = max(MAX_IR_VERSION, needed)
     return pruned
-
-
-class ApplyMasksPass(Pass):
-    requires = ("model", "masks")
-    provides = ("pruned",)
-
-    def run(self, state: PruneState) -> None:
-        assert state.model is not None and state.masks is not None
-        # A model this pipeline loaded is its own: masking it in place saves a full copy.
-        owned = state.source is not None
-        masks = dict(state.masks)
-        for copy, (name, perm) in (state.dag.copies if state.dag is not None else {}).items():
-            if name in masks:  # a stored copy of a tied weight takes its mask (dag.py)
-                masks[copy] = masks[name].transpose(perm)
-        state.pruned = apply_masks(state.model, masks, state.base_dir, in_place=owned)

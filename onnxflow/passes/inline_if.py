@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxflow.errors import OnnxflowError
+from onnxflow.passes.base import GraphPass, PassResult
 
 
 def constant_condition(node: gs.Node) -> bool | None:
@@ -66,6 +67,16 @@ def inline_constant_ifs(graph: gs.Graph) -> int:
     if taken:
         graph.toposort()
     return taken
+
+
+class InlineIfPass(GraphPass):
+    """`inline_constant_ifs` as a pass (normalization runs it after each constant folding)."""
+
+    name = "inline-if"
+    in_place = True
+
+    def call(self, graph: gs.Graph) -> PassResult:
+        return PassResult(graph, modified=inline_constant_ifs(graph) > 0)
 
 
 def refuse_control_flow(graph: gs.Graph, active: set[str]) -> None:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxflow.flow.rules.elementwise import POINTWISE
+from onnxflow.passes.base import GraphPass, PassResult
 from onnxflow.passes.recurrent import unroll_recurrent
-from onnxflow.pipeline import Pass, PruneState
 
 _ACTIVATIONS = frozenset({*POINTWISE, "Cast"})
 _AFFINE = frozenset({"Add", "Sub", "Mul", "Div"})
@@ -143,21 +143,27 @@ def _rewrite(graph: gs.Graph) -> int:
     return changed
 
 
-def _drop_zipmap(graph: gs.Graph) -> None:
+def _drop_zipmap(graph: gs.Graph) -> int:
     """ai.onnx.ml ZipMap turns probabilities into a sequence of maps: the probabilities are
-    the output that carries flow."""
+    the output that carries flow. Returns how many were dropped."""
+    dropped = 0
     for node in graph.nodes:
         if node.op == "ZipMap" and (node.domain or "") == "ai.onnx.ml":
             graph.outputs = [node.inputs[0] if o is node.outputs[0] else o for o in graph.outputs]
+            dropped += 1
+    return dropped
 
 
-class LinearizePass(Pass):
-    requires = ("graph",)
+class LinearizePass(GraphPass):
+    """Drop ZipMap, unroll recurrent cells, then rewrite to the positive linearization
+    until nothing changes; the graph is left cleaned and toposorted."""
 
-    def run(self, state: PruneState) -> None:
-        assert state.graph is not None
-        _drop_zipmap(state.graph)
-        unroll_recurrent(state.graph)
-        while _rewrite(state.graph):
-            pass
-        state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    name = "linearize"
+    in_place = True
+
+    def call(self, graph: gs.Graph) -> PassResult:
+        changed = _drop_zipmap(graph) + unroll_recurrent(graph)
+        while step := _rewrite(graph):
+            changed += step
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        return PassResult(graph, modified=changed > 0)

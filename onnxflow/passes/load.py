@@ -1,4 +1,4 @@
-"""LoadPass: read the model file (or take a ModelProto) and check it before trusting it.
+"""Loading: read the model file (or take a ModelProto) and check it before trusting it.
 
 Files come from anywhere, so before any tensor is read or allocated: external data must lie
 inside the model's folder (no absolute paths, no `..`, no symlinks leading out) and be as
@@ -26,7 +26,7 @@ from onnxflow.external import (
     model_bytes,
 )
 from onnxflow.passes.sparse_storage import densify
-from onnxflow.pipeline import Pass, PruneState
+from onnxflow.stages import Source
 
 _PROTOBUF_LIMIT = 2**31 - 1
 
@@ -202,23 +202,22 @@ def check_model(
         raise OnnxflowError(f"{label} fails onnx.checker: {one_line(e)}") from None
 
 
-class LoadPass(Pass):
-    """Fills `state.model` from `state.source` unless a model was given directly."""
-
-    provides = ("model",)
-
-    def run(self, state: PruneState) -> None:
-        if state.model is None:
-            if state.source is None:
-                raise OnnxflowError("no model given")
-            state.model, state.external_data = load_model(state.source)
-            state.base_dir = Path(state.source).resolve().parent
-        else:
-            if any(is_external(t) for t in _tensors(state.model)):
-                raise OnnxflowError(
-                    "the model's tensors are in external data files that were not loaded: "
-                    "pass the model's path, or load it with its external data"
-                )
-            check_model(state.model, state.source or "model")
-        state.model = densify(state.model)
-        state.bytes_before = model_bytes(state.model) + external_bytes(state.model)
+def load_source(model: str | os.PathLike[str] | onnx.ModelProto) -> Source:
+    """The first stage: a model file loaded and checked (large tensors left in their external
+    files), or a ModelProto checked as it is (it must hold all of its data; it is not
+    modified). Sparse initializers are made dense so the model can be analysed."""
+    if isinstance(model, onnx.ModelProto):
+        if any(is_external(t) for t in _tensors(model)):
+            raise OnnxflowError(
+                "the model's tensors are in external data files that were not loaded: "
+                "pass the model's path, or load it with its external data"
+            )
+        check_model(model, "model")
+        loaded, label, base, external = model, "model", None, False
+    else:
+        label = os.fspath(model)
+        loaded, external = load_model(label)
+        base = Path(label).resolve().parent
+    loaded = densify(loaded)
+    size = model_bytes(loaded) + external_bytes(loaded)
+    return Source(loaded, label, base, external, size)

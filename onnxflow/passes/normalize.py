@@ -1,4 +1,4 @@
-"""NormalizePass: a static-shaped analysis copy of the graph.
+"""NormalizePass: the analysis graph with static shapes and constants folded.
 
 The flow computation needs every tensor's shape: the all-ones input has to be built, and
 transposed ops (Conv's backward, Concat's split) are sized statically. This pass fixes the
@@ -19,12 +19,12 @@ import onnx_graphsurgeon as gs
 from onnxflow.dag import weight_view_nodes
 from onnxflow.errors import OnnxflowError, Opt, one_line
 from onnxflow.external import attach
+from onnxflow.passes.base import GraphPass, PassResult
 from onnxflow.passes.computed_weights import computed_weight_views, computed_weights_note
-from onnxflow.passes.inline_if import inline_constant_ifs, refuse_control_flow
-from onnxflow.passes.selection import activations, cut_selection
-from onnxflow.pipeline import Pass, PruneState
+from onnxflow.passes.inline_if import InlineIfPass, refuse_control_flow
+from onnxflow.passes.selection import CutSelectionPass, activations
 from onnxflow.runtime import ort_session, quiet_onnxruntime
-from onnxflow.tensors import stored_tensor_names
+from onnxflow.stages import Source
 
 logger = logging.getLogger(__name__)
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
@@ -171,19 +171,31 @@ def _shapes_from_runtime(
     return out
 
 
-class NormalizePass(Pass):
-    """Fills `state.graph`: the analysis graph with static shapes and folded constants."""
+def import_graph(source: Source) -> gs.Graph:
+    """The analysis copy of a loaded model's graph; `source.model` is not modified. Large
+    weights still in external files are read on demand."""
+    graph = gs.import_onnx(source.model)
+    attach(graph, source.base_dir)
+    # IR < 4 lists initializers as graph inputs too; they are not inputs to feed.
+    graph.inputs = [t for t in graph.inputs if isinstance(t, gs.Variable)]
+    return graph
 
-    requires = ("model",)
-    provides = ("graph",)
 
-    def run(self, state: PruneState) -> None:
-        assert state.model is not None
-        graph = gs.import_onnx(state.model)
-        attach(graph, state.base_dir)  # large weights still in external files: read on demand
-        # IR < 4 lists initializers as graph inputs too; they are not inputs to feed.
-        graph.inputs = [t for t in graph.inputs if isinstance(t, gs.Variable)]
-        shapes = resolve_input_shapes(graph.inputs, dict(state.options.input_shapes))
+class NormalizePass(GraphPass):
+    """Give the analysis graph static shapes (inputs from `input_shapes`, a free batch
+    dimension 1) and fold its constant subgraphs, inlining the `If`s folding decides and
+    cutting data-dependent selections out of the flow."""
+
+    name = "normalize"
+    in_place = True
+
+    def __init__(self, input_shapes: dict[str, tuple[int, ...]], stored: set[str]) -> None:
+        self.input_shapes = input_shapes
+        self.stored = stored
+        """Names of the tensors the model stores (computed weights are told apart)."""
+
+    def call(self, graph: gs.Graph) -> PassResult:
+        shapes = resolve_input_shapes(graph.inputs, self.input_shapes)
         for t in graph.inputs:
             t.shape = list(shapes[t.name])
             if t.dtype is None:
@@ -195,21 +207,21 @@ class NormalizePass(Pass):
         quiet_onnxruntime()  # folding runs its own onnxruntime session
         fold = dict(fold_shapes=True, error_ok=True, flatten_subgraphs=False)
         graph.fold_constants(**fold, should_exclude_node=lambda n: n.name in views)
-        while inline_constant_ifs(graph):  # the branch taken may fold further
+        while InlineIfPass()(graph).modified:  # the branch taken may fold further
             graph.fold_constants(**fold, should_exclude_node=lambda n: n.name in views)
         graph.cleanup(remove_unused_graph_inputs=False)
         graph.toposort()
         check_produced(graph)
-        stored = stored_tensor_names(state.model)
-        for note in (cut_selection(graph, stored), computed_weights_note(graph, stored)):
-            if note is not None:
-                state.notes.append(note)
+        notes = list(CutSelectionPass(self.stored)(graph).notes)
+        computed = computed_weights_note(graph, self.stored)
+        if computed is not None:
+            notes.append(computed)
         refuse_control_flow(graph, activations(graph))
         # Static shapes found before folding still hold; inlined branches may bring tensors
         # without one. Infer again only if some tensor lacks one.
         if not all(_static(t) for t in graph.tensors().values() if isinstance(t, gs.Variable)):
             _infer_shapes(graph)
-        state.graph = graph
+        return PassResult(graph, modified=True, notes=tuple(notes))
 
 
 def check_produced(graph: gs.Graph) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxflow.dag import PRUNABLE_OPERANDS, is_float_dtype, weight_source
+from onnxflow.passes.base import GraphPass, PassResult
 
 SELECTION_OPS = frozenset({"NonZero", "TopK", "NonMaxSuppression", "ArgMax", "ArgMin", "Unique"})
 """Ops whose result (indices, or a count) depends on the values of their input."""
@@ -129,6 +130,21 @@ def cut_selection(graph: gs.Graph, stored: set[str]) -> str | None:
             f"; {len(dense)} weight layer{'s' if len(dense) > 1 else ''} there stay dense: {shown}"
         )
     return note
+
+
+class CutSelectionPass(GraphPass):
+    """`cut_selection` as a pass: its note (if it dropped anything) comes with the result."""
+
+    name = "cut-selection"
+    in_place = True
+
+    def __init__(self, stored: set[str]) -> None:
+        self.stored = stored
+        """Names of the tensors the model stores (weights after a cut stay dense)."""
+
+    def call(self, graph: gs.Graph) -> PassResult:
+        note = cut_selection(graph, self.stored)
+        return PassResult(graph, modified=note is not None, notes=(note,) if note else ())
 
 
 def _has_stored_weight(node: gs.Node, stored: set[str]) -> bool:

@@ -1,4 +1,4 @@
-"""SparseStoragePass (`--sparse-storage`): pruned weights as ONNX `sparse_initializer`s.
+"""Sparse storage (`--sparse-storage`): pruned weights as ONNX `sparse_initializer`s.
 
 A weight initializer moves to `graph.sparse_initializer` (COO: its nonzero values and their
 int64 positions in the flattened tensor) when that is smaller than storing it densely. The
@@ -19,8 +19,6 @@ import onnx
 from onnx import numpy_helper
 
 from onnxflow.errors import OnnxflowError
-from onnxflow.external import model_bytes
-from onnxflow.pipeline import Pass, PruneState
 
 # sparse_initializer exists from IR version 6 on.
 SPARSE_MIN_IR_VERSION = 6
@@ -103,16 +101,3 @@ def densify(model: onnx.ModelProto) -> onnx.ModelProto:
     dense.graph.initializer.extend(dense_tensor(s) for s in dense.graph.sparse_initializer)
     del dense.graph.sparse_initializer[:]
     return dense
-
-
-class SparseStoragePass(Pass):
-    """With `sparse_storage`, rewrite the pruned model's weights sparsely (else a no-op)."""
-
-    requires = ("pruned", "masks")
-    provides = ("bytes_dense",)
-
-    def run(self, state: PruneState) -> None:
-        assert state.pruned is not None and state.masks is not None
-        state.bytes_dense = model_bytes(state.pruned)
-        if state.options.sparse_storage:
-            to_sparse_storage(state.pruned, set(state.masks))

@@ -1,4 +1,4 @@
-"""SynFlowPass: iterative SynFlow pruning (Tanaka et al. 2020, algorithm 1), or one of the
+"""The selection stage: iterative SynFlow pruning (Tanaka et al. 2020, algorithm 1), or one of the
 paper's baselines (magnitude, random) through the same schedule and selection.
 
 Scores are recomputed on the masked network at every step, and the kept count follows the
@@ -39,9 +39,8 @@ from onnxflow.masks import (
     select_local,
 )
 from onnxflow.options import PruneOptions
-from onnxflow.pipeline import Pass, ProgressCallback, PruneState
 from onnxflow.runtime import resolve_provider
-from onnxflow.stages import Selection
+from onnxflow.stages import ProgressCallback, Selection
 
 logger = logging.getLogger(__name__)
 
@@ -55,24 +54,6 @@ _CUT_TOLERANCE = 1e-3
 # Splits allowed per scheduled step (each costs one more flow-model run): enough to take a
 # step of a few weights one at a time; past it, layers about to be emptied keep their best.
 _SPLITS = 4
-
-
-class SynFlowPass(Pass):
-    requires = ("graph", "dag")
-    provides = ("masks", "log_scores", "log_flow", "provider")
-
-    def run(self, state: PruneState) -> None:
-        assert state.graph is not None and state.dag is not None
-        sel = select(
-            state.graph,
-            state.dag,
-            state.options,
-            rules=state.rules,
-            progress=state.progress,
-            keep_scores=state.keep_scores,
-        )
-        state.masks, state.log_scores, state.log_flow = sel.masks, sel.log_scores, sel.log_flow
-        state.provider, state.pattern_skipped = sel.provider, sel.pattern_skipped
 
 
 def select(
@@ -179,6 +160,10 @@ def _no_flow_message(engine: FlowEngine) -> str:
         "that picks a constant)"
     )
     return f"the network carries no synaptic flow (R = 0): {cause}, so there is nothing to rank"
+
+
+no_flow_message = _no_flow_message
+"""Public: `api.score` refuses R = 0 with the same words as the pruning loop."""
 
 
 def _select(
