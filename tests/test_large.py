@@ -3,6 +3,7 @@ the output. (The memory figure for a 3 GB model comes from benchmarks/large_mode
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import onnxruntime as ort
 import pytest
 
 import onnxflow
-import onnxflow.api
 import onnxflow.external
+import onnxflow.materialize
 from onnxflow.cli import main
 
 MODEL = Path(__file__).parents[1] / "models" / "resnet20.onnx"
@@ -88,18 +89,24 @@ def test_output_data_file_never_overwrites_the_input_data(tmp_path, capsys) -> N
 def test_a_model_over_the_protobuf_limit_is_written_with_external_data(tmp_path, monkeypatch):
     """In-memory inputs get external data when the output would be too large for protobuf
     (the limit is lowered here to keep the test small)."""
-    monkeypatch.setattr(onnxflow.api, "EXTERNAL_OVER_BYTES", 100_000)
+    monkeypatch.setattr(onnxflow.materialize, "EXTERNAL_OVER_BYTES", 100_000)
     result = onnxflow.prune(onnx.load(MODEL), sparsity=0.9, iterations=2)
-    assert not result.report.external_data
+    assert not result.report.external_data  # the input had none
+    assert result.output.storage.external_data
     onnxflow.save(result, tmp_path / "p.onnx")
     assert (tmp_path / "p.onnx.data").stat().st_size > 1_000_000
     assert (tmp_path / "p.onnx").stat().st_size < 100_000
     onnx.checker.check_model(str(tmp_path / "p.onnx"))
     # The result in memory is left as it was: complete, with its data inline.
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in result.model.graph.initializer)
+    # `save` follows the plan: the same model planned inline is written as one file.
     small = tmp_path / "small.onnx"
-    monkeypatch.setattr(onnxflow.api, "EXTERNAL_OVER_BYTES", 1 << 40)
-    onnxflow.save(result, small)
+    inline = dataclasses.replace(result.output.storage, external_data=False)
+    onnxflow.save(
+        dataclasses.replace(result, output=dataclasses.replace(result.output, storage=inline)),
+        small,
+    )
+    assert not (tmp_path / "small.onnx.data").exists()
     for a, b in zip(outputs(tmp_path / "p.onnx"), outputs(small), strict=True):
         np.testing.assert_array_equal(a, b)
 

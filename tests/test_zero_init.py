@@ -189,11 +189,12 @@ def test_zero_init_reads_as_ones_and_every_nonzero_weight_scores(case: str) -> N
     for name in found.names:  # never changed in the output
         assert not np.any(out[name])
     assert np.count_nonzero(pruned.masks[branch]) > 0
-    # Strict: the paper's R. The branch scores 0 (or R = 0 is refused).
+    # Strict: the paper's R. The branch scores 0 (or R = 0 is refused, by both).
     if found.weights:
         with pytest.raises(OnnxflowError, match=r"R = 0"):
             onnxflow.prune(model, sparsity=0.5, iterations=3, zero_init="strict")
-        assert onnxflow.score(model, zero_init="strict").log_flow == -np.inf
+        with pytest.raises(OnnxflowError, match=r"R = 0"):
+            onnxflow.score(model, zero_init="strict")
     else:
         strict = onnxflow.score(model, zero_init="strict")
         assert np.isneginf(strict.log_scores[branch]).all()
