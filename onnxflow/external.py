@@ -3,7 +3,7 @@
 Memory is what limits large models, so large external tensors are never all in memory at
 once beside their copies: the loader leaves initializers of `LAZY_BYTES` or more in their
 files, graph-surgeon reads them on demand (`ExternalValues`), the flow engine takes |W| from
-them without caching the signed values, and ApplyMasksPass brings them in one at a time, masked.
+them without caching the signed values, and `materialize` brings them in one at a time, masked.
 The pruned model is written back with its large tensors in one data file beside it.
 """
 
@@ -93,13 +93,13 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
 def external_nbytes(t: onnx.TensorProto) -> int:
     """Bytes an external tensor occupies in its file. `length` is optional in the external
     data entries (the TorchScript exporter's > 2 GB models omit it): without it, the size
-    its shape and type declare, which LoadPass has checked the file holds."""
+    its shape and type declare, which `load_source` has checked the file holds."""
     length = external_info(t).get("length")
     return int(length) if length else tensor_nbytes(t)
 
 
 def read_external(t: onnx.TensorProto, base: Path) -> np.ndarray:
-    """The values of an external tensor, read from its file (checked by LoadPass)."""
+    """The values of an external tensor, read from its file (checked by `load_source`)."""
     info = external_info(t)
     offset, length = int(info.get("offset", 0)), external_nbytes(t)
     with open(base / info["location"], "rb") as f:

@@ -2,8 +2,8 @@
 
 A step of the schedule can remove a layer's last few weights at once when they tie at the
 lowest score, or cut the last paths, although removing them one at a time with a rescoring
-in between would not (Tanaka et al.'s theorem 3 assumes small steps). SynFlowPass splits
-such steps in halves down to single weights.
+in between would not (Tanaka et al.'s theorem 3 assumes small steps). The pruning loop
+(`select`) splits such steps in halves down to single weights.
 """
 
 from __future__ import annotations
