@@ -1,4 +1,4 @@
-"""The selection stage: iterative SynFlow pruning (Tanaka et al. 2020, algorithm 1), or one of the
+"""select(): iterative SynFlow pruning (Tanaka et al. 2020, algorithm 1), or one of the
 paper's baselines (magnitude, random) through the same schedule and selection.
 
 Scores are recomputed on the masked network at every step, and the kept count follows the
