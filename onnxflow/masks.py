@@ -1,4 +1,4 @@
-"""From scores to masks: the pruning schedule and exact top-k selection.
+"""From scores to masks: exact top-k selection (the schedule is `onnxflow.pruning.schedule`).
 
 Selection keeps exactly the requested number of weights. A weight's rank is its score
 `value * exp(unit)` compared as a float64 log; ties are broken by position (layers in network
@@ -10,7 +10,7 @@ The global threshold avoids sorting all N scores: a sample locates it, one pass 
 keeps everything clearly above it, and only the weights in a narrow band around it are
 ranked exactly.
 
-A layer may have one log-unit per input channel (`FlowScores.per_channel`: it reads channels
+A layer may have one log-unit per input channel (`Scores.per_channel`: it reads channels
 whose flows differ by more than float32 spans); its thresholds and keys are then taken per
 channel, and within the layer it is ranked by float64 log-scores instead of float32 values.
 """
@@ -23,28 +23,27 @@ from typing import Any
 
 import numpy as np
 
-from onnxflow.flow.engine import FlowScores, raise_non_finite
 from onnxflow.parallel import each
+from onnxflow.pruning.schedule import schedule_counts
+from onnxflow.scores import Scores, raise_non_finite
+
+__all__ = [  # schedule_counts: where it was, for the channel mode
+    "fits_pattern",
+    "local_counts",
+    "rank_keys",
+    "reserve",
+    "restrict_to_pattern",
+    "schedule_counts",
+    "select_global",
+    "select_local",
+    "top_k",
+]
 
 _SAMPLE = 200_000
 # Up to this many weights, each layer's "above the band" booleans are kept from the band pass
 # to the mask write (one comparison of all scores fewer); beyond, they are computed again so
 # that large models never hold a second byte per weight.
 _KEEP_ABOVE = 1 << 26
-
-
-def schedule_counts(total: int, density: float, iterations: int, schedule: str) -> list[int]:
-    """Number of weights kept after each of the `iterations` steps; the last is round(d*N)."""
-    counts = []
-    for k in range(1, iterations + 1):
-        frac = (
-            density ** (k / iterations)
-            if schedule == "exponential"
-            else (1.0 - (1.0 - density) * k / iterations)
-        )
-        counts.append(round(frac * total))
-    counts[-1] = round(density * total)
-    return counts
 
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
@@ -62,7 +61,7 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def rank_keys(scores: FlowScores, name: str) -> np.ndarray:
+def rank_keys(scores: Scores, name: str) -> np.ndarray:
     """Keys that rank one layer's scores exactly (higher is better, 0 scores lowest): the
     float32 values under one unit; float64 log-scores under per-channel units, where a 0
     score gets -1e308 (still above the -inf that `_ranked` gives pruned weights)."""
@@ -80,7 +79,7 @@ def _ranked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def reserve(
-    names: Sequence[str], scores: FlowScores, masks: dict[str, np.ndarray], per_layer: int
+    names: Sequence[str], scores: Scores, masks: dict[str, np.ndarray], per_layer: int
 ) -> dict[str, np.ndarray]:
     """Each layer's `per_layer` best unpruned weights (all of them if it has fewer)."""
     return {
@@ -94,7 +93,7 @@ def reserve(
 
 def select_local(
     names: Sequence[str],
-    scores: FlowScores,
+    scores: Scores,
     masks: dict[str, np.ndarray],
     k: int,
     sizes: Sequence[int],
@@ -135,7 +134,7 @@ def local_counts(sizes: Sequence[int], k: int, caps: Sequence[int]) -> list[int]
 
 def select_global(
     names: Sequence[str],
-    scores: FlowScores,
+    scores: Scores,
     masks: dict[str, np.ndarray],
     k: int,
     *,

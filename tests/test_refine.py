@@ -9,7 +9,6 @@ in between would not (Tanaka et al.'s theorem 3 assumes small steps). The prunin
 from __future__ import annotations
 
 import itertools
-import types
 
 import netgen
 import numpy as np
@@ -18,8 +17,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxflow
-from onnxflow.flow.engine import FlowScores
-from onnxflow.passes.synflow import _Refiner, _select
+from onnxflow.pruning.refiner import Refiner
+from onnxflow.pruning.scorers import SynFlowScorer
+from onnxflow.pruning.selector import Selector
+from onnxflow.scores import FlowScores
 
 
 def chain(widths: list[int]) -> onnx.ModelProto:
@@ -91,18 +92,16 @@ def test_a_step_that_would_leave_r_zero_is_split() -> None:
     """Keeping 2 of 5 in one step keeps b0 (score 2) and a2 (1.5, first of a tie): no layer
     empty, but no path left. Split: a1 goes first, then a2 and b1 keep R = 1.5."""
     engine = _PathEngine()
-    opts = types.SimpleNamespace(min_kept=0, scope="global")
-
-    def choose(scores, masks, k, protect=None):
-        return _select(opts, ["a", "b"], [3, 2], scores, masks, k, protect, exact_zeros=True)
-
-    one_shot = choose(engine.run(), {n: m.copy() for n, m in engine.masks.items()}, 2)
+    select = Selector(["a", "b"], [3, 2], "global")
+    copies = {n: m.copy() for n, m in engine.masks.items()}
+    one_shot = select(engine.run(), copies, 2, exact_zeros=True)
     assert one_shot["a"].tolist() == [False, False, True] and one_shot["b"].tolist() == [
         True,
         False,
     ]
     masks = {n: m.copy() for n, m in engine.masks.items()}
-    refiner = _Refiner(engine, choose, masks, engine.run())  # type: ignore[arg-type]
+    dense = engine.run()
+    refiner = Refiner(SynFlowScorer(engine, dense, check=False), select, masks, dense)
     assert refiner.bypassed == set()  # both layers are cuts: their scores sum to R
     assert refiner.needed(5, 2)
     masks, after = refiner.step(engine.run(), masks, 5, 2)

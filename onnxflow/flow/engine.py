@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -16,40 +15,11 @@ from onnxflow.flow.model import build_flow_model
 from onnxflow.flow.registry import RuleRegistry
 from onnxflow.parallel import each
 from onnxflow.runtime import ort_session
+from onnxflow.scores import FlowScores, raise_non_finite
+
+__all__ = ["ARENA_MAX_BYTES", "FlowEngine", "FlowScores", "raise_non_finite"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FlowScores:
-    """Scores of one run: the score of weight `w` is `values[w] * exp(units[w])`.
-
-    Within a layer the float32 values rank the weights exactly; across layers the float64
-    units put them on one scale, whatever the size of R. A layer that reads channels of
-    very different flow (after a Concat) has one unit per input channel: an array of the
-    weight's rank that broadcasts to it; there only `log()` (or `rank_keys`) ranks exactly.
-    """
-
-    values: dict[str, np.ndarray]
-    units: dict[str, float | np.ndarray]
-    log_flow: float
-    """Natural log of R, the network's total synaptic flow."""
-
-    def log(self) -> dict[str, np.ndarray]:
-        """Natural-log scores in float64, -inf where the score is 0."""
-        out = {}
-        with np.errstate(divide="ignore"):
-            for name, v in self.values.items():
-                out[name] = np.log(v, dtype=np.float64) + self.units[name]
-        return out
-
-    def per_channel(self, name: str) -> bool:
-        """Whether layer `name` has one unit per input channel (an array) rather than one."""
-        return np.ndim(self.units[name]) > 0
-
-
-def raise_non_finite(name: str) -> None:
-    raise OnnxflowError(f"non-finite synaptic flow at weight {name!r}")
 
 
 # Above this much weight memory, the flow session runs without onnxruntime's CPU arena.

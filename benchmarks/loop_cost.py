@@ -1,0 +1,124 @@
+"""Benchmark: the cost of one pruning iteration as a multiple of one forward pass (issue 12).
+
+For torchvision's MobileNetV2, EfficientNet-B0 and ResNet-50 at 64x64 and ResNet-50 at
+224x224 (random weights, `weights=None`), exported with the TorchScript exporter:
+  - one onnxruntime forward pass of the original model (median of --forwards runs);
+  - one iteration of `onnxflow.prune` (score the masked network, select, update the masks):
+    the time between two consecutive progress callbacks, median over the iterations after
+    the first of --repeats pruning runs (the first iteration also builds the flow model).
+The ratio of the two medians is printed per model, with the issue's target.
+
+Needs PyTorch and torchvision (only to export). Timings on a shared machine are noisy:
+compare ratios measured in one run.
+
+    python benchmarks/loop_cost.py [--repeats 3] [--iterations 20] [--sparsity 0.99]
+        [--models mobilenet_v2@64,resnet50@224] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# name@size -> the issue's target (iteration / forward)
+TARGETS = {
+    "mobilenet_v2@64": 10.0,
+    "efficientnet_b0@64": 10.0,
+    "resnet50@64": 10.0,
+    "resnet50@224": 6.0,
+}
+
+
+def export(name: str, size: int, path: Path) -> None:
+    import onnx
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    torch.onnx.export(
+        model,
+        (torch.ones(1, 3, size, size),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["output"],
+    )
+    proto = onnx.load(path)
+    proto.ir_version = min(proto.ir_version, 10)  # onnxruntime refuses IR 11+
+    onnx.save(proto, path)
+
+
+def forward_time(path: Path, size: int, runs: int) -> float:
+    from onnxflow.runtime import ort_session
+
+    session = ort_session(path.read_bytes(), "cpu")
+    x = np.ones((1, 3, size, size), np.float32)
+    session.run(None, {"input": x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def iteration_times(path: Path, sparsity: float, iterations: int) -> list[float]:
+    """Seconds of each pruning iteration after the first, in one `onnxflow.prune` run."""
+    import onnxflow
+
+    stamps: list[float] = []
+    onnxflow.prune(
+        str(path),
+        sparsity=sparsity,
+        iterations=iterations,
+        provider="cpu",
+        keep_scores=False,
+        progress=lambda done, total: stamps.append(time.perf_counter()),
+    )
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--sparsity", type=float, default=0.99)
+    ap.add_argument("--forwards", type=int, default=30)
+    ap.add_argument("--models", default=",".join(TARGETS))
+    ap.add_argument("--cache", help="folder to keep the exported models in")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.cache or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        results = {}
+        for key in args.models.split(","):
+            name, size = key.split("@")
+            path = folder / f"{name}_{size}.onnx"
+            if not path.exists():
+                export(name, int(size), path)
+            fwd, steps = [], []
+            for _ in range(args.repeats):  # alternating, so a slow spell hits both alike
+                fwd.append(forward_time(path, int(size), args.forwards))
+                steps += iteration_times(path, args.sparsity, args.iterations)
+            f, s = statistics.median(fwd), statistics.median(steps)
+            results[key] = {
+                "forward_ms": round(f * 1e3, 2),
+                "iteration_ms": round(s * 1e3, 2),
+                "ratio": round(s / f, 2),
+                "target": TARGETS.get(key),
+            }
+            print(key, json.dumps(results[key]), flush=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""SynFlow's steps at the edge of collapse, checked and split (`Refiner`).
+
+At the edge of compression one step can remove a whole layer at once (a layer's last few
+weights tie at the lowest score) or cut every path (R = 0) although removing them one by one,
+rescoring in between, would not. SynFlow steps are therefore checked once few weights are
+left: a step that would empty a layer or leave R = 0 is undone and split in two halves,
+each followed by a rescoring, down to single weights (at most `_SPLITS` splits a step);
+past that, a layer about to be emptied keeps its best weight while every layer can keep one.
+The counts at the end of each scheduled step, and so the final count, stay as scheduled.
+One-shot pruning (`iterations=1`) is left as the paper defines it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from onnxflow.masks import reserve
+from onnxflow.pruning.scorers import SynFlowScorer
+from onnxflow.pruning.selector import Selector
+from onnxflow.scores import FlowScores, Scores
+
+logger = logging.getLogger(__name__)
+
+# Steps that leave at most this many weights are checked for R = 0 (they could cut the last
+# paths without emptying a layer); above it, only steps that could empty a layer are checked.
+_CHECK_R_BELOW = 1 << 16
+# Models up to this many weights are refined (the undo holds a second set of N booleans).
+REFINE_MAX = 1 << 26
+# A layer whose dense scores sum to R within this (in log) is a cut (theorem 2).
+_CUT_TOLERANCE = 1e-3
+# Splits allowed per scheduled step (each costs one more flow-model run): enough to take a
+# step of a few weights one at a time; past it, layers about to be emptied keep their best.
+_SPLITS = 4
+
+
+def _layer_log_sum(scores: Scores, name: str) -> float:
+    """Log of the sum of a layer's scores (float64 sums per unit; -inf if all are 0)."""
+    v, u = scores.values[name], scores.units[name]
+    if np.ndim(u) == 0:
+        total = float(v.sum(dtype=np.float64))
+        return math.log(total) + float(u) if total > 0 else -math.inf
+    u = np.asarray(u)
+    axes = tuple(i for i, d in enumerate(u.shape) if d == 1)
+    sums = v.sum(axis=axes, keepdims=True, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return float(np.logaddexp.reduce((np.log(sums) + u).ravel()))
+
+
+class Refiner:
+    """Checks and splits the steps of SynFlow's schedule where they would collapse.
+
+    A step that would empty a layer or leave R = 0 is undone and split in halves, with a
+    rescoring between them, at most `_SPLITS` times per scheduled step (each split costs one
+    flow-model run). Past that, or at a single weight, a layer about to be emptied keeps its
+    best weight instead while every layer can keep one (k at least the number of non-empty
+    layers): a residual branch is no cut, and its last weights can score lowest of all,
+    rescored or not.
+
+    To undo, the masks are copied into spare buffers (N bytes, allocated once) before the
+    steps that can collapse: those that remove at least as many weights as some layer
+    holds, or that leave few weights (`_CHECK_R_BELOW`), where R = 0 is possible. Other
+    steps cost one count of the masks per layer.
+    """
+
+    def __init__(
+        self,
+        scorer: SynFlowScorer,
+        select: Selector,
+        masks: dict[str, np.ndarray],
+        dense: FlowScores,
+    ) -> None:
+        self.scorer, self.select = scorer, select
+        self.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+        self._spare: dict[str, np.ndarray] | None = None
+        self.pins: dict[str, np.ndarray] = {}
+        """Bypassed layers' last weights, kept at every later step once their layer was
+        about to be emptied."""
+        self.dead = {n for n in masks if _layer_log_sum(dense, n) == -math.inf}
+        """Layers no flow crosses even in the dense network (a branch behind a zero factor,
+        under strict zero_init): emptying them loses nothing, they are not kept."""
+        self.bypassed = {
+            n for n in masks if abs(_layer_log_sum(dense, n) - dense.log_flow) > _CUT_TOLERANCE
+        }
+        """Layers that are no cut of the dense network (flow bypasses them: residual
+        branches, shortcuts): their scores sum below R. Splitting a step does not raise
+        their last weights' scores, so they keep their best weight without splits."""
+
+    def needed(self, kept: int, k: int) -> bool:
+        """Whether the step from `kept` to `k` weights could empty a layer or cut R."""
+        removed = kept - k
+        return kept <= _CHECK_R_BELOW or any(
+            0 < c <= removed for n, c in self.counts.items() if n not in self.pins
+        )
+
+    def __call__(
+        self, scores: Scores, masks: dict[str, np.ndarray], kept: int, k: int
+    ) -> dict[str, np.ndarray]:
+        """One scheduled step from `kept` to `k` weights: checked and split where it could
+        collapse, else a plain selection that keeps the pinned weights."""
+        if self.needed(kept, k):
+            return self.step(scores, masks, kept, k)[0]
+        masks = self.select(scores, masks, k, self.pins or None, exact_zeros=True)
+        self.scorer.prune(masks)
+        self.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+        return masks
+
+    def step(
+        self, scores: Scores, masks: dict[str, np.ndarray], kept: int, k: int
+    ) -> tuple[dict[str, np.ndarray], FlowScores]:
+        """The masks after a checked step, and the scores of the network they leave (the
+        next step's, so the check costs no extra run)."""
+        masks, after = self._step(scores, masks, kept, k, [_SPLITS])
+        self.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+        return masks, after
+
+    def _step(
+        self,
+        scores: Scores,
+        masks: dict[str, np.ndarray],
+        kept: int,
+        k: int,
+        splits: list[int],
+    ) -> tuple[dict[str, np.ndarray], FlowScores]:
+        if self._spare is None:
+            self._spare = {n: np.empty_like(m) for n, m in masks.items()}
+        before = self._spare
+        for n, m in masks.items():
+            np.copyto(before[n], m)
+        counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+        live = [n for n, c in counts.items() if c]
+        feasible = k >= len(live)
+        split = kept - k >= 2
+
+        def undo() -> None:  # `select` writes over `masks`
+            for n, m in masks.items():
+                np.copyto(m, before[n])
+
+        protect = dict(self.pins)
+        flowing = [n for n in live if n not in self.dead]
+        new = self.select(scores, masks, k, protect or None, exact_zeros=True)
+        emptied = [n for n in flowing if not new[n].any()]
+        while emptied and feasible:
+            logger.debug("step %d -> %d empties %s", kept, k, ", ".join(emptied))
+            undo()
+            bypassed = [n for n in emptied if n in self.bypassed]
+            if bypassed:  # no split helps there: keep their best weight from now on
+                pins = reserve(bypassed, scores, masks, 1)
+                self.pins |= pins
+                protect |= pins
+            elif split and splits[0] > 0:
+                splits[0] -= 1
+                return self._split(scores, masks, kept, k, splits)
+            else:
+                protect |= reserve(emptied, scores, masks, 1)
+            new = self.select(scores, masks, k, protect, exact_zeros=True)
+            emptied = [n for n in flowing if not new[n].any()]
+        changed = [n for n in live if np.count_nonzero(new[n]) < counts[n]]
+        self.scorer.prune(new)
+        after = self.scorer.run()
+        if after.log_flow > -np.inf or not split or splits[0] <= 0:
+            return new, after
+        logger.debug("step %d -> %d leaves R = 0: split", kept, k)
+        splits[0] -= 1
+        undo()
+        self.scorer.restore(masks, changed)
+        return self._split(self.scorer.run(), masks, kept, k, splits)
+
+    def _split(
+        self,
+        scores: Scores,
+        masks: dict[str, np.ndarray],
+        kept: int,
+        k: int,
+        splits: list[int],
+    ) -> tuple[dict[str, np.ndarray], FlowScores]:
+        """The step as two refined halves, rescoring after the first. (The spare buffers
+        are free again: a split step never undoes.)"""
+        mid = kept - (kept - k) // 2
+        masks, scores = self._step(scores, masks, kept, mid, splits)
+        return self._step(scores, masks, mid, k, splits)
