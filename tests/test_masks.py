@@ -1,6 +1,7 @@
-"""From scores to masks (`onnxflow.masks`): the schedule and exact, deterministic top-k.
+"""From scores to masks (`onnxflow.masks`): exact, deterministic top-k (the schedule is in
+test_schedule.py).
 
-Scores come as `FlowScores`: float32 values and a float64 log-unit per layer, the score being
+Scores come as `Scores`: float32 values and a float64 log-unit per layer, the score being
 `value * exp(unit)`. A pruned weight's value is 0 (the engine zeroes |W| before the run).
 The reference ranking: unpruned positive scores by log-score, then unpruned zero scores
 (blocked flow), then pruned weights; ties by layer order, then C-order index.
@@ -8,7 +9,6 @@ The reference ranking: unpruned positive scores by log-score, then unpruned zero
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 import onnxflow.masks as masks_module
 from onnxflow.errors import OnnxflowError
-from onnxflow.flow.engine import FlowScores
-from onnxflow.masks import local_counts, schedule_counts, select_global, select_local, top_k
+from onnxflow.masks import local_counts, select_global, select_local, top_k
+from onnxflow.scores import Scores
 
 props = settings(max_examples=200, deadline=None, derandomize=True)
 
@@ -37,53 +37,6 @@ def reference_top_k(values: np.ndarray, k: int) -> np.ndarray:
     keep = np.zeros(values.size, dtype=bool)
     keep[order[: max(k, 0)]] = True
     return keep
-
-
-# ---- schedule_counts ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("total", "density", "iterations", "schedule", "want"),
-    [
-        (1000, 0.01, 2, "exponential", [100, 10]),
-        (1000, 0.001, 3, "exponential", [100, 10, 1]),
-        (100, 0.2, 4, "linear", [80, 60, 40, 20]),
-        (10, 0.5, 1, "exponential", [5]),
-        (10, 0.5, 1, "linear", [5]),
-        (7, 1.0, 3, "exponential", [7, 7, 7]),
-    ],
-)
-def test_schedule_counts_examples(
-    total: int, density: float, iterations: int, schedule: str, want: list[int]
-) -> None:
-    assert schedule_counts(total, density, iterations, schedule) == want
-
-
-@props
-@given(
-    total=st.integers(1, 10**7),
-    density=st.floats(1e-6, 1.0),
-    iterations=st.integers(1, 150),
-    schedule=st.sampled_from(["exponential", "linear"]),
-)
-def test_schedule_counts_properties(
-    total: int, density: float, iterations: int, schedule: str
-) -> None:
-    counts = schedule_counts(total, density, iterations, schedule)
-    assert len(counts) == iterations
-    assert all(isinstance(c, int) for c in counts)
-    assert counts[-1] == round(density * total)
-    assert counts[0] <= total
-    assert all(a >= b for a, b in itertools.pairwise(counts)), "not non-increasing"
-
-
-@pytest.mark.parametrize("schedule", ["exponential", "linear"])
-def test_schedule_counts_follow_their_curve(schedule: str) -> None:
-    total, density, n = 10**6, 1e-3, 10
-    counts = schedule_counts(total, density, n, schedule)
-    for k, c in enumerate(counts, start=1):
-        frac = density ** (k / n) if schedule == "exponential" else 1 - (1 - density) * k / n
-        assert abs(c - frac * total) <= 0.5
 
 
 # ---- top_k ----------------------------------------------------------------------------------
@@ -148,12 +101,12 @@ def test_top_k_large_random_with_ties() -> None:
 # ---- select_global -------------------------------------------------------------------------
 
 
-def flow_scores(values: dict[str, np.ndarray], units: dict[str, float]) -> FlowScores:
-    return FlowScores({n: np.asarray(v, np.float32) for n, v in values.items()}, dict(units), 0.0)
+def flow_scores(values: dict[str, np.ndarray], units: dict[str, float]) -> Scores:
+    return Scores({n: np.asarray(v, np.float32) for n, v in values.items()}, dict(units), 0.0)
 
 
 def reference_select(
-    names: list[str], scores: FlowScores, masks: dict[str, np.ndarray], k: int
+    names: list[str], scores: Scores, masks: dict[str, np.ndarray], k: int
 ) -> dict[str, np.ndarray]:
     """Sort everything: (unpruned positive > unpruned zero > pruned), log-score, position."""
     vals = np.concatenate([scores.values[n].ravel().astype(np.float64) for n in names])
@@ -181,7 +134,7 @@ def random_layers(
     p_blocked: float,
     levels: int | None = None,
     unit_range: float = 30.0,
-) -> tuple[list[str], FlowScores, dict[str, np.ndarray]]:
+) -> tuple[list[str], Scores, dict[str, np.ndarray]]:
     """Scores as the engine gives them: value 0 wherever the mask is False. `levels`
     quantizes the values so that many of them tie."""
     names = [f"w{i}" for i in range(len(shapes))]
@@ -400,7 +353,7 @@ def test_local_counts_redistribution_stays_proportional() -> None:
 
 
 def reference_select_local(
-    names: list[str], scores: FlowScores, masks: dict[str, np.ndarray], counts: list[int]
+    names: list[str], scores: Scores, masks: dict[str, np.ndarray], counts: list[int]
 ) -> dict[str, np.ndarray]:
     return {
         n: reference_select([n], scores, masks, c)[n] for n, c in zip(names, counts, strict=True)

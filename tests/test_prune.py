@@ -8,7 +8,6 @@ shows up as different outputs, not just as a wrong count.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest
 from onnx import numpy_helper
 
 import onnxflow
-import onnxflow.passes.synflow as synflow_pass
 from onnxflow import OnnxflowError
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -253,28 +251,7 @@ def test_log_scores_are_dense_float64_logs(scope: str) -> None:
         np.testing.assert_array_equal(scores, one_shot.log_scores[name], err_msg=name)
 
 
-def test_pruned_weights_stay_pruned(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Record the masks of every round: each is a subset of the one before."""
-    rounds: list[dict[str, np.ndarray]] = []
-
-    def recording(select: Callable[..., dict[str, np.ndarray]]) -> Callable[..., dict]:
-        def wrapper(*args: object, **kwargs: object) -> dict[str, np.ndarray]:
-            rounds.append(select(*args, **kwargs))
-            return rounds[-1]
-
-        return wrapper
-
-    monkeypatch.setattr(synflow_pass, "select_global", recording(synflow_pass.select_global))
-    monkeypatch.setattr(synflow_pass, "select_local", recording(synflow_pass.select_local))
-    for scope in ("global", "local"):
-        rounds.clear()
-        result = onnxflow.prune(load("cifar_resnet8"), sparsity=0.98, iterations=10, scope=scope)
-        assert len(rounds) == 10
-        counts = [kept(r) for r in rounds]
-        assert counts == sorted(counts, reverse=True) and counts[-1] == kept(result.masks)
-        for prev, cur in itertools.pairwise(rounds):
-            for name in cur:
-                assert not (cur[name] & ~prev[name]).any(), f"{scope}: {name} regrew weights"
+# That pruned weights stay pruned, round after round: tests/test_loop.py.
 
 
 def test_one_shot_global_masks_are_nested_in_sparsity() -> None:
