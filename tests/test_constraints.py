@@ -60,7 +60,8 @@ def test_pattern_tightens_from_m_to_n_over_the_schedule() -> None:
 def test_pattern_keeps_each_groups_best_and_leaves_skipped_layers() -> None:
     p = NMPattern((2, 4), DAG, alone=False)
     rng = np.random.default_rng(0)
-    values = {n: rng.random(s).astype(np.float32) for n, s in (("a", (4, 8)), ("b", (3, 5)), ("c", (8,)))}  # fmt: skip
+    shapes = {"a": (4, 8), "b": (3, 5), "c": (8,)}
+    values = {n: rng.random(s).astype(np.float32) for n, s in shapes.items()}
     scores = Scores(values, dict.fromkeys(values, 0.0))
     masks = {n: np.ones(v.shape, bool) for n, v in values.items()}
     out, k = p.apply(scores, masks, 2, 20)

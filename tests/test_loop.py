@@ -83,7 +83,8 @@ def test_fixed_scores_prune_the_lowest_first() -> None:
     for counts in ([5, 3, 1], [1], [6, 4, 2, 1]):
         scorer = FixedScorer(values)
         step = Recording(PlainStep(Selector(["a", "b"], [3, 4]), scorer, exact_zeros=True))
-        masks = prune_loop({n: np.ones(3 if n == "a" else 4, bool) for n in values}, counts, scorer, step)  # fmt: skip
+        start = {n: np.ones(v.shape, bool) for n, v in values.items()}
+        masks = prune_loop(start, counts, scorer, step)
         assert [kept(r) for r in step.rounds] == counts
         top = sorted(((v, n, i) for n in values for i, v in enumerate(values[n])), reverse=True)
         want = {(n, i) for _, n, i in top[: counts[-1]]}
