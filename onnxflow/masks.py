@@ -154,8 +154,11 @@ def select_global(
     sample, sampled = _sample_keys(names, vals, scores.units, shapes)
     out = {n: masks[n].reshape(-1) for n in names}
     for margin in (4.0, 16.0, math.inf):
-        if _select_band(names, vals, scores.units, shapes, k, sample, sampled, margin, out):
+        found = _select_band(names, vals, scores.units, shapes, k, sample, sampled, margin, out)
+        if found:
             return {n: out[n].reshape(masks[n].shape) for n in names}
+        if found is None:  # no band can hold the threshold: go straight to the fallback
+            break
     # Fewer positive scores than k: keep them all, then blocked weights in network order.
     extra = k - sum(int(np.count_nonzero(vals[n] > 0)) for n in names)
     for n in names:
@@ -198,16 +201,19 @@ def _sample_keys(
     entries (positive or not) the sample was drawn from."""
     total = sum(v.size for v in vals.values())
     step = max(1, total // _SAMPLE)
-    parts, sampled = [], 0
-    for n in names:
-        s = vals[n][::step]
-        sampled += s.size
+
+    def sample(n: str) -> np.ndarray:
+        # One strided read into a contiguous copy: the checks below then read 4 bytes per
+        # sampled score, not a cache line each.
+        s = np.ascontiguousarray(vals[n][::step])
         if not np.isfinite(s).all():
             raise_non_finite(n)
         pos = np.flatnonzero(s > 0)
         unit = _unit_at(units[n], shapes[n], pos * step)
-        parts.append(np.log(s[pos], dtype=np.float64) + unit)
-    return np.concatenate(parts), sampled
+        return np.log(s[pos], dtype=np.float64) + unit
+
+    sampled = sum(-(-vals[n].size // step) for n in names)  # len(v[::step])
+    return np.concatenate(each(sample, names)), sampled
 
 
 _LOG_F32_MAX = math.log(float(np.finfo(np.float32).max))
@@ -234,10 +240,11 @@ def _select_band(
     sampled: int,
     margin: float,
     out: dict[str, np.ndarray],
-) -> bool:
+) -> bool | None:
     """Keep all scores above a band around the estimated threshold and rank the band exactly,
     writing the masks into `out`. False, with `out` untouched, if the band missed the
-    threshold (then a wider one is tried)."""
+    threshold (then a wider one is tried); None, untouched, if there are fewer positive
+    scores than k (the band reached down to 0 and still held too few)."""
     total = sum(v.size for v in vals.values())
     hi, lo = math.inf, -math.inf
     if not math.isinf(margin) and sample.size:
@@ -272,6 +279,8 @@ def _select_band(
     bands = each(band, names)
     need = k - sum(b[0] for b in bands)
     keys = np.concatenate([b[2] for b in bands])
+    if need > keys.size and lo == -math.inf:
+        return None  # `out` untouched
     if need < 0 or need > keys.size:
         return False  # `out` untouched
     # The band is in (layer, index) order, so top_k's tie-break by position is ours.
