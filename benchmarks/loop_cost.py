@@ -6,7 +6,10 @@ For torchvision's MobileNetV2, EfficientNet-B0 and ResNet-50 at 64x64 and ResNet
   - one iteration of `onnxflow.prune` (score the masked network, select, update the masks):
     the time between two consecutive progress callbacks, median over the iterations after
     the first of --repeats pruning runs (the first iteration also builds the flow model).
-The ratio of the two medians is printed per model, with the issue's target.
+The ratio of the two medians is printed per model, with the issue's target: `ratio` in wall
+time, `cpu_ratio` in CPU time of the process (all its threads), which a machine shared with
+other jobs disturbs less (onnxruntime's threads stop spinning after each run, so its CPU time
+is its work).
 
 Needs PyTorch and torchvision (only to export). Timings on a shared machine are noisy:
 compare ratios measured in one run.
@@ -57,7 +60,13 @@ def export(name: str, size: int, path: Path) -> None:
     onnx.save(proto, path)
 
 
-def forward_time(path: Path, size: int, runs: int) -> float:
+def stamp() -> tuple[float, float]:
+    """Wall and CPU seconds (all threads of this process) now."""
+    return time.perf_counter(), time.process_time()
+
+
+def forward_times(path: Path, size: int, runs: int) -> list[tuple[float, float]]:
+    """Wall and CPU seconds of each of `runs` forward passes (after one warm-up)."""
     from onnxflow.runtime import ort_session
 
     session = ort_session(path.read_bytes(), "cpu")
@@ -65,26 +74,28 @@ def forward_time(path: Path, size: int, runs: int) -> float:
     session.run(None, {"input": x})
     times = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0 = stamp()
         session.run(None, {"input": x})
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        t1 = stamp()
+        times.append((t1[0] - t0[0], t1[1] - t0[1]))
+    return times
 
 
-def iteration_times(path: Path, sparsity: float, iterations: int) -> list[float]:
-    """Seconds of each pruning iteration after the first, in one `onnxflow.prune` run."""
+def iteration_times(path: Path, sparsity: float, iterations: int) -> list[tuple[float, float]]:
+    """Wall and CPU seconds of each pruning iteration after the first, in one
+    `onnxflow.prune` run."""
     import onnxflow
 
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     onnxflow.prune(
         str(path),
         sparsity=sparsity,
         iterations=iterations,
         provider="cpu",
         keep_scores=False,
-        progress=lambda done, total: stamps.append(time.perf_counter()),
+        progress=lambda done, total: stamps.append(stamp()),
     )
-    return [b - a for a, b in itertools.pairwise(stamps)]
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(stamps)]
 
 
 def main() -> None:
@@ -107,13 +118,15 @@ def main() -> None:
                 export(name, int(size), path)
             fwd, steps = [], []
             for _ in range(args.repeats):  # alternating, so a slow spell hits both alike
-                fwd.append(forward_time(path, int(size), args.forwards))
+                fwd += forward_times(path, int(size), args.forwards)
                 steps += iteration_times(path, args.sparsity, args.iterations)
-            f, s = statistics.median(fwd), statistics.median(steps)
+            f, s = (statistics.median(t[0] for t in x) for x in (fwd, steps))
+            fc, sc = (statistics.median(t[1] for t in x) for x in (fwd, steps))
             results[key] = {
                 "forward_ms": round(f * 1e3, 2),
                 "iteration_ms": round(s * 1e3, 2),
                 "ratio": round(s / f, 2),
+                "cpu_ratio": round(sc / fc, 2),
                 "target": TARGETS.get(key),
             }
             print(key, json.dumps(results[key]), flush=True)

@@ -216,6 +216,28 @@ def _sample_keys(
     return np.concatenate(each(sample, names)), sampled
 
 
+def kth_smallest(x: np.ndarray, k: int) -> float:
+    """`np.partition(x, k)[k]` for a 1-D array of finite values, without partitioning all
+    of a large `x`: a sorted subsample brackets the value, one pass counts what lies below
+    the bracket, and only the values inside it are partitioned (all of `x` if the bracket
+    missed)."""
+    n = x.size
+    if n <= 8 * _SUBSAMPLE:
+        return float(np.partition(x, k)[k])
+    sub = np.sort(x[:: n // _SUBSAMPLE])
+    m = sub.size
+    at = k * m / n  # where the value falls in the subsample
+    spread = 6.0 * math.sqrt(m * (at / m) * (1 - at / m)) + 8
+    low = sub[int(at - spread)] if at - spread >= 0 else -math.inf
+    high = sub[int(at + spread)] if at + spread < m else math.inf
+    below = int(np.count_nonzero(x < low))
+    inside = x[(x >= low) & (x <= high)]
+    if below <= k < below + inside.size:
+        return float(np.partition(inside, k - below)[k - below])
+    return float(np.partition(x, k)[k])
+
+
+_SUBSAMPLE = 4096
 _LOG_F32_MAX = math.log(float(np.finfo(np.float32).max))
 _LOG_F32_MIN = math.log(float(np.finfo(np.float32).smallest_subnormal))
 
@@ -254,12 +276,10 @@ def _select_band(
         # Positions counted from the best; np.partition counts from the worst.
         at_hi = sample.size - 1 - min(int(rank - spread), sample.size - 1)
         at_lo = sample.size - 1 - int(rank + spread)
-        wanted = [i for i, ok in ((at_hi, rank - spread >= 0), (at_lo, at_lo >= 0)) if ok]
-        part = np.partition(sample, wanted) if wanted else sample
         if rank - spread >= 0:
-            hi = part[at_hi]
+            hi = kth_smallest(sample, at_hi)
         if at_lo >= 0:
-            lo = part[at_lo]
+            lo = kth_smallest(sample, at_lo)
 
     keep_above = total <= _KEEP_ABOVE
 

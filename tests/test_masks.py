@@ -396,3 +396,19 @@ def test_select_global_refuses_non_finite_scores() -> None:
     scores.values[names[0]][...] = np.nan  # a NaN flow spreads over whole layers
     with pytest.raises(OnnxflowError, match="non-finite synaptic flow at weight"):
         select_global(names, scores, fresh(masks), 10, zeroed=True)
+
+
+@pytest.mark.parametrize("kind", ["logs", "ties", "sorted_desc", "small"])
+def test_kth_smallest_equals_partition(kind: str) -> None:
+    """The bracketed order statistic that locates select_global's band is np.partition's,
+    with heavy ties, adversarial order and sizes on both sides of the subsampling."""
+    rng = np.random.default_rng(len(kind))
+    n = 1000 if kind == "small" else 250_000
+    x = {
+        "logs": np.log(rng.random(n)),
+        "ties": rng.integers(0, 7, n).astype(np.float64),
+        "sorted_desc": -np.sort(rng.normal(size=n)),
+        "small": rng.random(n),
+    }[kind]
+    for k in [0, 1, n // 3, n // 2, n - 2, n - 1, *rng.integers(0, n, 5).tolist()]:
+        assert masks_module.kth_smallest(x, k) == np.partition(x, k)[k], k
