@@ -102,7 +102,7 @@ def test_top_k_large_random_with_ties() -> None:
 
 
 def flow_scores(values: dict[str, np.ndarray], units: dict[str, float]) -> Scores:
-    return Scores({n: np.asarray(v, np.float32) for n, v in values.items()}, dict(units), 0.0)
+    return Scores({n: np.asarray(v, np.float32) for n, v in values.items()}, dict(units))
 
 
 def reference_select(
