@@ -58,7 +58,8 @@ def select(
     log_scores = scorer(masks).log() if keep_scores else {}
     names, sizes = [x.name for x in dag.layers], [x.size for x in dag.layers]
     selector = Selector(names, sizes, opts.scope, opts.min_kept)
-    # SynFlow's scores are 0 exactly where the engine's masks prune; a pattern breaks that.
+    # Scores are 0 exactly where the scorer's masks prune, unless a pattern restricts the
+    # masks after scoring (selection must then zero them itself).
     exact_zeros = pattern is None
     step: Step = PlainStep(selector, scorer, exact_zeros=exact_zeros)
     # One-shot (a single iteration) stays the paper's one-shot baseline, unrefined.
