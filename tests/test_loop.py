@@ -11,11 +11,10 @@ import netgen
 import numpy as np
 
 import onnxflow
-from onnxflow.api import analysis_passes, initial_state
+from onnxflow.analyze import analyze
 from onnxflow.dag import WeightDag, WeightLayer
 from onnxflow.flow.engine import FlowEngine
 from onnxflow.options import PruneOptions
-from onnxflow.pipeline import Sequential
 from onnxflow.pruning.constraints import NMPattern
 from onnxflow.pruning.loop import PlainStep, Step, prune_loop
 from onnxflow.pruning.refiner import Refiner
@@ -51,10 +50,9 @@ def test_pruned_weights_stay_pruned() -> None:
     model = netgen.cifar_resnet(8, seed=3)
     for scope in ("global", "local"):
         opts = PruneOptions(sparsity=0.98, iterations=10, scope=scope)  # type: ignore[arg-type]
-        state = Sequential(*analysis_passes())(initial_state(model, opts))
-        assert state.graph is not None and state.dag is not None
-        dag = state.dag
-        engine = FlowEngine(state.graph, dag, "cpu")
+        analysis = analyze(model)
+        dag = analysis.dag
+        engine = FlowEngine(analysis.graph, dag, "cpu")
         dense = engine.run(check=True)
         scorer = SynFlowScorer(engine, dense, check=scope != "global")
         masks = {x.name: np.ones(x.shape, bool) for x in dag.layers}

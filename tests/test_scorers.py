@@ -9,10 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxflow
-from onnxflow.api import analysis_passes, initial_state
+from onnxflow.analyze import analyze
 from onnxflow.flow.engine import FlowEngine
-from onnxflow.options import PruneOptions
-from onnxflow.pipeline import Sequential
 from onnxflow.pruning.scorers import FixedScorer, SynFlowScorer, magnitude_scorer, random_scorer
 
 W0 = np.array([[1.0, -2.0, 0.5], [3.0, 1.0, -1.0]], np.float32)  # 2 -> 3
@@ -38,9 +36,8 @@ def chain(w0: np.ndarray = W0, w1: np.ndarray = W1) -> onnx.ModelProto:
 
 
 def engine_of(model: onnx.ModelProto) -> FlowEngine:
-    state = Sequential(*analysis_passes())(initial_state(model, PruneOptions(sparsity=0.5)))
-    assert state.graph is not None and state.dag is not None
-    return FlowEngine(state.graph, state.dag, "cpu")
+    analysis = analyze(model)
+    return FlowEngine(analysis.graph, analysis.dag, "cpu")
 
 
 def test_synflow_scores_are_the_flow_through_each_weight() -> None:
