@@ -6,6 +6,7 @@ rather than patching the module."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import netgen
 import numpy as np
@@ -122,3 +123,25 @@ def test_a_pattern_alone_sets_each_steps_count() -> None:
     )
     assert [kept(r) for r in step.rounds] == [12, 8, 4]
     assert out["a"].tolist() == [[False, False, False, True] * 2] * 2  # each group's best
+
+
+def test_selection_does_not_import_the_flow_engine() -> None:
+    """Selector, schedule, constraints, the loop and the top-k they use read the neutral
+    `Scores`: none of them imports the flow engine or onnxruntime."""
+    import ast
+    import importlib
+
+    selection = ["selector", "schedule", "constraints", "loop"]
+    for name in [f"pruning.{n}" for n in selection] + ["masks", "scores"]:
+        path = importlib.import_module(f"onnxflow.{name}").__file__
+        assert path is not None
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+        imported = [
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        ]
+        assert imported, name
+        bad = [m for m in imported if m and m.startswith(("onnxflow.flow", "onnxruntime"))]
+        assert not bad, f"onnxflow.{name} imports {bad}"
