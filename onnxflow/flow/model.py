@@ -66,52 +66,99 @@ def build_flow_model(
     `rules` (default: the default registry). An op on the flow path without a rule is
     refused before anything is built; `flow_reach` decides, as it does for `inspect`."""
     rules = rules if rules is not None else default_rules()
+    _refuse_missing_rules(graph, dag, rules)
+    walk = _Walk(graph, dag, rules)
+    walk.forward()  # ones from the inputs, through |W|
+    totals = walk.seed_outputs()  # R: the sum of each float output that a weight reaches
+    walk.backward()  # ones from the outputs, back to every weight
+    scores, unit_shapes = walk.layer_scores()  # |W| times the flow that reaches it
+    output_flows = _declare_outputs(walk.g, scores, totals)
+    return FlowModel(
+        _onnx_model(walk.g, graph),
+        dict(walk.g.weights),
+        scores,
+        output_flows,
+        walk.factors,
+        walk.flowing(),
+        unit_shapes,
+    )
+
+
+def _refuse_missing_rules(graph: gs.Graph, dag: WeightDag, rules: RuleRegistry) -> None:
+    """Refuse the first op on the flow path without a rule (as `inspect` names it)."""
     missing = flow_reach(graph, (layer.name for layer in dag.layers), rules).missing
     if missing:
         node = missing[0]
         raise UnsupportedOpError(node.op, node.domain or "", node.name)
-    opset = flow_opset(graph)
-    g = FlowBuilder(opset)
-    values: dict[str, Flow | Const] = {}
-    derived: set[str] = set()  # non-flow values computed from the inputs (ids, shapes)
 
-    for t in graph.inputs:
-        shape = tuple(int(d) for d in t.shape)
-        if is_float_dtype(t.dtype):
-            values[t.name] = Flow(g.ones(shape), g.zero_scale, shape, needs_grad=False)
-        else:  # integer inputs (token ids, indices) get ones
-            values[t.name] = Const(t.name, shape, gs.Constant(t.name, np.ones(shape, t.dtype)))
-            derived.add(t.name)
-    weights = {layer.name for layer in dag.layers}
-    for layer in dag.layers:
-        values[layer.name] = g.weight_input(layer.name, layer.shape)
-    factors, folded = batchnorm_folds(graph, dag)
-    layer_nodes = {n for layer in dag.layers for n in layer.nodes}
 
-    def value_of(t: gs.Tensor) -> Flow | Const | None:
+class _Walk:
+    """One walk over the analysis graph, forward then back: the value of every tensor (a
+    flow, or a constant the flow model copies), the steps that carried flow (walked back in
+    reverse) and the backward flows gathered at each tensor."""
+
+    def __init__(self, graph: gs.Graph, dag: WeightDag, rules: RuleRegistry) -> None:
+        self.graph, self.dag, self.rules = graph, dag, rules
+        self.opset = flow_opset(graph)
+        self.g = FlowBuilder(self.opset)
+        self.values: dict[str, Flow | Const] = {}
+        self.derived: set[str] = set()
+        """Non-flow values computed from the inputs (ids, shapes)."""
+        self.steps: list[_Step] = []
+        self.grads: dict[str, list[Flow]] = defaultdict(list)
+        self.weights = {layer.name for layer in dag.layers}
+        self.layer_nodes = {n for layer in dag.layers for n in layer.nodes}
+        self._seed_inputs()
+        self.factors, self.folded = batchnorm_folds(graph, dag)
+
+    def _seed_inputs(self) -> None:
+        """Float inputs carry ones; integer inputs (token ids, indices) are ones as data;
+        each prunable weight is a flow-model input fed |W| * mask."""
+        g = self.g
+        for t in self.graph.inputs:
+            shape = tuple(int(d) for d in t.shape)
+            if is_float_dtype(t.dtype):
+                self.values[t.name] = Flow(g.ones(shape), g.zero_scale, shape, needs_grad=False)
+            else:
+                source = gs.Constant(t.name, np.ones(shape, t.dtype))
+                self.values[t.name] = Const(t.name, shape, source)
+                self.derived.add(t.name)
+        for layer in self.dag.layers:
+            self.values[layer.name] = g.weight_input(layer.name, layer.shape)
+
+    def value_of(self, t: gs.Tensor) -> Flow | Const | None:
         if t is None or t.name == "":
             return None
-        if t.name in values:
-            return values[t.name]
+        if t.name in self.values:
+            return self.values[t.name]
         if isinstance(t, gs.Constant):
-            return Const(t.name, tuple(t.shape), ones_if_zero_init(t, dag.read_as_ones))
+            return Const(t.name, tuple(t.shape), ones_if_zero_init(t, self.dag.read_as_ones))
         raise OnnxflowError(f"tensor {t.name!r} is used before it is produced")
 
-    steps: list[_Step] = []
-    for node in graph.nodes:
-        inputs = [value_of(t) for t in node.inputs]
-        if not any(isinstance(v, Flow) for v in inputs):
+    # ---- forward ---------------------------------------------------------------------------
+    def forward(self) -> None:
+        for node in self.graph.nodes:
+            inputs = [self.value_of(t) for t in node.inputs]
+            if any(isinstance(v, Flow) for v in inputs):
+                self._forward_step(node, inputs)
+                continue
             # Shapes are static: what Shape/Size compute does not depend on the input's values.
             from_input = node.op not in ("Shape", "Size") and any(
-                t.name in derived for t in node.inputs if t is not None
+                t.name in self.derived for t in node.inputs if t is not None
             )
-            _copy_verbatim(g, node, inputs, values, derived if from_input else None)
-            continue
-        rule = PASS_THROUGH if id(node) in folded else rules.get(node.op, node.domain or "", opset)
+            _copy_verbatim(self.g, node, inputs, self.values, self.derived if from_input else None)
+
+    def _forward_step(self, node: gs.Node, inputs: list[Any]) -> None:
+        """Run the node's rule forward and record the step for the walk back."""
+        g = self.g
+        if id(node) in self.folded:
+            rule: FlowRule | None = PASS_THROUGH
+        else:
+            rule = self.rules.get(node.op, node.domain or "", self.opset)
         if rule is None:  # flow_reach missed it: still refused, never copied with a flow
             raise UnsupportedOpError(node.op, node.domain or "", node.name)
         ctx = NodeContext(node.name, node.op, [_shape(t) for t in node.outputs])
-        if node.name in layer_nodes:
+        if node.name in self.layer_nodes:
             inputs = _layer_inputs(g, node, inputs, ctx)
         attrs = dict(node.attrs)
         if not rule.channel_units:
@@ -120,80 +167,111 @@ def build_flow_model(
         needs = any(isinstance(v, Flow) and v.needs_grad for v in inputs)
         for t, shape, out in zip(node.outputs, ctx.out_shapes, outs, strict=False):
             if isinstance(out, Flow):
-                if out.per_channel and (
-                    len(out.unit_shape) != len(shape) or out.unit_shape[1] != shape[1]
-                ):
-                    out = g.resolve(out)
-                if rule.rescales:
-                    out = g.rescale(out, shape if t.shape is not None else None)
-                values[t.name] = replace(out, shape=shape, needs_grad=needs)
+                self.values[t.name] = self._forward_output(t, shape, out, rule, needs)
             elif isinstance(out, Const):
-                values[t.name] = out
-        steps.append(_Step(node, rule, ctx, inputs, attrs))
+                self.values[t.name] = out
+        self.steps.append(_Step(node, rule, ctx, inputs, attrs))
 
-    grads: dict[str, list[Flow]] = defaultdict(list)
-    outputs: list[tuple[str, str]] = []
-    for t in graph.outputs:
-        v = values.get(t.name)
-        if isinstance(v, Flow):
-            v = g.resolve(v)
-        # Only float outputs that some weight reaches count in R; others are ignored.
-        if (
-            isinstance(v, Flow)
-            and v.needs_grad
-            and is_float_dtype(t.dtype if t.dtype is not None else np.float32)
-        ):
-            grads[t.name].append(Flow(g.ones(v.shape), g.zero_scale, v.shape))
-            total = g.node(
-                "ReduceSum", [g.node("Cast", [v.tensor], to=TensorProto.DOUBLE)], keepdims=0
-            )
-            outputs.append((total, v.scale))
+    def _forward_output(
+        self, t: gs.Tensor, shape: tuple[int, ...], out: Flow, rule: FlowRule, needs: bool
+    ) -> Flow:
+        """A rule's output flow as stored: per-channel units only where axis 1 is still the
+        channels, renormalized if the rule multiplies magnitudes."""
+        if out.per_channel and (len(out.unit_shape) != len(shape) or out.unit_shape[1] != shape[1]):
+            out = self.g.resolve(out)
+        if rule.rescales:
+            out = self.g.rescale(out, shape if t.shape is not None else None)
+        return replace(out, shape=shape, needs_grad=needs)
 
-    if not outputs:
-        raise OnnxflowError("no float output of the model is reached by a prunable weight")
-    for step in reversed(steps):
+    def seed_outputs(self) -> list[tuple[str, str]]:
+        """(float64 sum, unit) of each float output that some weight reaches, each seeded
+        with ones for the walk back; other outputs are ignored."""
+        g = self.g
+        totals: list[tuple[str, str]] = []
+        for t in self.graph.outputs:
+            v = self.values.get(t.name)
+            if isinstance(v, Flow):
+                v = g.resolve(v)
+            dtype = t.dtype if t.dtype is not None else np.float32
+            if isinstance(v, Flow) and v.needs_grad and is_float_dtype(dtype):
+                self.grads[t.name].append(Flow(g.ones(v.shape), g.zero_scale, v.shape))
+                as_f64 = g.node("Cast", [v.tensor], to=TensorProto.DOUBLE)
+                totals.append((g.node("ReduceSum", [as_f64], keepdims=0), v.scale))
+        if not totals:
+            raise OnnxflowError("no float output of the model is reached by a prunable weight")
+        return totals
+
+    # ---- backward --------------------------------------------------------------------------
+    def backward(self) -> None:
+        for step in reversed(self.steps):
+            self._backward_step(step)
+
+    def _backward_step(self, step: _Step) -> None:
+        """Run the step's rule backward from the flows gathered at its outputs, adding the
+        results to its flow inputs' gathered flows."""
+        g = self.g
+        grads = self.grads
         out_grads = [g.add(grads[t.name]) if grads.get(t.name) else None for t in step.node.outputs]
         if all(x is None for x in out_grads):
-            continue
+            return
         if not any(isinstance(v, Flow) and v.needs_grad for v in step.inputs):
-            continue
+            return
         results = step.rule.backward(g, step.ctx, out_grads, *step.inputs, **step.attrs)
         for t, v, r in zip(step.node.inputs, step.inputs, results, strict=False):
             if r is None or not (isinstance(v, Flow) and v.needs_grad):
                 continue
             # Flow reaching a weight is only multiplied by |W| and read out: no renormalizing.
-            rescale = step.rule.rescales and t.name not in weights
+            rescale = step.rule.rescales and t.name not in self.weights
             known = _shape(t) if t.shape is not None else None
-            if t.name not in weights:
+            if t.name not in self.weights:
                 r = g.resolve(r)  # backward flow is kept in one unit
             grads[t.name].append(g.rescale(r, known) if rescale else r)
 
-    scores = {}
-    unit_shapes: dict[str, tuple[int, ...]] = {}
-    for layer in dag.layers:
-        if layer.name not in grads:
-            continue
-        parts = grads[layer.name]
-        if len({p.unit_shape for p in parts}) > 1:
-            parts = [g.resolve(p) for p in parts]
-        total = g.add(parts)
-        if total.per_channel and (
-            len(total.unit_shape) != len(layer.shape)
-            or np.broadcast_shapes(total.unit_shape, layer.shape) != tuple(layer.shape)
-        ):
-            total = g.resolve(total)
-        score = g.node("Mul", [g.weights[layer.name], total.tensor])
-        scores[layer.name] = (score, _unit(g, total.scale))
-        if total.per_channel:
-            unit_shapes[total.scale] = total.unit_shape
-        g.add_output(score, TensorProto.FLOAT)
-    output_flows = [(total, _unit(g, scale)) for total, scale in outputs]
+    def layer_scores(self) -> tuple[dict[str, tuple[str, str | None]], dict[str, tuple[int, ...]]]:
+        """Each reached layer's score |W| * (flow reaching it) as a model output with its
+        unit, and the shapes of the per-channel units."""
+        g = self.g
+        scores: dict[str, tuple[str, str | None]] = {}
+        unit_shapes: dict[str, tuple[int, ...]] = {}
+        for layer in self.dag.layers:
+            if layer.name not in self.grads:
+                continue
+            parts = self.grads[layer.name]
+            if len({p.unit_shape for p in parts}) > 1:
+                parts = [g.resolve(p) for p in parts]
+            total = g.add(parts)
+            if total.per_channel and (
+                len(total.unit_shape) != len(layer.shape)
+                or np.broadcast_shapes(total.unit_shape, layer.shape) != tuple(layer.shape)
+            ):
+                total = g.resolve(total)
+            score = g.node("Mul", [g.weights[layer.name], total.tensor])
+            scores[layer.name] = (score, _unit(g, total.scale))
+            if total.per_channel:
+                unit_shapes[total.scale] = total.unit_shape
+            g.add_output(score, TensorProto.FLOAT)
+        return scores, unit_shapes
+
+    def flowing(self) -> frozenset[str]:
+        return frozenset(name for name, v in self.values.items() if isinstance(v, Flow))
+
+
+def _declare_outputs(
+    g: FlowBuilder, scores: dict[str, tuple[str, str | None]], totals: list[tuple[str, str]]
+) -> list[tuple[str, str | None]]:
+    """Declare the output sums and every non-zero unit as float64 outputs (scores are
+    declared by `layer_scores`); returns the output flows as `FlowModel.output_flows`."""
+    output_flows = [(total, _unit(g, scale)) for total, scale in totals]
     for total, _ in output_flows:
         g.add_output(total, TensorProto.DOUBLE)
     for name in dict.fromkeys(s for _, s in [*scores.values(), *output_flows] if s is not None):
         g.add_output(name, TensorProto.DOUBLE)
+    return output_flows
 
-    opsets = [helper.make_opsetid("", opset)] + [
+
+def _onnx_model(g: FlowBuilder, graph: gs.Graph) -> onnx.ModelProto:
+    """The built nodes as a model, with the analysis graph's custom-domain opsets."""
+    opsets = [helper.make_opsetid("", g.opset)] + [
         helper.make_opsetid(d.domain, d.version)
         for d in graph.import_domains or []
         if d.domain not in ("", "ai.onnx")
@@ -204,8 +282,7 @@ def build_flow_model(
         producer_name="onnxflow",
     )
     model.ir_version = helper.find_min_ir_version_for(opsets, True)
-    flowing = frozenset(name for name, v in values.items() if isinstance(v, Flow))
-    return FlowModel(model, dict(g.weights), scores, output_flows, factors, flowing, unit_shapes)
+    return model
 
 
 def _shape(t: gs.Tensor) -> tuple[int, ...]:
