@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,14 +61,16 @@ def committed_models() -> list[Path]:
     return sorted(ROOT / p for p in out if p.endswith(".onnx"))
 
 
-def prune(tree: Path, model: Path, sparsity: float, iterations: int, out: Path) -> Run:
+def prune(
+    tree: Path, model: Path, sparsity: float, iterations: int, out: Path, extra: list[str]
+) -> Run:
     """Prune `model` with the onnxflow of `tree`, in a fresh process run outside both trees."""
     out.mkdir(parents=True, exist_ok=True)
     output, masks = out / "pruned.onnx", out / "masks.npz"
     cmd = [
         sys.executable, "-m", "onnxflow.cli", "prune", str(model), "-q",
         "--sparsity", str(sparsity), "--iterations", str(iterations), "--provider", "cpu",
-        "-o", str(output), "--masks", str(masks),
+        "-o", str(output), "--masks", str(masks), *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(tree)}
     res = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, check=False)
@@ -127,6 +130,12 @@ def main() -> int:
     ap.add_argument("--ref", required=True, help="git ref to compare with (e.g. a release)")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.9, 0.99])
     ap.add_argument("--iterations", type=int, default=20, help="[20: a few minutes on 2 cores]")
+    ap.add_argument(
+        "--head-args",
+        default="",
+        help="options for this tree only, e.g. '--zero-init strict' to see whether a "
+        "difference comes from a new default",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="prunes run at once")
     ap.add_argument("--only", nargs="+", default=None, help="models whose path contains one")
     ap.add_argument("--keep", type=Path, default=None, help="keep the outputs in this folder")
@@ -145,12 +154,13 @@ def main() -> int:
     start = time.perf_counter()
     try:
         jobs = [(m, s) for m in models for s in args.sparsity]
+        extra = shlex.split(args.head_args)
 
         def both(job: tuple[Path, float]) -> tuple[Run, Run]:
             model, sparsity = job
             tag = f"{model.relative_to(ROOT).as_posix().replace('/', '__')}@{sparsity}"
-            ref = prune(ref_tree, model, sparsity, args.iterations, work / "out" / "ref" / tag)
-            head = prune(ROOT, model, sparsity, args.iterations, work / "out" / "head" / tag)
+            ref = prune(ref_tree, model, sparsity, args.iterations, work / "out" / "ref" / tag, [])
+            head = prune(ROOT, model, sparsity, args.iterations, work / "out" / "head" / tag, extra)
             return ref, head
 
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
@@ -158,7 +168,10 @@ def main() -> int:
 
         failed = False
         refused: list[str] = []
-        print(f"ref {args.ref} vs this tree ({ROOT}); --iterations {args.iterations}")
+        print(
+            f"ref {args.ref} vs this tree ({ROOT}); --iterations {args.iterations} "
+            f"{args.head_args}".rstrip()
+        )
         print(f"{'model':<48} {'sparsity':>8}  {'masks':<13} {'weights':<13} files")
         for (model, sparsity), (ref, head) in zip(jobs, results, strict=True):
             name = model.relative_to(ROOT).as_posix()
