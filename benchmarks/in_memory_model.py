@@ -1,6 +1,6 @@
 """onnx-ir against onnx + onnx-graphsurgeon as onnxflow's in-memory model (issue 12).
 
-Two measurements, each step in a fresh child process (peak RSS is the child's ru_maxrss):
+Two measurements, each step in a fresh child process (peak RSS is the child's VmHWM):
 
   large     load + walk + save of a generated MLP with external data (benchmarks/large_model.py
             writes it: 256 MiB float32 MatMul weights). The walk reads every weight once and
@@ -10,9 +10,12 @@ Two measurements, each step in a fresh child process (peak RSS is the child's ru
                         left in their file), gs.import_onnx + external.attach, constant_array
                         per weight, passes.apply_masks.apply_masks (in place) and
                         external.ExternalDataWriter through save.write_atomically.
+              gs-fromfile  the same, reading external tensors with np.fromfile (one copy,
+                        where external.read_external makes three).
               ir-eager  onnx_ir.load (external tensors are memory-mapped on demand), numpy()
                         per weight (then release()), masked weights set as in-memory tensors,
-                        onnx_ir.save(external_data=...).
+                        onnx_ir.save(external_data=...), then fsync of both files (save.py
+                        fsyncs; onnx_ir does not).
               ir-lazy   the same, but each masked weight is an onnx_ir.LazyTensor computed
                         while save streams it out, so no masked copy is held.
   analysis  the analysis stage's graph operations on ResNet-50 (torchvision layout, random
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -52,6 +56,16 @@ THRESHOLD = np.float32(0.5 / 8192**0.5)  # |w| below this is masked: about 40% o
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec
+    from the forking parent, so a child of a parent that held a large model would report
+    the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -76,12 +90,36 @@ def large_gs(model: Path, out: Path) -> dict[str, float]:
     for name, t in graph.tensors().items():
         if isinstance(t, gs.Constant) and name in stored:
             masks[name] = np.abs(constant_array(t)) >= THRESHOLD
-    t2 = time.perf_counter()
+    t2, walked = time.perf_counter(), _peak_rss_mib()
     pruned = apply_masks(proto, masks, model.parent, in_place=True)
     writer = ExternalDataWriter(pruned, data_path(out).name)
     write_atomically({data_path(out): writer.write_data, out: writer.write_model})
     t3 = time.perf_counter()
-    return {"load_s": t1 - t0, "walk_s": t2 - t1, "save_s": t3 - t2}
+    return {"load_s": t1 - t0, "walk_s": t2 - t1, "save_s": t3 - t2, "walk_rss_mib": walked}
+
+
+def large_gs_fromfile(model: Path, out: Path) -> dict[str, float]:
+    """`gs` with one change: external tensors read by np.fromfile (one copy) instead of
+    read + TensorProto + to_array (three): how much of onnx-ir's gain is its reading."""
+    import math
+
+    import onnx
+
+    import onnxflow.external as external
+    import onnxflow.passes.apply_masks as apply_masks
+    import onnxflow.tensors as tensors
+
+    def read(t: onnx.TensorProto, base: Path) -> np.ndarray:
+        info = external.external_info(t)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        values = np.fromfile(
+            base / info["location"], dtype, math.prod(t.dims), offset=int(info.get("offset", 0))
+        )
+        return values.reshape(tuple(t.dims))
+
+    for module in (external, apply_masks, tensors):
+        module.read_external = read  # type: ignore[attr-defined]
+    return large_gs(model, out)
 
 
 def large_ir(model: Path, out: Path, lazy: bool) -> dict[str, float]:
@@ -99,7 +137,7 @@ def large_ir(model: Path, out: Path, lazy: bool) -> dict[str, float]:
         masks[name] = np.abs(tensor.numpy()) >= THRESHOLD
         if isinstance(tensor, ir.ExternalTensor):
             tensor.release()  # unmap: mapped pages count in RSS
-    t2 = time.perf_counter()
+    t2, walked = time.perf_counter(), _peak_rss_mib()
     for name, v in m.graph.initializers.items():
         source = v.const_value
         assert source is not None
@@ -116,12 +154,16 @@ def large_ir(model: Path, out: Path, lazy: bool) -> dict[str, float]:
             v.const_value = masked()
     m.ir_version = min(m.ir_version, 10)
     ir.save(m, out, external_data=out.name + ".data")
+    for written in (out, out.with_name(out.name + ".data")):  # durable, as save.py makes it
+        with open(written, "rb") as f:
+            os.fsync(f.fileno())
     t3 = time.perf_counter()
-    return {"load_s": t1 - t0, "walk_s": t2 - t1, "save_s": t3 - t2}
+    return {"load_s": t1 - t0, "walk_s": t2 - t1, "save_s": t3 - t2, "walk_rss_mib": walked}
 
 
 LARGE: dict[str, Callable[[Path, Path], dict[str, float]]] = {
     "gs": large_gs,
+    "gs-fromfile": large_gs_fromfile,
     "ir-eager": lambda m, o: large_ir(m, o, lazy=False),
     "ir-lazy": lambda m, o: large_ir(m, o, lazy=True),
 }
@@ -144,7 +186,7 @@ def run_large(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from large_model import GB, write_model
 
-    print(f"{'model GB':>8} {'mode':<9} {'peak RSS GiB':>12} {'x model':>7} "
+    print(f"{'model GB':>8} {'mode':<11} {'peak RSS GiB':>12} {'x model':>7} {'walk GiB':>8} "
           f"{'load s':>6} {'walk s':>6} {'save s':>6} {'total s':>7}")  # fmt: skip
     for size in args.sizes:
         folder = Path(tempfile.mkdtemp(prefix="onnxflow-ir-", dir=args.dir))
@@ -162,8 +204,9 @@ def run_large(args: argparse.Namespace) -> None:
                         f.unlink(missing_ok=True)
                     total = r["load_s"] + r["walk_s"] + r["save_s"]
                     print(
-                        f"{disk / GB:8.2f} {mode:<9} {r['rss_mib'] / 1024:12.2f} "
-                        f"{r['rss_mib'] * 2**20 / disk:7.2f} {r['load_s']:6.2f} "
+                        f"{disk / GB:8.2f} {mode:<11} {r['rss_mib'] / 1024:12.2f} "
+                        f"{r['rss_mib'] * 2**20 / disk:7.2f} {r['walk_rss_mib'] / 1024:8.2f} "
+                        f"{r['load_s']:6.2f} "
                         f"{r['walk_s']:6.2f} {r['save_s']:6.2f} {total:7.2f}",
                         flush=True,
                     )
