@@ -23,8 +23,8 @@ Two measurements, each step in a fresh child process (peak RSS is the child's Vm
             benchmarks/resnet50.py): load, shape inference, constant folding, cleanup +
             toposort, a walk over every value, and writing back a ModelProto; graph-surgeon
             as normalize.py calls it, onnx-ir with its passes (folding from onnxscript's
-            optimizer when onnxscript is installed). Also the whole current analysis stage
-            (LoadPass, NormalizePass, BuildDagPass) for scale.
+            optimizer when onnxscript is installed). Also onnxflow's whole analysis stage
+            (analyze.py: load_source, NormalizePass, LinearizePass, weights_of) for scale.
 
 Needs onnx_ir (`pip install onnx-ir`); without it the script says so and exits 0. The
 ResNet-50 export needs torch + torchvision (or pass --model).
@@ -318,15 +318,28 @@ def analysis_ir(model: Path) -> dict[str, float]:
 
 
 def analysis_stage(model: Path) -> dict[str, float]:
-    from onnxflow.options import PruneOptions
-    from onnxflow.passes import BuildDagPass, LoadPass, NormalizePass
-    from onnxflow.pipeline import PruneState
+    """onnxflow's whole analysis stage (onnxflow/analyze.py), its parts timed."""
+    from onnxflow.analyze import weights_of
+    from onnxflow.passes.linearize import LinearizePass
+    from onnxflow.passes.load import load_source
+    from onnxflow.passes.normalize import NormalizePass, import_graph
+    from onnxflow.tensors import stored_tensor_names
 
-    state = PruneState(PruneOptions(0.99), source=str(model))
-    for p in (LoadPass(), NormalizePass(), BuildDagPass()):
-        p(state)
-    return {type(p).__name__: state.timings[type(p).__name__] for p in
-            (LoadPass(), NormalizePass(), BuildDagPass())}  # fmt: skip
+    box: dict[str, Any] = {}
+
+    def load() -> None:
+        box["source"] = load_source(model)
+
+    def normalize() -> None:
+        box["graph"] = import_graph(box["source"])
+        NormalizePass({}, stored_tensor_names(box["source"].model))(box["graph"])
+
+    return _timed([
+        ("load_source", load),
+        ("import_normalize", normalize),
+        ("linearize", lambda: LinearizePass()(box["graph"])),
+        ("weights_of", lambda: weights_of(box["source"], box["graph"], [])),
+    ])  # fmt: skip
 
 
 ANALYSIS: dict[str, Callable[[Path], dict[str, float]]] = {
