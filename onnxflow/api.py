@@ -114,7 +114,7 @@ def prune(
     keep_scores: bool = True,
     rules: RuleRegistry | None = None,
     granularity: Literal["channel"],
-    channel_multiple: int = 1,
+    channel_multiple: int | str | None = None,
     latency: bool = False,
     ranking: str | None = None,
     **kwargs: Any,
@@ -129,7 +129,7 @@ def prune(
     keep_scores: bool = True,
     rules: RuleRegistry | None = None,
     granularity: str = "weight",
-    channel_multiple: int = 1,
+    channel_multiple: int | str | None = None,
     latency: bool = False,
     ranking: str | None = None,
     **kwargs: Any,
@@ -147,7 +147,8 @@ def prune(
             `default_rules()` with a custom op's rule); None: the default registry.
         granularity: `weight` (zero single weights) or `channel` (remove whole channels:
             the result is a compact model, see docs/channels.md).
-        channel_multiple: channel mode: keep channel counts multiples of this.
+        channel_multiple: channel mode: keep channel counts multiples of this; None or
+            `"auto"`: multiples of 16 in layers of 64 channels or more (docs/channels.md).
         latency: channel mode: time both models in onnxruntime.
         ranking: channel mode: `flow-per-flop` (default), `flow` or `flow-per-weight`.
 
@@ -169,12 +170,12 @@ def prune(
         return prune_channels(
             model,
             options,
-            channel_multiple=channel_multiple,
+            channel_multiple="auto" if channel_multiple is None else channel_multiple,
             latency=latency,
             progress=progress,
             ranking=ranking or DEFAULT_RANKING,
         )
-    if channel_multiple != 1 or latency or ranking is not None:
+    if channel_multiple is not None or latency or ranking is not None:
         raise OnnxflowError("channel_multiple, latency and ranking need granularity='channel'")
     started = time.perf_counter()
     analysis = analyze(

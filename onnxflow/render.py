@@ -26,6 +26,7 @@ from onnxflow.report import Report
 from onnxflow.rows import LayerRow, Totals
 
 if TYPE_CHECKING:
+    from onnxflow.channels.report import ChannelReport
     from onnxflow.inspect import Inspection, MissingRule
 
 METHOD_LABELS = {"synflow": "SynFlow", "magnitude": "magnitude", "random": "random"}
@@ -159,6 +160,58 @@ def prune_summary(report: Report, written: Mapping[str, Path] | None = None) -> 
     ]
     if written:
         lines.append("wrote " + ", ".join(f"{p}" for p in written.values()))
+    return lines
+
+
+def channel_table(report: ChannelReport, output: Path | str, *, wide: bool = False) -> Group:
+    """Channel mode's per-layer table: each weight layer's weights before and kept in the
+    compact model (the same rows and totals as weight mode's table)."""
+    method = str((report.options or {}).get("method", "synflow"))
+    label = METHOD_LABELS.get(method, method)
+    return layer_table(f"{label} channel pruning -> {output}", report.layers, wide=wide)
+
+
+def _ratio(before: float, after: float) -> str:
+    return f" ({after / before:.3f}x)" if before else ""
+
+
+def channel_summary(report: ChannelReport) -> list[str]:
+    """The lines under channel mode's table, each within 80 columns: groups, the sparsity
+    reached, the compact model's real sizes, latency, and the frozen groups by reason."""
+    r, totals = report, report.totals
+    share = r.prunable_weights / totals.params if totals.params else 0.0
+    lines = [
+        f"removed {r.removed_groups:,} of {plural(r.prunable_groups, 'prunable channel group')}"
+        f" ({r.groups:,} in all)",
+        f"removed {percent(r.removed_share)} of {plural(r.prunable_weights, 'prunable weight')}"
+        f" ({percent(share)} of the weights)",
+        f"parameters {compact(r.params_before)} -> {compact(r.params_after)}"
+        f"{_ratio(r.params_before, r.params_after)}, FLOPs {compact(totals.flops)} -> "
+        f"{compact(totals.flops_kept)}{_ratio(totals.flops, totals.flops_kept)}",
+        f"file {r.bytes_before:,} -> {r.bytes_after:,} bytes, {r.seconds:.1f}s",
+    ]
+    if r.latency_before_ms is not None and r.latency_after_ms is not None and r.speedup:
+        lines.append(
+            f"latency {r.latency_before_ms:.2f} -> {r.latency_after_ms:.2f} ms: speedup "
+            f"{r.speedup:.2f}x (onnxruntime CPU, medians)"
+        )
+    if r.frozen:
+        lines += _fold("frozen groups: ", [f"{n:,} {why}" for why, n in r.frozen.items()])
+    return lines
+
+
+def _fold(head: str, items: Sequence[str], width: int = 80) -> list[str]:
+    """`head` and the items joined by '; ', broken between items to stay within `width`
+    (continuation lines indented under the first item); an item longer than a line stays
+    whole."""
+    lines, line = [], head
+    for i, item in enumerate(items):
+        piece = item + (";" if i < len(items) - 1 else "")
+        if line.strip() and line != head and len(line) + len(piece) > width:
+            lines.append(line.rstrip())
+            line = " " * len(head)
+        line += piece + " "
+    lines.append(line.rstrip())
     return lines
 
 

@@ -39,7 +39,10 @@ def test_channel_mode_writes_compact_model_masks_report_and_groups(
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert (
-        "channel pruning" in text and "speedup" in text and "frozen groups: 5 graph output" in text
+        "channel pruning" in text
+        and "speedup" in text
+        and "frozen groups: 5 graph output" in text
+        and all(len(line) <= 80 for line in text.splitlines()[1:])
     )
     original, compact = onnx.load(str(src)), onnx.load(str(out))
     assert out.stat().st_size < src.stat().st_size

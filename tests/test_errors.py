@@ -357,7 +357,11 @@ CASES.update(
         ),
         "channel-multiple-below-one": (
             good(*CHANNEL, "--sparsity", "0.5", "--channel-multiple", "0"),
-            r"channel-multiple must be an integer >= 1, got 0",
+            r"^error: --channel-multiple must be an integer >= 1 or 'auto', got 0$",
+        ),
+        "channel-multiple-not-a-number": (
+            good(*CHANNEL, "--sparsity", "0.5", "--channel-multiple", "x"),
+            r"^error: --channel-multiple must be an integer >= 1 or 'auto', got 'x'$",
         ),
         "channel-with-pattern": (
             good(*CHANNEL, "--sparsity", "0.5", "--pattern", "2:4"),
@@ -375,6 +379,7 @@ CASES.update(
 )
 
 
+CHANNEL_API: dict[str, Any] = {"sparsity": 0.5, "granularity": "channel"}
 API_EXACTLY_ONE = r"exactly one of sparsity or compression"
 API_SCHEDULE = r"schedule"
 
@@ -416,6 +421,29 @@ API_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
     "both-sparsity-and-compression": ({"sparsity": 0.5, "compression": 1.0}, API_EXACTLY_ONE),
     "neither-sparsity-nor-compression": ({}, API_EXACTLY_ONE),
     "schedule-invalid": ({"sparsity": 0.5, "schedule": "cosine"}, API_SCHEDULE),
+    # Channel mode: the library names the fields (channel_multiple=, pattern=, ...).
+    "channel-no-prunable-group": (CHANNEL_API, None),
+    "channel-unreachable-sparsity": ({**CHANNEL_API, "sparsity": 0.999}, None),
+    "channel-multiple-below-one": (
+        {**CHANNEL_API, "channel_multiple": 0},
+        r"^channel_multiple must be an integer >= 1 or 'auto', got 0$",
+    ),
+    "channel-multiple-not-a-number": (
+        {**CHANNEL_API, "channel_multiple": "x"},
+        r"^channel_multiple must be an integer >= 1 or 'auto', got 'x'$",
+    ),
+    "channel-with-pattern": (
+        {**CHANNEL_API, "pattern": (2, 4)},
+        r"^pattern prunes weights; it cannot be combined with channel mode$",
+    ),
+    "channel-weight-only-option": (
+        {**CHANNEL_API, "sparse_storage": True},
+        r"^sparse_storage: weight mode only, not with channel mode$",
+    ),
+    "channel-option-without-channel-mode": (
+        {"sparsity": 0.5, "channel_multiple": 8},
+        r"^channel_multiple, latency and ranking need granularity='channel'$",
+    ),
 }
 
 

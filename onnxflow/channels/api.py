@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -18,9 +19,11 @@ from onnxflow.channels.groups import IN, OUT, Aliases, ChannelGroups, trace_chan
 from onnxflow.channels.materialize import check_equivalent, materialize
 from onnxflow.channels.report import ChannelReport, groups_json, measure_latency, params_of
 from onnxflow.channels.score import (
+    AUTO,
     DEFAULT_RANKING,
     RANKINGS,
     GroupScorer,
+    Multiple,
     ScoreFn,
     Selection,
     no_prunable_message,
@@ -30,9 +33,10 @@ from onnxflow.dag import WeightDag, build_weight_dag
 from onnxflow.errors import OnnxflowError, Opt
 from onnxflow.external import constant_array, model_bytes
 from onnxflow.flow.engine import FlowEngine, FlowScores
-from onnxflow.options import PruneOptions
+from onnxflow.options import PruneOptions, check_choice
 from onnxflow.passes import LinearizePass
 from onnxflow.passes.apply_masks import apply_masks
+from onnxflow.rows import layer_rows
 from onnxflow.runtime import resolve_provider
 from onnxflow.stages import Analysis as WeightAnalysis
 from onnxflow.stages import ProgressCallback
@@ -52,20 +56,42 @@ class ChannelResult(NamedTuple):
 
 
 def check_channel_options(
-    options: PruneOptions, channel_multiple: int, ranking: str = DEFAULT_RANKING
+    options: PruneOptions,
+    channel_multiple: Multiple,
+    ranking: str = DEFAULT_RANKING,
+    weight_only: Sequence[str] = (),
 ) -> None:
+    """Refuse what channel mode cannot do, naming the options by field (errors.py).
+
+    `weight_only`: further weight-mode outputs that were asked for (the CLI's `scores`,
+    `plot`)."""
     if options.pattern is not None:
         raise OnnxflowError(
             "{opt} prunes weights; it cannot be combined with channel mode", opt=Opt("pattern")
         )
-    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int):
-        raise OnnxflowError(f"channel-multiple must be an integer >= 1, got {channel_multiple!r}")
-    if channel_multiple < 1:
-        raise OnnxflowError(f"channel-multiple must be an integer >= 1, got {channel_multiple}")
+    given = [
+        Opt(f, "local") if f == "scope" else Opt(f)
+        for f, on in (
+            ("sparse_storage", options.sparse_storage),
+            ("min_kept", options.min_kept),
+            ("scope", options.scope == "local"),
+        )
+        if on
+    ] + [Opt(f) for f in weight_only]
+    if given:
+        parts = {f"opt{i}": opt for i, opt in enumerate(given)}
+        raise OnnxflowError(
+            ", ".join("{" + k + "}" for k in parts) + ": weight mode only, not with channel mode",
+            **parts,
+        )
+    k = channel_multiple
+    if k != AUTO and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise OnnxflowError(
+            "{opt} must be an integer >= 1 or 'auto', got {k!r}", opt=Opt("channel_multiple"), k=k
+        )
     if options.sparsity is None:
         raise OnnxflowError("give a sparsity or a compression for channel mode")
-    if ranking not in RANKINGS:
-        raise OnnxflowError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+    check_choice("ranking", ranking, RANKINGS)
 
 
 class Analysis(NamedTuple):
@@ -159,7 +185,7 @@ def prune_channels(
     model: str | os.PathLike[str] | onnx.ModelProto,
     options: PruneOptions,
     *,
-    channel_multiple: int = 1,
+    channel_multiple: Multiple = AUTO,
     latency: bool = False,
     progress: ProgressCallback | None = None,
     ranking: str = DEFAULT_RANKING,
@@ -194,7 +220,7 @@ def prune_channels(
     return ChannelResult(compact, masks, kept, report, groups_json(cg, sel, kept))
 
 
-def _options_dict(options: PruneOptions, multiple: int) -> dict[str, object]:
+def _options_dict(options: PruneOptions, multiple: Multiple) -> dict[str, object]:
     return {
         "granularity": "channel",
         "sparsity": options.sparsity,
@@ -218,24 +244,16 @@ def _report(
     started: float,
 ) -> ChannelReport:
     state, cg, dag = analysis.base, analysis.groups, analysis.dag
-    weights = dag.size
-    kept_weights = sum(int(np.count_nonzero(m)) for m in masks.values())
-    flops = sum(2 * layer.size * layer.uses for layer in dag.layers)
-    flops_after = sum(
-        2 * int(np.count_nonzero(masks[layer.name])) * layer.uses for layer in dag.layers
-    )
+    kept = {layer.name: int(np.count_nonzero(masks[layer.name])) for layer in dag.layers}
     return ChannelReport(
         groups=len(cg.groups),
         prunable_groups=len(cg.prunable),
         removed_groups=len(sel.removed),
         frozen=cg.frozen_summary(),
-        weights=weights,
+        layers=layer_rows(dag.layers, kept),
         prunable_weights=sel.budget.total,
-        weights_after=kept_weights,
         params_before=params_of(state.model),
         params_after=params_of(compact),
-        flops_before=flops,
-        flops_after=flops_after,
         bytes_before=state.source.bytes_before,
         bytes_after=model_bytes(compact),
         log_flow=None if flows is None else flows[0],

@@ -10,13 +10,10 @@ import json
 import os
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
+from onnxflow import render
 from onnxflow.channels.api import ChannelResult, check_channel_options, prune_channels
 from onnxflow.channels.report import ChannelReport
-from onnxflow.channels.score import DEFAULT_RANKING
-from onnxflow.errors import OnnxflowError
+from onnxflow.channels.score import AUTO, DEFAULT_RANKING, Multiple
 from onnxflow.options import PruneOptions
 from onnxflow.save import (
     Writer,
@@ -27,9 +24,6 @@ from onnxflow.save import (
     write_atomically,
 )
 from onnxflow.stages import ProgressCallback
-
-WEIGHT_ONLY = ("--scores", "--plot", "--sparse-storage", "--min-kept", "--scope local")
-"""Options of weight mode that have no meaning for whole channels (refused)."""
 
 
 def save_channels(
@@ -63,7 +57,7 @@ def prune_command(
     output: Path,
     options: PruneOptions,
     *,
-    channel_multiple: int,
+    channel_multiple: Multiple = AUTO,
     latency: bool,
     masks: Path | None,
     report: Path | None,
@@ -72,11 +66,11 @@ def prune_command(
     quiet: bool,
     progress: ProgressCallback | None = None,
     ranking: str = DEFAULT_RANKING,
+    wide: bool = False,
 ) -> ChannelResult:
-    """Check the options, prune, write, print."""
-    if weight_only:
-        raise OnnxflowError(f"{', '.join(weight_only)}: weight mode only, not with channel mode")
-    check_channel_options(options, channel_multiple, ranking)
+    """Check the options, prune, write, print. `weight_only`: weight-mode outputs asked
+    for (fields: `scores`, `plot`), refused."""
+    check_channel_options(options, channel_multiple, ranking, weight_only)
     paths = {"output": output, "masks": masks, "report": report, "channels": channels}
     check_output_paths(model, {k: v for k, v in paths.items() if v is not None})
     result = prune_channels(
@@ -89,42 +83,13 @@ def prune_command(
     )
     save_channels(result, output, masks=masks, report=report, channels=channels, source=model)
     if not quiet:
-        print_summary(result.report, output)
+        print_summary(result.report, output, wide=wide)
     return result
 
 
-def _si(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def print_summary(r: ChannelReport, output: Path) -> None:
-    console = Console() if Console().is_terminal else Console(width=200)
-    table = Table(title=f"channel pruning -> {output}", title_justify="left")
-    for col in ("", "before", "after", "ratio"):
-        table.add_column(col, justify="left" if not col else "right")
-    rows: list[tuple[str, float, float]] = [
-        ("parameters", r.params_before, r.params_after),
-        ("weights (Conv/Gemm/MatMul)", r.weights, r.weights_after),
-        ("FLOPs", r.flops_before, r.flops_after),
-        ("file bytes", r.bytes_before, r.bytes_after),
-    ]
-    if r.latency_before_ms is not None and r.latency_after_ms is not None:
-        rows.append(("latency ms (median)", r.latency_before_ms, r.latency_after_ms))
-    for label, a, b in rows:
-        fmt = (lambda v: f"{v:.2f}") if label.startswith("latency") else _si
-        table.add_row(label, fmt(a), fmt(b), f"{b / a:.3f}" if a else "")
-    console.print(table)
-    console.print(
-        f"{r.removed_groups} of {r.prunable_groups} prunable channel groups removed "
-        f"({r.groups} groups); {r.removed_share:.2%} of the {r.prunable_weights:,} prunable "
-        f"weights ({r.prunable_weights / max(r.weights, 1):.1%} of all) removed; "
-        f"{r.seconds:.1f}s"
-    )
-    if r.speedup is not None:
-        console.print(f"speedup {r.speedup:.2f}x (onnxruntime CPU, alternated runs)")
-    if r.frozen:
-        why = "; ".join(f"{n} {reason}" for reason, n in r.frozen.items())
-        console.print(f"frozen groups: {why}", soft_wrap=True)
+def print_summary(r: ChannelReport, output: Path, *, wide: bool = False) -> None:
+    """The per-layer table and the summary lines (render.py), within 80 columns."""
+    out = render.stdout()
+    out.print(render.channel_table(r, output, wide=wide))
+    for line in render.channel_summary(r):
+        out.print(line, highlight=False, soft_wrap=True)

@@ -1,7 +1,10 @@
 """What channel mode reports: real sizes before and after, frozen groups, latency.
 
 Unlike weight mode's "FLOPs kept with a sparse kernel", these are the compact model's own
-figures: it is a smaller dense model.
+figures: it is a smaller dense model. The per-layer figures are the shared presentation model
+(`onnxflow.rows`: a `LayerRow` per weight layer, kept = the weights left in the compact
+model, `Totals` for the sums), so weights and FLOPs are computed where weight mode computes
+them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import onnx
 from onnx import helper
 
 from onnxflow.channels.groups import ChannelGroups
+from onnxflow.rows import LayerRow, Totals
 
 if TYPE_CHECKING:
     from onnxflow.channels.score import Selection
@@ -30,16 +34,14 @@ class ChannelReport(NamedTuple):
     removed_groups: int
     frozen: dict[str, int]
     """Frozen groups counted by reason."""
-    weights: int
-    """Weights of the weight layers (Conv, ConvTranspose, Gemm, MatMul)."""
+    layers: list[LayerRow]
+    """One row per weight layer (Conv, ConvTranspose, Gemm, MatMul): its weights before and
+    kept in the compact model; `weights`, `flops_*` are their `Totals`."""
     prunable_weights: int
     """Weights in the slices of prunable groups: the base of the sparsity."""
-    weights_after: int
     params_before: int
     """Float parameters stored in the model (weights, biases, normalization, constants)."""
     params_after: int
-    flops_before: int
-    flops_after: int
     bytes_before: int
     bytes_after: int
     log_flow: float | None
@@ -52,6 +54,28 @@ class ChannelReport(NamedTuple):
     latency_after_ms: float | None
     seconds: float
     options: dict[str, Any] | None = None
+
+    @property
+    def totals(self) -> Totals:
+        return Totals.of(self.layers)
+
+    @property
+    def weights(self) -> int:
+        """Weights of the weight layers."""
+        return self.totals.params
+
+    @property
+    def weights_after(self) -> int:
+        return self.totals.kept
+
+    @property
+    def flops_before(self) -> int:
+        return self.totals.flops
+
+    @property
+    def flops_after(self) -> int:
+        """The compact model's FLOPs (its weights are all there is: no sparse kernel)."""
+        return self.totals.flops_kept
 
     @property
     def removed_share(self) -> float:
@@ -74,8 +98,14 @@ class ChannelReport(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         d = self._asdict()
+        totals = self.totals
+        d["layers"] = [row.report_dict() for row in self.layers]
         d["schema_version"] = SCHEMA_VERSION
         d["granularity"] = "channel"
+        d["weights"] = totals.params
+        d["weights_after"] = totals.kept
+        d["flops_before"] = totals.flops
+        d["flops_after"] = totals.flops_kept
         d["removed_share"] = self.removed_share
         d["speedup"] = self.speedup
         return d
