@@ -7,12 +7,14 @@ sparsity 0.5 and 100 iterations, in one process:
   - onnxruntime CPU latency of the dense and the compact model, runs alternated (median of
     --runs each, after a warm-up);
   - the channel-mode run time against the weight-mode run time (same model, iterations,
-    sparsity), alternated over --repeats runs each (0: not timed);
+    sparsity), alternated over --repeats runs each (0: not timed): wall time and the process's
+    CPU time (all threads), which a machine shared with other jobs disturbs less;
   - all of this for each group ranking in --rankings (flow, flow per weight, flow per FLOP).
 
 Needs torch and torchvision (the /work/tvenv environment):
 
     PYTHONPATH=$PWD python benchmarks/channels.py [--models resnet50 mobilenet_v2]
+        [--channel-multiple auto|K] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def bench(
     runs: int,
     repeats: int,
     rankings: list[str],
-    multiple: int = 1,
+    multiple: int | str = "auto",
 ) -> dict[str, Any]:
     """Weight-mode and channel-mode (first ranking) run times alternated over `repeats`;
     then every ranking's figures and latencies."""
@@ -61,10 +63,11 @@ def bench(
     from onnxflow.channels.report import measure_latency
 
     times: dict[str, list[float]] = {"weight": [], "channel": []}
+    cpu: dict[str, list[float]] = {"weight": [], "channel": []}
     results = {}
     for _ in range(repeats):
         for mode in ("weight", "channel"):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if mode == "weight":
                 onnxflow.prune(path, sparsity=sparsity, iterations=iterations, keep_scores=False)
             else:
@@ -73,6 +76,7 @@ def bench(
                     ranking=rankings[0], channel_multiple=multiple,
                 )  # fmt: skip
             times[mode].append(time.perf_counter() - t0)
+            cpu[mode].append(time.process_time() - c0)
     for ranking in rankings:
         if ranking not in results:
             results[ranking] = onnxflow.prune(
@@ -80,11 +84,12 @@ def bench(
                 ranking=ranking, channel_multiple=multiple,
             )  # fmt: skip
     original = onnx.load(str(path))
-    out: dict[str, Any] = {"times": times}
+    out: dict[str, Any] = {"times": times, "cpu_times": cpu}
     if times["weight"]:
         out["weight_mode_s"] = statistics.median(times["weight"])
         out["channel_mode_s"] = statistics.median(times["channel"])
         out["run_time_ratio"] = out["channel_mode_s"] / out["weight_mode_s"]
+        out["cpu_time_ratio"] = statistics.median(cpu["channel"]) / statistics.median(cpu["weight"])
     for ranking, result in results.items():
         r = result.report
         before, after = measure_latency(original, result.model, {"input": SHAPE}, runs=runs)
@@ -126,17 +131,26 @@ def main() -> None:
         "--rankings", nargs="+", default=["flow", "flow-per-flop", "flow-per-weight"],
         help="channel rankings to run (the first is also timed against weight mode)",
     )  # fmt: skip
-    ap.add_argument("--channel-multiple", type=int, default=1, help="--channel-multiple K")
+    ap.add_argument(
+        "--channel-multiple", default="auto", help="--channel-multiple K or auto (the default)"
+    )
+    ap.add_argument("--cache", type=Path, help="keep the exported models in this folder")
     ap.add_argument("--out", type=Path, help="write the figures as JSON")
     args = ap.parse_args()
     figures = {}
+    multiple = (
+        args.channel_multiple if args.channel_multiple == "auto" else int(args.channel_multiple)
+    )
     with tempfile.TemporaryDirectory() as tmp:
+        folder = args.cache or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for name in args.models:
-            path = Path(tmp) / f"{name}.onnx"
-            export(name, path)
+            path = folder / f"{name}.onnx"
+            if not path.exists():
+                export(name, path)
             figures[name] = bench(
                 path, args.sparsity, args.iterations, args.runs, args.repeats, args.rankings,
-                args.channel_multiple,
+                multiple,
             )  # fmt: skip
             print(name, json.dumps(figures[name], indent=1), flush=True)
     if args.out is not None:

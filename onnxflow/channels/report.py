@@ -135,6 +135,9 @@ def groups_json(
     cg: ChannelGroups, sel: Selection, kept: dict[str, dict[int, list[int]]]
 ) -> dict[str, Any]:
     """`--channels`: every group with members, size, score and fate; kept indices."""
+    from onnxflow.channels.score import group_weights
+
+    sizes = group_weights(cg)
     groups = []
     for g in cg.groups:
         score = float(sel.scores[g.id])
@@ -145,13 +148,7 @@ def groups_json(
                 "prunable": g.prunable,
                 "frozen": g.frozen,
                 "removed": g.id in sel.removed,
-                "weights": int(
-                    sum(
-                        len(s.index) * math.prod(cg.shapes[s.tensor]) // cg.shapes[s.tensor][s.axis]
-                        for s in g.slices
-                        if s.weight
-                    )
-                ),
+                "weights": int(sizes[g.id]),
                 "log_score": score if math.isfinite(score) else None,
                 "members": [
                     {"tensor": s.tensor, "axis": s.axis, "kind": s.kind, "index": s.index.tolist()}

@@ -160,6 +160,8 @@ AUTO_MIN_CHANNELS = 64
 """Home tensors narrower than this keep a multiple of 1 under "auto": a narrow layer would
 lose most of its freedom in bundles of 16, and small models their reachable sparsity."""
 
+AUTO_FREE_BELOW = False
+
 Multiple = int | str
 """A channel multiple: an integer K >= 1, or `AUTO`."""
 
@@ -204,20 +206,20 @@ def units(
         if g.id not in removed:
             homes.setdefault(g.home, []).append(g.id)
     prunable = {g.id for g in live}
+    free_below = multiple == AUTO and AUTO_FREE_BELOW
     out: list[tuple[float, list[int]]] = []
     for home, members in homes.items():
         k = ks[home]
         free = sorted((g for g in members if g in prunable), key=lambda g: (scores[g], g))
-        first = len(members) % k or k
-        start = 0
-        size = first
+        count, start = len(members), 0
         while start < len(free):
+            size = 1 if free_below and count <= k else count % k or k
             bundle = free[start : start + size]
-            if len(bundle) < size and start + size > len(free):
+            if len(bundle) < size:
                 break  # cannot reach the next multiple within this home
             out.append((float(np.max(scores[bundle])), bundle))
             start += size
-            size = k
+            count -= size
     out.sort(key=lambda t: (t[0], t[1][0]))
     return [b for _, b in out]
 
@@ -232,23 +234,31 @@ def group_weights(cg: ChannelGroups, uses: dict[str, int] | None = None) -> np.n
     """Weights in each group's slices by group id; with `uses` (per weight layer), the
     multiply-accumulates they perform."""
     sizes = np.zeros(max((g.id for g in cg.groups), default=-1) + 1)
+    per_index: dict[tuple[str, int], int] = {}  # weights behind one index of a tensor axis
     for g in cg.groups:
-        sizes[g.id] = sum(
-            len(s.index)
-            * math.prod(cg.shapes[s.tensor])
-            // cg.shapes[s.tensor][s.axis]
-            * (uses.get(s.tensor, 1) if uses is not None else 1)
-            for s in g.slices
-            if s.weight
-        )
+        total = 0
+        for s in g.slices:
+            if s.weight:
+                key = (s.tensor, s.axis)
+                factor = per_index.get(key)
+                if factor is None:
+                    shape = cg.shapes[s.tensor]
+                    factor = math.prod(shape) // shape[s.axis]
+                    factor *= uses.get(s.tensor, 1) if uses is not None else 1
+                    per_index[key] = factor
+                total += len(s.index) * factor
+        sizes[g.id] = total
     return sizes
 
 
-def max_removable(cg: ChannelGroups, multiple: Multiple, budget: Budget) -> int:
+def max_removable(
+    cg: ChannelGroups, multiple: Multiple, budget: Budget, sizes: np.ndarray | None = None
+) -> int:
     """Prunable weights removable at most (each layer keeping a channel): greedy, smallest
-    groups last so the kept channel is a small one."""
+    groups last so the kept channel is a small one. `sizes`: `group_weights(cg)`."""
     budget = budget.copy()
-    for unit in units(cg, -group_weights(cg), set(), multiple):
+    sizes = group_weights(cg) if sizes is None else sizes
+    for unit in units(cg, -sizes, set(), multiple):
         if budget.can_remove(unit):
             budget.remove(unit)
     return budget.total - budget.kept
@@ -287,7 +297,8 @@ def select_groups(
     if total == 0:
         raise OnnxflowError(no_prunable_message(cg))
     goal = total - math.ceil(sparsity * total - 1e-9)
-    reachable = max_removable(cg, multiple, budget)
+    sizes = group_weights(cg)
+    reachable = max_removable(cg, multiple, budget, sizes)
     if total - goal > reachable:
         raise OnnxflowError(
             f"sparsity {sparsity:g} cannot be reached by removing channels: at most "
@@ -298,9 +309,9 @@ def select_groups(
     counts[-1] = goal
     removed: set[int] = set()
     check_choice("ranking", ranking, RANKINGS)
-    offset = np.zeros(len(group_weights(cg)))
+    offset = np.zeros(len(sizes))
     if ranking != "flow":
-        costs = group_weights(cg, uses if ranking == "flow-per-flop" else None)
+        costs = group_weights(cg, uses) if ranking == "flow-per-flop" else sizes
         offset = np.log(np.maximum(costs, 1))
     dense = score(removed)
     current = dense - offset
