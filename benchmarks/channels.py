@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 SHAPE = (1, 3, 224, 224)
@@ -46,6 +47,37 @@ def export(name: str, path: Path) -> None:
     m = onnx.load(str(path))
     m.ir_version = 10
     onnx.save(m, str(path))
+
+
+def off_block(model: onnx.ModelProto, block: int = 16) -> tuple[int, int, float]:
+    """Convolutions that onnxruntime's NCHWc kernels (block 16 on AVX-512, 8 on AVX2) cannot
+    take: input channels neither below the block nor a multiple of it, or a grouped conv's
+    output channels not a multiple of it (onnxruntime's nchwc_transformer). Returns (those,
+    all convs, their share of the conv multiply-accumulates)."""
+    from onnx import numpy_helper, shape_inference
+
+    m = shape_inference.infer_shapes(model)
+    dims = {t.name: numpy_helper.to_array(t).shape for t in m.graph.initializer}
+    spatial = {
+        vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim][2:]
+        for vi in list(m.graph.value_info) + list(m.graph.output)
+    }
+    total = off = 0.0
+    count = bad = 0
+    for node in m.graph.node:
+        if node.op_type != "Conv" or node.input[1] not in dims:
+            continue
+        w = dims[node.input[1]]
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        macs = float(np.prod(w)) * float(np.prod(spatial.get(node.output[0]) or [1]))
+        cin, cout = w[1] * group, w[0]
+        ok = (cin < block or cin % block == 0) and (group == 1 or cout % block == 0)
+        count += 1
+        total += macs
+        if not ok:
+            bad += 1
+            off += macs
+    return bad, count, off / total if total else 0.0
 
 
 def bench(
@@ -115,6 +147,8 @@ def bench(
             "latency_ms_before": before,
             "latency_ms_after": after,
             "latency_ratio": after / before,
+            "off_block16": off_block(result.model),
+            "off_block8": off_block(result.model, 8),
             "seconds": r.seconds,
         }
     return out
