@@ -148,7 +148,7 @@ def prune(
         granularity: `weight` (zero single weights) or `channel` (remove whole channels:
             the result is a compact model, see docs/channels.md).
         channel_multiple: channel mode: keep channel counts multiples of this; None or
-            `"auto"`: multiples of 16 in layers of 64 channels or more (docs/channels.md).
+            `"auto"`: counts above 16 stay multiples of 16, free below (docs/channels.md).
         latency: channel mode: time both models in onnxruntime.
         ranking: channel mode: `flow-per-flop` (default), `flow` or `flow-per-weight`.
 

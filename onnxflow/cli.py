@@ -276,8 +276,8 @@ def cli() -> None:
     "--channel-multiple",
     metavar="K|auto",
     help="Channel mode: keep channel counts multiples of K where a group allows; "
-    "default auto: multiples of 16 in layers of 64 channels or more (onnxruntime's CPU "
-    "kernels work on blocks of 16 channels on AVX-512, 8 on AVX2), free below.",
+    "default auto: counts above 16 stay multiples of 16, free below (what onnxruntime's "
+    "CPU convolution kernels take: blocks of 16 channels on AVX-512, 8 on AVX2).",
 )
 @click.option(
     "--latency", is_flag=True, help="Channel mode: time both models in onnxruntime (CPU)."

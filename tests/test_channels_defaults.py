@@ -1,5 +1,5 @@
-"""Channel mode's defaults and presentation: the "auto" channel multiple (multiples of 16 in
-layers of 64 channels or more, free below), the sparsity contract under it, the report's
+"""Channel mode's defaults and presentation: the "auto" channel multiple (kept counts stay
+multiples of 16 while above 16, free below), the sparsity contract under it, the report's
 figures from the shared rows (`onnxflow.rows`), and a summary that fits 80 columns."""
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from onnxflow.channels.api import analyse, prune_channels
 from onnxflow.channels.report import ChannelReport
 from onnxflow.channels.score import (
     AUTO,
-    AUTO_MIN_CHANNELS,
     AUTO_MULTIPLE,
-    auto_multiple,
+    Budget,
     group_weights,
     home_multiples,
     units,
@@ -30,11 +29,11 @@ from onnxflow.passes.apply_masks import apply_masks
 from onnxflow.render import channel_summary
 from onnxflow.rows import LayerRow
 
-WIDE, NARROW = 96, 40
+WIDE, NARROW = 100, 40
 
 
 def wide_chain() -> onnx.ModelProto:
-    """3 -> 96 -> 40 -> 24 channels, then the head: one layer at or above the auto width."""
+    """3 -> 100 -> 40 -> 24 channels, then the head (5 classes)."""
     n = nets.Net(21)
     x = n.relu(n.conv("x", 3, WIDE))
     x = n.relu(n.conv(x, WIDE, NARROW))
@@ -56,40 +55,56 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {"x": x})[0]
 
 
-def test_auto_multiple_follows_the_layer_width() -> None:
-    assert auto_multiple(AUTO_MIN_CHANNELS - 1) == 1
-    assert auto_multiple(AUTO_MIN_CHANNELS) == AUTO_MULTIPLE == 16
-    assert auto_multiple(2048) == 16
+def test_auto_bundles_down_to_16_then_single_groups() -> None:
+    """Under "auto" a home's units are its `count % 16` lowest groups, then 16 at a time
+    down to 16 channels, then single groups: kept counts are multiples of 16 or below 16,
+    what onnxruntime's NCHWc kernels take."""
     cg = analyse(wide_chain(), PruneOptions(sparsity=0.5)).groups
-    ks = home_multiples(cg, AUTO)
-    by_width = {sum(1 for g in cg.groups if g.home == h): k for h, k in ks.items()}
-    assert by_width == {WIDE: 16, NARROW: 1, 24: 1, 5: 1}
-    assert set(home_multiples(cg, 4).values()) == {4}
+    assert AUTO_MULTIPLE == 16 and set(home_multiples(cg, AUTO).values()) == {16}
+    scores = np.arange(max(g.id for g in cg.groups) + 1, dtype=float)
+    homes = {g.id: g.home for g in cg.groups}
+    width = {h: sum(1 for g in cg.groups if g.home == h) for h in set(homes.values())}
+    sizes: dict[int, list[int]] = {}
+    for unit in units(cg, scores, set(), AUTO):
+        assert len({homes[g] for g in unit}) == 1  # a bundle stays in one layer
+        sizes.setdefault(width[homes[unit[0]]], []).append(len(unit))
+    assert sizes == {
+        WIDE: [4] + [16] * 5 + [1] * 16,
+        NARROW: [8, 16] + [1] * 16,
+        24: [8] + [1] * 16,
+    }  # the 5 classifier outputs are frozen (graph output)
+    removed = set(sizes and units(cg, scores, set(), AUTO)[0])
+    again = units(cg, scores, removed, AUTO)  # after a removal the pattern goes on
+    assert [len(u) for u in again if width[homes[u[0]]] == WIDE] == [16] * 5 + [1] * 16
 
 
-def test_auto_bundles_wide_layers_only() -> None:
+def test_integer_multiple_never_takes_the_last_k() -> None:
     cg = analyse(wide_chain(), PruneOptions(sparsity=0.5)).groups
     scores = np.arange(max(g.id for g in cg.groups) + 1, dtype=float)
     homes = {g.id: g.home for g in cg.groups}
-    sizes: dict[str, set[int]] = {}
-    for unit in units(cg, scores, set(), AUTO):
-        sizes.setdefault(homes[unit[0]], set()).add(len(unit))
-        assert len({homes[g] for g in unit}) == 1  # a bundle stays in one layer
-    widths = {h: sum(1 for g in cg.groups if g.home == h) for h in sizes}
-    for home, lens in sizes.items():
-        assert lens == ({16} if widths[home] == WIDE else {1}), (home, lens)
+    width = {h: sum(1 for g in cg.groups if g.home == h) for h in set(homes.values())}
+    wide = [u for u in units(cg, scores, set(), 16) if width[homes[u[0]]] == WIDE]
+    assert [len(u) for u in wide] == [4] + [16] * 6  # 100 -> 96 -> ... -> 16 -> (0)
+    budget = Budget(cg)
+    for unit in wide[:-1]:
+        assert budget.can_remove(unit)
+        budget.remove(unit)
+    assert not budget.can_remove(wide[-1])  # the layer's last 16 stay
 
 
 def test_default_is_auto_and_keeps_the_contract() -> None:
-    """Default settings: the 96-channel layer keeps a multiple of 16, the sparsity is met
-    with at most one bundle beyond it, and the compact model computes what the masked
-    original computes."""
+    """Default settings: each layer keeps its width, a multiple of 16, or 16 channels or
+    fewer; the sparsity is met with at most one bundle beyond it, and the compact model
+    computes what the masked original computes."""
     model = wide_chain()
     result = onnxflow.prune(model, granularity="channel", sparsity=0.5, iterations=5)
     assert result.report.options is not None
     assert result.report.options["channel_multiple"] == AUTO
     w = conv_weights(result.model)
-    assert w[0].shape[0] % 16 == 0 and 0 < w[0].shape[0] < WIDE
+    for conv, width in zip(w, (WIDE, NARROW, 24), strict=True):
+        kept = conv.shape[0]
+        assert kept == width or kept <= 16 or kept % 16 == 0, (width, kept)
+    assert w[0].shape[0] < WIDE
     assert w[1].shape[1] == w[0].shape[0]
     r = result.report
     assert r.removed_share >= 0.5

@@ -148,54 +148,36 @@ class Budget:
 
 
 AUTO = "auto"
-"""`channel_multiple="auto"` (the default): the multiple is chosen per home tensor from its
-width by `auto_multiple`."""
+"""`channel_multiple="auto"` (the default): every layer's kept channel count stays a multiple
+of `AUTO_MULTIPLE` while it is above it, and is free below it."""
 AUTO_MULTIPLE = 16
-"""The block of onnxruntime's NCHWc convolution kernels on AVX-512 CPUs (AVX2: 8, which 16
-also fills). A convolution whose input or output channel count is not a multiple of the block
-runs in plain NCHW with reorders around it: measured on ResNet-50 and MobileNetV2 at sparsity
-0.5, counts left free make the compact model barely faster (or slower) than the dense one,
-multiples of 8 no better on AVX-512, multiples of 16 fast (docs/channels.md)."""
-AUTO_MIN_CHANNELS = 64
-"""Home tensors narrower than this keep a multiple of 1 under "auto": a narrow layer would
-lose most of its freedom in bundles of 16, and small models their reachable sparsity."""
-
-AUTO_FREE_BELOW = False
+"""The channel block of onnxruntime's NCHWc convolution kernels on AVX-512 CPUs (AVX2: 8,
+which multiples of 16 also fill). onnxruntime's nchwc_transformer gives a convolution those
+kernels only when its input channels are a multiple of the block or fewer than it (and a
+grouped one's output channels a multiple of it); any other count runs the plain NCHW path
+with reorders around it. Measured on ResNet-50 and MobileNetV2 at sparsity 0.5: free counts
+leave most multiply-accumulates off the fast path and the compact model barely faster than
+the dense one (MobileNetV2: slower), counts kept as "auto" keeps them fast
+(docs/channels.md)."""
 
 Multiple = int | str
 """A channel multiple: an integer K >= 1, or `AUTO`."""
 
 
-def auto_multiple(channels: int) -> int:
-    """The "auto" multiple of a home tensor with `channels` channel groups."""
-    return AUTO_MULTIPLE if channels >= AUTO_MIN_CHANNELS else 1
-
-
-def home_sizes(cg: ChannelGroups) -> dict[str, int]:
-    """Channel groups per home tensor (removed ones included: the multiple of a home is fixed
-    by its original width)."""
-    sizes: dict[str, int] = {}
-    for g in cg.groups:
-        sizes[g.home] = sizes.get(g.home, 0) + 1
-    return sizes
-
-
 def home_multiples(cg: ChannelGroups, multiple: Multiple) -> dict[str, int]:
-    """The multiple K of each home tensor: `multiple` itself, or under `AUTO` chosen from
-    the home's width."""
-    sizes = home_sizes(cg)
-    if multiple == AUTO:
-        return {home: auto_multiple(n) for home, n in sizes.items()}
-    assert isinstance(multiple, int)
-    return dict.fromkeys(sizes, multiple)
+    """The multiple K of each home tensor (the tensor where a group's channels are made)."""
+    k = AUTO_MULTIPLE if multiple == AUTO else multiple
+    assert isinstance(k, int)
+    return {g.home: k for g in cg.groups}
 
 
 def units(
     cg: ChannelGroups, scores: np.ndarray, removed: set[int], multiple: Multiple
 ) -> list[list[int]]:
-    """What the selector may remove, lowest score first: single groups, or where a home
-    tensor's multiple K > 1 bundles that keep its channel count a multiple of K (its
-    lowest-scored `count % K` groups first, then K at a time)."""
+    """What the selector may remove, lowest score first: single groups, or with a multiple
+    K > 1 bundles that keep each home tensor's channel count a multiple of K (its
+    lowest-scored `count % K` groups first, then K at a time). An integer K never takes a
+    home's last K; `AUTO` takes single groups once a home is down to K (free below K)."""
     live = [g for g in cg.prunable if g.id not in removed]
     if multiple == 1:
         order = sorted(live, key=lambda g: (scores[g.id], g.id))
@@ -206,7 +188,7 @@ def units(
         if g.id not in removed:
             homes.setdefault(g.home, []).append(g.id)
     prunable = {g.id for g in live}
-    free_below = multiple == AUTO and AUTO_FREE_BELOW
+    free_below = multiple == AUTO
     out: list[tuple[float, list[int]]] = []
     for home, members in homes.items():
         k = ks[home]
@@ -336,13 +318,16 @@ def select_groups(
 
 
 def _multiple_clause(cg: ChannelGroups, multiple: Multiple) -> str:
-    """What the channel multiple adds to the reachable-sparsity error (nothing when no
-    layer is held to a multiple)."""
-    if max(home_multiples(cg, multiple).values(), default=1) == 1:
-        return ""
+    """What the channel multiple adds to the reachable-sparsity error: nothing for 1, nor
+    for "auto" when no layer is wider than its block."""
     if multiple == AUTO:
-        return f", layers of {AUTO_MIN_CHANNELS}+ channels keep multiples of {AUTO_MULTIPLE}"
-    return f", channel counts stay multiples of {multiple}"
+        widths: dict[str, int] = {}
+        for g in cg.groups:
+            widths[g.home] = widths.get(g.home, 0) + 1
+        if max(widths.values(), default=0) <= AUTO_MULTIPLE:
+            return ""
+        return f", wider ones keep multiples of {AUTO_MULTIPLE} until {AUTO_MULTIPLE}"
+    return f", channel counts stay multiples of {multiple}" if multiple != 1 else ""
 
 
 def no_prunable_message(cg: ChannelGroups) -> str:
