@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import click
@@ -112,10 +113,12 @@ def test_output_paths_are_named_by_role(tmp_path: Path) -> None:
 
 
 def test_every_mapped_field_is_a_real_option() -> None:
-    """cli.FLAGS names only options the library has and flags the command has."""
+    """cli.FLAGS names only options the library has (PruneOptions fields, outputs, and the
+    channel-mode arguments of `onnxflow.prune`) and flags the command has."""
     fields = {f for f in options.PruneOptions.__dataclass_fields__} | {
         "masks", "scores", "report", "plot", "channels"
-    }  # fmt: skip
+    } | {"channel_multiple", "ranking"}  # fmt: skip
+    assert {"channel_multiple", "ranking"} <= set(inspect.signature(onnxflow.prune).parameters)
     flags = {o for p in cli.prune.params for o in p.opts}
     for field, (flag, _) in cli.FLAGS.items():
         assert field in fields, field
