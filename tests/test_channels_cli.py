@@ -72,6 +72,11 @@ def test_channel_mode_writes_compact_model_masks_report_and_groups(
         (["--channel-multiple", "0"], "channel-multiple must be an integer >= 1"),
         (["--sparsity", "0.999"], "cannot be reached by removing channels: at most"),
         (["--scores", "s.npz"], "--scores: weight mode only"),
+        (
+            ["--sparse-storage", "--scope", "local", "--scores", "s.npz"],
+            "--sparse-storage, --scope local, --scores: weight mode only, not with channel mode",
+        ),
+        (["--channel-multiple", "auto", "--ranking", "flow", "--min-kept", "2"], "--min-kept: "),
     ],
 )
 def test_errors_are_one_line_and_write_nothing(

@@ -179,3 +179,17 @@ def test_summary_fits_80_columns(latency: bool) -> None:
     assert ("speedup 1.89x" in text) == latency
     assert "1,000 graph output" in text and "768 LayerNormalization" in text
     assert text.count("frozen groups") == 1 and text.count("latency") == latency
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ranking": "best"}, "ranking must be 'flow', 'flow-per-weight' or 'flow-per-flop', "),
+        ({"channel_multiple": True}, "channel_multiple must be an integer >= 1 or 'auto', got"),
+        ({"min_kept": 3, "scope": "local"}, "min_kept, scope='local': weight mode only"),
+    ],
+)
+def test_library_errors_name_fields(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(onnxflow.OnnxflowError) as e:
+        onnxflow.prune(nets.conv_chain(), granularity="channel", sparsity=0.5, **kwargs)
+    assert str(e.value).startswith(message) and "--" not in str(e.value), str(e.value)
