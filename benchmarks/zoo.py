@@ -395,6 +395,13 @@ def _zero_layout(w: Any, s: Any) -> str:
         zc, nc = z.sum(axis=other), nz.sum(axis=other)
         if np.all((zc == 0) | (zc == nc)):
             return f"whole slices {label}"
+    if w.ndim >= 3:  # dead taps plus whole output channels (SSD's last head on a 1x1 map)
+        flat_z = z.reshape(w.shape[0], w.shape[1], -1)
+        flat_n = nz.reshape(w.shape[0], w.shape[1], -1)
+        dead = flat_z.sum((0, 1)) == flat_n.sum((0, 1))
+        zc, nc = flat_z[:, :, ~dead].sum((1, 2)), flat_n[:, :, ~dead].sum((1, 2))
+        if dead.any() and np.all((zc == 0) | (zc == nc)):
+            return "taps + whole slices axis0"
     return "scattered"
 
 
