@@ -395,14 +395,29 @@ def _zero_layout(w: Any, s: Any) -> str:
         zc, nc = z.sum(axis=other), nz.sum(axis=other)
         if np.all((zc == 0) | (zc == nc)):
             return f"whole slices {label}"
-    if w.ndim >= 3:  # dead taps plus whole output channels (SSD's last head on a 1x1 map)
+    if w.ndim >= 3 and _dead_tap_zeros(w, s):  # SSD's last head on a 1x1 map
         flat_z = z.reshape(w.shape[0], w.shape[1], -1)
         flat_n = nz.reshape(w.shape[0], w.shape[1], -1)
         dead = flat_z.sum((0, 1)) == flat_n.sum((0, 1))
         zc, nc = flat_z[:, :, ~dead].sum((1, 2)), flat_n[:, :, ~dead].sum((1, 2))
-        if dead.any() and np.all((zc == 0) | (zc == nc)):
-            return "taps + whole slices axis0"
+        if np.all((zc == 0) | (zc == nc)):
+            return TAPS_AND_SLICES
     return "scattered"
+
+
+# A conv whose zeros are whole dead taps plus whole output channels on the live taps: the
+# first part counts as "taps" (explained), the second as "whole slices axis0".
+TAPS_AND_SLICES = "taps + whole slices axis0"
+
+
+def _dead_tap_zeros(w: Any, s: Any) -> int:
+    """Nonzero weights of a conv on taps where every nonzero weight scores 0."""
+    import numpy as np
+
+    nz = (w != 0).reshape(w.shape[0] * w.shape[1], -1)
+    z = nz & np.isneginf(s).reshape(nz.shape)
+    dead = z.sum(0) == nz.sum(0)
+    return int(z[:, dead].sum())
 
 
 # Operands that multiply the flow (weights, normalization scales, Mul): an all-zero tensor
@@ -471,7 +486,12 @@ def check_worker(original: str, pruned: str, scores: str) -> None:
                 zeros += n0
                 if n0:
                     how = _zero_layout(w, s)
-                    layouts[how] += n0
+                    if how == TAPS_AND_SLICES:
+                        taps = _dead_tap_zeros(w, s)
+                        layouts["taps"] += taps
+                        layouts["whole slices axis0"] += n0 - taps
+                    else:
+                        layouts[how] += n0
                     layers.append({"name": key, "zero": n0, "nonzero": int(nzm.sum()), "how": how})
         out.update(
             weights=total, nonzero=nonzero, zero_scored=zeros, zero_layouts=dict(layouts),

@@ -115,3 +115,30 @@ def test_selecting_the_background_class_gives_it_flow(classes: list[int]) -> Non
     kept = np.isin(np.arange(A * K) % K, classes)
     assert np.isfinite(got["cls"][kept]).all()
     assert np.isneginf(got["cls"][~kept]).all()
+
+
+def _zoo():  # benchmarks/zoo.py imports only the standard library at module level
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "zoo.py"
+    spec = importlib.util.spec_from_file_location("zoo_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_zoo_layout_splits_dead_taps_from_dropped_channels() -> None:
+    """SSD's last class head (3x3 conv on a 1x1 map): 8 of 9 taps see only padding, and on
+    the live tap the background channels score 0. The benchmark counts the first part as taps
+    (explained) and the second as whole output channels, not as 'scattered'."""
+    zoo = _zoo()
+    w = np.ones((2 * K, 3, 3, 3), np.float32)
+    s = np.full(w.shape, -np.inf)
+    s[:, :, 1, 1] = 0.0  # the centre tap is live
+    s[::K, :, 1, 1] = -np.inf  # background channels 0 and K
+    assert zoo._zero_layout(w, s) == zoo.TAPS_AND_SLICES
+    assert zoo._dead_tap_zeros(w, s) == 2 * K * 3 * 8
+    s[1, 0, 1, 1] = -np.inf  # one more zero, not a whole channel
+    assert zoo._zero_layout(w, s) == "scattered"
