@@ -1,8 +1,14 @@
-"""Channel groups across torchvision classification models: which prune, the prunable share
-of their weights, and why groups are frozen (no pruning run: the analysis only).
+"""Channel groups across every torchvision classification model: which prune, the prunable
+share of their weights, why groups are frozen, and whether the compact model computes what
+the masked original computes.
 
 Each model is built with random weights (`weights=None`) and exported with the TorchScript
-exporter at a small input (64x64; 224 where the architecture needs it), then traced.
+exporter (opset 17) at a small input (64x64; larger where the architecture needs it); the
+export is cached under `--cache`. Then, in a child process per model (a crash or a timeout
+costs one row): the channel analysis (groups, prunable weights, frozen groups by reason),
+and a removal of half the prunable weights with *random* group scores (one step: it tests
+tracing and the compact model, not SynFlow's ranking), the compact model checked against the
+original with the masks applied (the same check `onnxflow prune --granularity channel` runs).
 
     PYTHONPATH=$PWD python benchmarks/channels_zoo.py [--models resnet18 ...] [--out F.json]
 """
@@ -11,24 +17,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import os
+import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import onnx
+SKIPPED = {
+    name: "too large for this shared 2-core machine (export and analysis of 300M-2.5G weights)"
+    for name in (
+        "vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_x_32gf", "regnet_y_32gf",
+        "convnext_large",
+    )
+}  # fmt: skip
+SIZE = {"inception_v3": 96, "vit_b_16": 224, "vit_b_32": 224, "maxvit_t": 224}
+"""Input sizes where 64x64 does not work (fixed patch grids, MaxViT's partitions; Inception
+v3's stem needs at least 75)."""
+SPARSITY = 0.5
 
-MODELS = [
-    "alexnet", "vgg11_bn", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2",
-    "densenet121", "squeezenet1_1", "googlenet", "inception_v3", "mobilenet_v2",
-    "mobilenet_v3_small", "mnasnet0_5", "shufflenet_v2_x0_5", "efficientnet_b0",
-    "efficientnet_v2_s", "regnet_x_400mf", "regnet_y_400mf", "convnext_tiny", "vit_b_16",
-    "swin_t", "maxvit_t",
-]  # fmt: skip
-NEEDS_224 = {"vit_b_16", "inception_v3", "swin_t", "maxvit_t", "alexnet"}
+
+def all_models() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
 
 
 def export(name: str, path: Path) -> None:
+    import onnx
     import torch
     import torchvision
 
@@ -37,58 +54,165 @@ def export(name: str, path: Path) -> None:
     if name in ("googlenet", "inception_v3"):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = False
-    model = getattr(torchvision.models, name)(**kwargs).eval()
-    hw = 299 if name == "inception_v3" else 224 if name in NEEDS_224 else 64
+    model = torchvision.models.get_model(name, **kwargs).eval()
+    hw = SIZE.get(name, 64)
+    tmp = path.with_suffix(".tmp")
     torch.onnx.export(
-        model, (torch.randn(1, 3, hw, hw),), str(path), input_names=["input"],
+        model, (torch.randn(1, 3, hw, hw),), str(tmp), input_names=["input"],
         output_names=["logits"], opset_version=17, dynamo=False,
     )  # fmt: skip
-    m = onnx.load(str(path))
+    m = onnx.load(str(tmp))
     m.ir_version = 10
     onnx.save(m, str(path))
+    tmp.unlink()
+
+
+def weights_by_reason(cg: Any) -> dict[str, int]:
+    """Weights of the frozen groups' slices by the group's first reason (a weight entry in
+    a frozen in-slice and a frozen out-slice is counted under both; shares overlap)."""
+    import math
+
+    out: dict[str, int] = {}
+    for g in cg.groups:
+        if not g.frozen:
+            continue
+        n = 0
+        for s in g.slices:
+            if s.weight:
+                shape = cg.shapes[s.tensor]
+                n += len(s.index) * math.prod(d for i, d in enumerate(shape) if i != s.axis)
+        out[g.frozen[0]] = out.get(g.frozen[0], 0) + n
+    return out
 
 
 def analyse_one(path: Path) -> dict[str, Any]:
-    from onnxflow.channels.api import analyse
-    from onnxflow.channels.score import Budget
+    """The analysis, then a random removal of half the prunable weights and the check."""
+    from onnxflow.channels.api import analyse, score_function
+    from onnxflow.channels.materialize import check_equivalent, materialize
+    from onnxflow.channels.score import Budget, select_groups
+    from onnxflow.errors import OnnxflowError
     from onnxflow.options import PruneOptions
+    from onnxflow.passes.apply_masks import apply_masks
 
-    a = analyse(path, PruneOptions(sparsity=0.5))
+    t0 = time.perf_counter()
+    a = analyse(path, PruneOptions(sparsity=SPARSITY))
     cg = a.groups
     budget = Budget(cg)
-    return {
+    row: dict[str, Any] = {
         "groups": len(cg.groups),
         "prunable_groups": len(cg.prunable),
         "weights": a.dag.size,
         "prunable_weights": budget.total,
-        "prunable_share": budget.total / a.dag.size if a.dag.size else 0.0,
+        "prunable_share": round(budget.total / a.dag.size, 4) if a.dag.size else 0.0,
         "frozen": cg.frozen_summary(),
+        "frozen_weights": weights_by_reason(cg),
+        "analysis_s": round(time.perf_counter() - t0, 1),
     }
+    if not cg.prunable:
+        row["status"] = "nothing prunable"
+        return row
+    t0 = time.perf_counter()
+    state = a.state
+    assert state.model is not None and state.graph is not None
+    score = score_function(a, "random", 0, "CPUExecutionProvider")
+    try:
+        sel = select_groups(cg, score, SPARSITY, 1, "exponential")
+        row["sparsity"] = SPARSITY
+    except OnnxflowError:  # a sparsity removal cannot reach: half of it
+        sel = select_groups(cg, score, SPARSITY / 2, 1, "exponential")
+        row["sparsity"] = SPARSITY / 2
+    masks = {n: m for n, m in cg.masks(sel.removed).items() if n in cg.weights}
+    try:
+        compact, _ = materialize(state.model, cg, sel.removed, state.base_dir)
+        masked = apply_masks(state.model, masks, state.base_dir)
+        shapes = {t.name: tuple(int(d) for d in t.shape) for t in state.graph.inputs}
+        row["max_relative_difference"] = check_equivalent(masked, compact, shapes)
+        row["status"] = "pruned"
+    except OnnxflowError as e:
+        row["status"] = "compact model failed"
+        row["error"] = str(e)[:300]
+    row["removed_groups"] = len(sel.removed)
+    row["check_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def child(name: str, cache: Path) -> dict[str, Any]:
+    path = cache / f"{name}_{SIZE.get(name, 64)}.onnx"
+    row: dict[str, Any] = {"input": SIZE.get(name, 64)}
+    t0 = time.perf_counter()
+    if not path.exists():
+        import torch
+
+        torch.set_num_threads(1)
+        try:
+            export(name, path)
+        except Exception as e:  # noqa: BLE001 - record and go on
+            return {**row, "status": "export failed", "error": " ".join(str(e).split())[:300]}
+        row["export_s"] = round(time.perf_counter() - t0, 1)
+    try:
+        row.update(analyse_one(path))
+    except Exception as e:  # noqa: BLE001 - record and go on to the next model
+        row["status"] = "failed"
+        row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    return row
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    out = {"python": platform.python_version()}
+    for p in ("torch", "torchvision", "onnx", "onnxruntime-gpu", "numpy"):
+        try:
+            out[p] = version(p)
+        except Exception:  # noqa: BLE001 - not installed
+            pass
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=MODELS)
-    ap.add_argument("--out", type=Path)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--models", nargs="+", help="default: every classification model")
+    ap.add_argument("--out", type=Path, help="JSON results (merged into an existing file)")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/onnxflow_channels_zoo"))
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per model")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            path = Path(tmp) / f"{name}.onnx"
-            t0 = time.perf_counter()
-            try:
-                export(name, path)
-                results[name] = analyse_one(path)
-            except Exception as e:  # noqa: BLE001 - record and go on to the next model
-                results[name] = {"error": " ".join(str(e).split())[:300]}
-            results[name]["seconds"] = round(time.perf_counter() - t0, 1)
-            path.unlink(missing_ok=True)
-            print(name, json.dumps(results[name]), flush=True)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        print(json.dumps(child(args.child, args.cache)))
+        return
+    names = args.models or all_models()
+    doc: dict[str, Any] = {"meta": {}, "results": {}}
+    if args.out is not None and args.out.exists():
+        doc = json.loads(args.out.read_text())
+    doc["meta"].update(
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        versions=versions(),
+        sparsity=SPARSITY,
+        scores="random (one step): checks tracing and the compact model",
+    )
+    for name in names:
+        if name in SKIPPED:
+            doc["results"][name] = {"status": "skipped", "error": SKIPPED[name]}
             if args.out is not None:
-                args.out.write_text(json.dumps(results, indent=1))
+                args.out.write_text(json.dumps(doc, indent=1) + "\n")
+            continue
+        t0 = time.perf_counter()
+        cmd = [sys.executable, __file__, "--child", name, "--cache", str(args.cache)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            lines = done.stdout.strip().splitlines()
+            row = json.loads(lines[-1]) if done.returncode == 0 and lines else {
+                "status": "crashed", "error": (done.stderr.strip().splitlines() or ["?"])[-1],
+            }  # fmt: skip
+        except subprocess.TimeoutExpired:
+            row = {"status": "timeout", "error": f"over {args.timeout:.0f} s"}
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        row["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        doc["results"][name] = row
+        print(name, json.dumps(row), flush=True)
+        if args.out is not None:
+            args.out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -247,6 +247,18 @@ def channel_shuffle() -> onnx.ModelProto:
     return n.build(n.head(x, 6), [1, 3, 8, 8], [1, 5])
 
 
+def conv_transpose() -> onnx.ModelProto:
+    """A decoder: ConvTranspose (group 1), grouped (2 groups) and depthwise (multiplier 2)
+    ConvTransposes, each with a bias, between convs."""
+    n = Net(15)
+    x = n.relu(n.conv("x", 3, 8))
+    for cin, cout, group in ((8, 6, 1), (6, 8, 2), (8, 16, 8)):
+        w = n.rand("wt", (cin, cout // group, 2, 2))
+        x = n.relu(n.op("ConvTranspose", [x, w, n.rand("bt", (cout,))], strides=[2, 2], group=group))
+    x = n.relu(n.conv(x, 16, 6))
+    return n.build(n.head(x, 6), IMG, ["N", 5])
+
+
 def output_conv() -> onnx.ModelProto:
     """One conv whose output is the graph output: nothing can be removed."""
     n = Net(13)
@@ -258,6 +270,6 @@ ALL = {
     for f in (
         conv_chain, conv_bn_relu, basic_residual, bottleneck_projection, depthwise_grouped,
         squeeze_excitation, concat_split, flatten_reshape_gemm, nhwc, mlp, feed_forward,
-        layernorm_softmax, prelu_affine,
+        layernorm_softmax, prelu_affine, conv_transpose,
     )
 }  # fmt: skip

@@ -244,3 +244,26 @@ def test_excluded_weight_freezes_its_groups() -> None:
     result = prune_channels(model, PruneOptions(sparsity=0.3, iterations=2, exclude=(first,)))
     assert result.kept[first][0] == list(range(8))
     assert first not in result.masks
+
+
+def test_conv_transpose_grouped_and_depthwise() -> None:
+    model = nets.conv_transpose()
+    cg = groups_of(model)
+    stem, last = weight_names(model, "Conv")
+    plain, grouped, depthwise = weight_names(model, "ConvTranspose")
+    assert np.array_equal(group_ids(cg, plain, 0), group_ids(cg, stem, 0))  # in-slice W[c]
+    # 2 groups of 3 inputs and 4 outputs: input j (and output j) of both groups together
+    g_in = group_ids(cg, grouped, 0)
+    assert np.array_equal(g_in[:3], g_in[3:])
+    assert np.array_equal(g_in, group_ids(cg, plain, 1))
+    g_out = group_ids(cg, grouped, 1)
+    assert len(set(g_out.tolist())) == 4
+    # depthwise, multiplier 2: W[c] rides with input channel c, outputs 2c and 2c+1
+    assert np.array_equal(group_ids(cg, depthwise, 0), np.tile(g_out, 2))
+    assert np.array_equal(group_ids(cg, last, 1), np.tile(g_out, 2).repeat(2))
+    assert cg.frozen_summary() == {"graph output": 5}
+    result = check_equivalent(model, sparsity=0.3)
+    node = [n for n in result.model.graph.node if n.op_type == "ConvTranspose"][2]
+    inits = {t.name: t for t in result.model.graph.initializer}
+    group = next(a.i for a in node.attribute if a.name == "group")
+    assert group == inits[node.input[1]].dims[0] < 8

@@ -352,20 +352,38 @@ def conv(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | Non
 
 @channel_rule("ConvTranspose")
 def conv_transpose(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """W is (C_in, C_out / group, k...): in-slice W[c], out-slice W[:, j]. Grouped: output j
+    of every group is one group, and so is input j of every group (the groups stay equal);
+    depthwise (group = C_in, multiplier m): input c becomes outputs c·m … c·m+m-1."""
     x, w = ins[0], node.inputs[1]
-    if not _weight(tr, w) or w.shape is None or int(node.attrs.get("group", 1)) != 1:
+    if not _weight(tr, w) or w.shape is None or node.attrs.get("output_shape") is not None:
         return no_rule(tr, node, ins)
-    if node.attrs.get("output_shape") is not None:
-        return no_rule(tr, node, ins)
-    out = tr.new(int(w.shape[1]), node.outputs[0].name)
+    c_in, per_group = int(w.shape[0]), int(w.shape[1])
+    groups = int(node.attrs.get("group", 1))
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    if x is not None and (x.axis != 1 or len(x.slots) != c_in):
+        tr.freeze(x, "ConvTranspose input not on the channel axis")
+        x = None
+    if groups > 1 and groups == c_in:  # depthwise: the channel passes
+        if x is None:
+            return [None]
+        out = np.repeat(x.slots, per_group)
+        tr.claim(w, 0, x.slots, OUT)
+        if bias is not None:
+            tr.claim(bias, 0, out, PARAM)
+        tr.edits.append(Edit("group", node.outputs[0].name, (x.slots,)))
+        return [Trace(1, out)]
+    out = tr.new(per_group * groups, node.outputs[0].name)
+    for k in range(1, groups):
+        tr.union(out[:per_group], out[k * per_group : (k + 1) * per_group])
     if x is not None:
-        if x.axis != 1 or len(x.slots) != int(w.shape[0]):
-            tr.freeze(x, "ConvTranspose input not on the channel axis")
-        else:
-            tr.claim(w, 0, x.slots, IN)
-    tr.claim(w, 1, out, OUT)
-    if len(node.inputs) > 2 and node.inputs[2].name:
-        tr.claim(node.inputs[2], 0, out, PARAM)
+        pi = c_in // groups
+        for k in range(1, groups):
+            tr.union(x.slots[:pi], x.slots[k * pi : (k + 1) * pi])
+        tr.claim(w, 0, x.slots, IN)
+    tr.claim(w, 1, out[:per_group], OUT)
+    if bias is not None:
+        tr.claim(bias, 0, out, PARAM)
     return [Trace(1, out)]
 
 
