@@ -2,7 +2,8 @@
 share of their weights, why groups are frozen, and whether the compact model computes what
 the masked original computes.
 
-Each model is built with random weights (`weights=None`) and exported with the TorchScript
+Each model is built with random weights (`weights=None`; constant-valued tensors made
+slightly random, see `untie`) and exported with the TorchScript
 exporter (opset 17) at a small input (64x64; larger where the architecture needs it); the
 export is cached under `--cache`. Then, in a child process per model (a crash or a timeout
 costs one row): the channel analysis (groups, prunable weights, frozen groups by reason),
@@ -32,9 +33,9 @@ SKIPPED = {
         "convnext_large",
     )
 }  # fmt: skip
-SIZE = {"inception_v3": 96, "vit_b_16": 224, "vit_b_32": 224, "maxvit_t": 224}
+SIZE = {"alexnet": 224, "inception_v3": 96, "vit_b_16": 224, "vit_b_32": 224, "maxvit_t": 224}
 """Input sizes where 64x64 does not work (fixed patch grids, MaxViT's partitions; Inception
-v3's stem needs at least 75)."""
+v3's stem needs at least 75; AlexNet's adaptive pooling to 6x6 exports only from 224)."""
 SPARSITY = 0.5
 
 
@@ -42,6 +43,22 @@ def all_models() -> list[str]:
     import torchvision
 
     return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def untie(model: Any) -> None:
+    """Make every constant-valued parameter and buffer (BatchNorm's ones and zeros, zero
+    biases, ConvNeXt's 1e-6 layer scales) slightly random, as trained ones are. Exporters
+    store equal tensors once, and a stored tensor shared by several layers couples their
+    groups: at initialization that would tie, e.g., every 128-channel BatchNorm of a
+    DenseNet into one set of 128 groups, which no trained model shows."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.is_floating_point() and t.numel() > 1 and bool((t == t.flatten()[0]).all()):
+                u = torch.rand(t.shape, generator=g) * 2 - 1
+                t.add_(0.1 * t.abs() * u + 0.01 * u)
 
 
 def export(name: str, path: Path) -> None:
@@ -55,6 +72,7 @@ def export(name: str, path: Path) -> None:
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = False
     model = torchvision.models.get_model(name, **kwargs).eval()
+    untie(model)
     hw = SIZE.get(name, 64)
     tmp = path.with_suffix(".tmp")
     torch.onnx.export(
