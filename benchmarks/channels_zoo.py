@@ -17,6 +17,7 @@ original with the masks applied (the same check `onnxflow prune --granularity ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -180,10 +181,8 @@ def versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for p in ("torch", "torchvision", "onnx", "onnxruntime-gpu", "numpy"):
-        try:
+        with contextlib.suppress(Exception):  # not installed
             out[p] = version(p)
-        except Exception:  # noqa: BLE001 - not installed
-            pass
     return out
 
 

@@ -254,9 +254,51 @@ def conv_transpose() -> onnx.ModelProto:
     x = n.relu(n.conv("x", 3, 8))
     for cin, cout, group in ((8, 6, 1), (6, 8, 2), (8, 16, 8)):
         w = n.rand("wt", (cin, cout // group, 2, 2))
-        x = n.relu(n.op("ConvTranspose", [x, w, n.rand("bt", (cout,))], strides=[2, 2], group=group))
+        x = n.relu(
+            n.op("ConvTranspose", [x, w, n.rand("bt", (cout,))], strides=[2, 2], group=group)
+        )
     x = n.relu(n.conv(x, 16, 6))
     return n.build(n.head(x, 6), IMG, ["N", 5])
+
+
+def channel_slice() -> onnx.ModelProto:
+    """ShuffleNet-like halves cut with Slice (`x[:, :3]`, `x[:, 3:]` with an INT64_MAX
+    end), one half through a conv, concatenated back; a `x[:, -4:]` read by a second conv."""
+    n = Net(16)
+    y = n.relu(n.conv("x", 3, 8))
+    zero, axis = n.const("zero", np.array([0], np.int64)), n.const("axis", np.array([1], np.int64))
+    three = n.const("three", np.array([3], np.int64))
+    a = n.op("Slice", [y, zero, three, axis])
+    b = n.op("Slice", [y, three, n.const("end", np.array([2**63 - 1], np.int64)), axis])
+    b = n.relu(n.conv(b, 5, 5))
+    z = n.relu(n.conv(n.op("Concat", [a, b], axis=1), 8, 6))
+    t = n.op(
+        "Slice",
+        [
+            y,
+            n.const("neg", np.array([-4], np.int64)),
+            n.const("big", np.array([99], np.int64)),
+            axis,
+        ],
+    )
+    t = n.relu(n.conv(t, 4, 6))
+    return n.build(n.head(n.op("Add", [z, t]), 6), IMG, ["N", 5])
+
+
+def resize_sizes() -> onnx.ModelProto:
+    """Resize with `sizes`: a stored constant [1, 8, 16, 16], and sizes computed from the
+    input's Shape (Concat of its first two dimensions and a constant)."""
+    n = Net(17)
+    y = n.relu(n.conv("x", 3, 8))
+    empty = ""
+    y = n.op("Resize", [y, empty, empty, n.const("sizes", np.array([1, 8, 16, 16], np.int64))])
+    y = n.relu(n.conv(y, 8, 6))
+    nc = n.op("Slice", [n.op("Shape", [y]), n.const("s0", np.array([0], np.int64)),
+                        n.const("s2", np.array([2], np.int64))])  # fmt: skip
+    hw = n.const("hw", np.array([8, 8], np.int64))
+    y = n.op("Resize", [y, empty, empty, n.op("Concat", [nc, hw], axis=0)], mode="linear")
+    y = n.relu(n.conv(y, 6, 6))
+    return n.build(n.head(y, 6), [1, 3, 8, 8], [1, 5])
 
 
 def output_conv() -> onnx.ModelProto:
@@ -270,6 +312,6 @@ ALL = {
     for f in (
         conv_chain, conv_bn_relu, basic_residual, bottleneck_projection, depthwise_grouped,
         squeeze_excitation, concat_split, flatten_reshape_gemm, nhwc, mlp, feed_forward,
-        layernorm_softmax, prelu_affine, conv_transpose,
+        layernorm_softmax, prelu_affine, conv_transpose, channel_slice, resize_sizes,
     )
 }  # fmt: skip

@@ -267,3 +267,49 @@ def test_conv_transpose_grouped_and_depthwise() -> None:
     inits = {t.name: t for t in result.model.graph.initializer}
     group = next(a.i for a in node.attribute if a.name == "group")
     assert group == inits[node.input[1]].dims[0] < 8
+
+
+def test_channel_slices_carry_their_range() -> None:
+    model = nets.channel_slice()
+    cg = groups_of(model)
+    stem, half, mix, tail = weight_names(model, "Conv")
+    out = group_ids(cg, stem, 0)
+    assert np.array_equal(group_ids(cg, half, 1), out[3:])
+    assert np.array_equal(group_ids(cg, mix, 1)[:3], out[:3])
+    assert np.array_equal(group_ids(cg, tail, 1), out[4:])
+    assert cg.frozen_summary() == {"graph output": 5}
+    result = check_equivalent(model, sparsity=0.4)
+    kept = np.array(result.kept[stem][0])
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    bounds = [
+        (int(inits[n.input[1]][0]), int(inits[n.input[2]][0]))
+        for n in result.model.graph.node
+        if n.op_type == "Slice"
+    ]
+    before, inside = int((kept < 3).sum()), int((kept >= 3).sum())
+    assert bounds[:2] == [(0, before), (before, before + inside)]
+    assert bounds[2] == (int((kept < 4).sum()), len(kept))
+
+
+def test_strided_channel_slice_freezes() -> None:
+    n = nets.Net(18)
+    y = n.relu(n.conv("x", 3, 8))
+    ints = [
+        n.const(k, np.array([v], np.int64)) for k, v in (("s", 0), ("e", 8), ("a", 1), ("p", 2))
+    ]
+    y = n.relu(n.conv(n.op("Slice", [y, *ints]), 4, 6))
+    cg = groups_of(n.build(n.head(y, 6), nets.IMG, ["N", 5]))
+    assert cg.frozen_summary()["Slice on the channel axis with a step"] == 8
+
+
+def test_resize_with_sizes_keeps_the_channel_and_rewrites_stored_sizes() -> None:
+    model = nets.resize_sizes()
+    cg = groups_of(model)
+    conv1, conv2, conv3 = weight_names(model, "Conv")
+    assert np.array_equal(group_ids(cg, conv2, 1), group_ids(cg, conv1, 0))
+    assert np.array_equal(group_ids(cg, conv3, 1), group_ids(cg, conv2, 0))
+    assert cg.frozen_summary() == {"graph output": 5}
+    result = check_equivalent(model)
+    resize = next(n for n in result.model.graph.node if n.op_type == "Resize")
+    sizes = next(t for t in result.model.graph.initializer if t.name == resize.input[3])
+    assert onnx.numpy_helper.to_array(sizes).tolist() == [1, len(result.kept[conv1][0]), 16, 16]

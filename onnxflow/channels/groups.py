@@ -74,13 +74,16 @@ class Edit:
     """A node attribute or shape operand that carries a channel count.
 
     `kind` is `group` (depthwise Conv: the new group is the kept count of `parts[0]`),
-    `split` (one part per output) or `reshape` (dimension `axis` of the shape operand)."""
+    `split` (one part per output), `reshape` (dimension `axis` of the shape operand),
+    `shape` (the same for input `operand`, e.g. Resize's sizes) or `slice` (entry `axis`
+    of a Slice's starts and ends: the kept counts of the parts before and inside it)."""
 
     kind: str
     node: str
     """The node's first output name: it keys the node in the original model too."""
     parts: tuple[np.ndarray, ...]
     axis: int = 0
+    operand: int = 1
 
 
 @dataclass
@@ -280,7 +283,10 @@ class Tracer:
             if id(tr.slots) not in seen:
                 seen.add(id(tr.slots))
                 tensors.append(gid(tr.slots))
-        edits = [Edit(e.kind, e.node, tuple(gid(p) for p in e.parts), e.axis) for e in self.edits]
+        edits = [
+            Edit(e.kind, e.node, tuple(gid(p) for p in e.parts), e.axis, e.operand)
+            for e in self.edits
+        ]
         return ChannelGroups(
             groups, claims, dict(self.kinds), set(self.weights), self.shapes, tensors, edits
         )

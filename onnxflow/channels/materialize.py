@@ -136,19 +136,37 @@ def _split(model: onnx.ModelProto, node: onnx.NodeProto, edit: Edit, counts: lis
 
 
 def _reshape(model: onnx.ModelProto, node: onnx.NodeProto, edit: Edit, counts: list[int]) -> None:
-    """The shape operand's channel dimension, when the model stores it as a constant; a
-    -1 or 0 there (or a shape computed at run time from the input) adapts by itself."""
+    """The shape operand's channel dimension (Reshape's shape, Resize's sizes: input
+    `edit.operand`), when the model stores it as a constant; a -1 or 0 there (or a shape
+    computed at run time from the input) adapts by itself."""
+    k = edit.operand
     try:
-        shape = np.array(read_stored(model, node.input[1]), dtype=np.int64)
-    except KeyError:
+        shape = np.array(read_stored(model, node.input[k]), dtype=np.int64)
+    except (KeyError, IndexError):
         return  # computed: checked by running the compact model
     if shape.ndim != 1 or edit.axis >= len(shape) or shape[edit.axis] in (-1, 0):
         return
     shape[edit.axis] = counts[0]
-    node.input[1] = _new_constant(model, node.input[1], shape)
+    node.input[k] = _new_constant(model, node.input[k], shape)
 
 
-_EDITS = {"group": _group, "split": _split, "reshape": _reshape}
+def _slice(model: onnx.ModelProto, node: onnx.NodeProto, edit: Edit, counts: list[int]) -> None:
+    """Entry `edit.axis` of the bounds: the kept channels before the range, then after it
+    (the tracer only records Slices whose bounds the model stores)."""
+    start, end = counts[0], counts[0] + counts[1]
+    if _opset(model) < 10:
+        attrs = {a.name: list(a.ints) for a in node.attribute}
+        for key, value in (("starts", start), ("ends", end)):
+            attrs[key][edit.axis] = value
+            _set_attr(node, key, attrs[key])
+        return
+    for k, value in ((1, start), (2, end)):
+        bounds = np.array(read_stored(model, node.input[k]))
+        bounds.reshape(-1)[edit.axis] = value
+        node.input[k] = _new_constant(model, node.input[k], bounds)
+
+
+_EDITS = {"group": _group, "split": _split, "reshape": _reshape, "shape": _reshape, "slice": _slice}
 
 
 def check_equivalent(

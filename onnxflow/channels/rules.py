@@ -42,18 +42,22 @@ def pool(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | Non
 
 @channel_rule("Resize", "Upsample")
 def resize(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """Per channel when the channel axis keeps its size: a scale of 1 there, or `sizes`
+    with the channel count there (rewritten in the compact model when the model stores
+    them; sizes computed from the input's Shape adapt by themselves)."""
     x = ins[0]
     if x is None:
         return [None]
-    scales = (
-        _const(node.inputs[2] if node.op == "Resize" else node.inputs[1])
-        if len(node.inputs) > (2 if node.op == "Resize" else 1)
-        else None
-    )
-    no_sizes = node.op != "Resize" or len(node.inputs) < 4 or node.inputs[3].name == ""
-    if scales is not None and scales.size and float(scales.reshape(-1)[x.axis]) == 1.0 and no_sizes:
+    first = 2 if node.op == "Resize" else 1
+    scales = _const(node.inputs[first]) if len(node.inputs) > first else None
+    sizes = _const(node.inputs[3]) if node.op == "Resize" and len(node.inputs) > 3 else None
+    if sizes is not None and sizes.size:
+        if sizes.size > x.axis and int(sizes.reshape(-1)[x.axis]) == len(x.slots):
+            tr.edits.append(Edit("shape", node.outputs[0].name, (x.slots,), x.axis, 3))
+            return [x]
+    elif scales is not None and scales.size and float(scales.reshape(-1)[x.axis]) == 1.0:
         return [x]
-    tr.freeze(x, f"{node.op} with sizes or a scale on the channel axis")
+    tr.freeze(x, f"{node.op} with a scale on the channel axis")
     return [None]
 
 
@@ -76,21 +80,43 @@ def pad(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None
 
 @channel_rule("Slice")
 def slice_(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
+    """On another axis: passes. On the channel axis with step 1: the output's slots are the
+    cut range (a ShuffleNet branch, a `x[:, a:b]`); the compact model's bounds become the
+    kept counts before and inside the range, so they must be stored constants."""
     x = ins[0]
     if x is None:
         return [None]
     r = _rank(node.inputs[0])
-    axes = _const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
-    ax = [int(a) % r for a in axes] if axes is not None else list(range(r))
-    out = node.outputs[0].shape
-    if x.axis not in ax or (out is not None and int(out[x.axis]) == len(x.slots)):
-        starts = _const(node.inputs[1]) if x.axis in ax else None
-        if starts is not None and int(starts[ax.index(x.axis)]) != 0:
-            tr.freeze(x, "Slice on the channel axis")
-            return [None]
+    c = len(x.slots)
+    if tr.opset >= 10:
+        bounds = [_const(v) if len(node.inputs) > i and v.name else None for i, v in
+                  enumerate(node.inputs[:5]) if i > 0]  # fmt: skip
+        bounds += [None] * (4 - len(bounds))
+        starts, ends, axes, steps = bounds
+        if len(node.inputs) <= 3 or not node.inputs[3].name:
+            axes = np.arange(len(starts)) if starts is not None else None
+    else:
+        starts, ends = np.asarray(node.attrs.get("starts")), np.asarray(node.attrs.get("ends"))
+        given = node.attrs.get("axes")
+        axes, steps = np.arange(len(starts)) if given is None else np.asarray(given), None
+    if starts is None or ends is None or axes is None:
+        tr.freeze(x, "Slice with computed bounds")
+        return [None]
+    ax = [int(a) % r for a in axes.reshape(-1)]
+    if x.axis not in ax:
         return [x]
-    tr.freeze(x, "Slice on the channel axis")
-    return [None]
+    i = ax.index(x.axis)
+    step = 1 if steps is None else int(steps.reshape(-1)[i])
+    lo, hi, _ = slice(int(starts.reshape(-1)[i]), int(ends.reshape(-1)[i]), step).indices(c)
+    if (lo, hi) == (0, c) and step == 1:
+        return [x]
+    stored = tr.opset < 10 or all(node.inputs[k].name in tr.stored for k in (1, 2))
+    if step != 1 or hi <= lo or not stored:
+        why = "a step" if step != 1 else "computed bounds" if hi > lo else "an empty range"
+        tr.freeze(x, f"Slice on the channel axis with {why}")
+        return [None]
+    tr.edits.append(Edit("slice", node.outputs[0].name, (x.slots[:lo], x.slots[lo:hi]), i))
+    return [Trace(x.axis, x.slots[lo:hi])]
 
 
 def _rank(t: gs.Tensor) -> int:
