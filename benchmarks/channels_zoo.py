@@ -176,6 +176,38 @@ def child(name: str, cache: Path) -> dict[str, Any]:
     return row
 
 
+PLAIN = (
+    "alexnet", "vgg", "resnet", "resnext", "wide_resnet", "regnet", "mobilenet", "mnasnet",
+    "efficientnet", "densenet", "squeezenet", "googlenet", "inception", "shufflenet",
+)  # fmt: skip
+"""Families counted as plain CNNs for the issue's target (convolutions, BatchNorm; not the
+LayerNorm-based ConvNeXt or the transformers)."""
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The table of docs/channels.md from the JSON results."""
+    rows = [
+        "| model | plain CNN | status | weights | prunable | groups (prunable) | "
+        "max rel. diff | frozen groups by reason |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(results):
+        r = results[name]
+        plain = "yes" if name.startswith(PLAIN) else ""
+        if "weights" not in r:
+            rows.append(f"| {name} | {plain} | {r['status']}: {r.get('error', '')} | | | | | |")
+            continue
+        frozen = "; ".join(f"{why} {n:,}" for why, n in r["frozen"].items())
+        diff = r.get("max_relative_difference")
+        status = r["status"] + (f" ({r['error']})" if "error" in r else "")
+        rows.append(
+            f"| {name} | {plain} | {status} | {r['weights'] / 1e6:.2f}M | "
+            f"{100 * r['prunable_share']:.1f}% | {r['groups']:,} ({r['prunable_groups']:,}) | "
+            f"{'' if diff is None else f'{diff:.1e}'} | {frozen} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -192,8 +224,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="JSON results (merged into an existing file)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/onnxflow_channels_zoo"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds per model")
+    ap.add_argument("--markdown", action="store_true", help="print the table of --out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())["results"]), end="")
+        return
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.child:
         print(json.dumps(child(args.child, args.cache)))

@@ -285,6 +285,27 @@ def channel_slice() -> onnx.ModelProto:
     return n.build(n.head(n.op("Add", [z, t]), 6), IMG, ["N", 5])
 
 
+def shuffle_unit() -> onnx.ModelProto:
+    """A ShuffleNetV2 unit as torch exports it: `x.chunk(2, dim=1)` as two Slices whose
+    bounds are computed from the channel count (Shape, Add, Div, Mul), one half through
+    convs, Concat, and the channel shuffle with -1 in the Reshapes' shapes."""
+    n = Net(20)
+    y = n.relu(n.conv("x", 3, 8))
+    i64 = [n.const(f"k{v}", np.array([v], np.int64)) for v in (0, 1, 2)]
+    c = n.op("Slice", [n.op("Shape", [y]), i64[1], i64[2]])
+    half = n.op("Div", [n.op("Add", [c, i64[1]]), i64[2]])
+    mid, end = n.op("Mul", [half, i64[1]]), n.op("Mul", [half, i64[2]])
+    a = n.op("Slice", [y, i64[0], mid, i64[1]])
+    b = n.op("Slice", [y, mid, end, i64[1]])
+    b = n.relu(n.conv(n.relu(n.conv(b, 4, 6, k=1)), 6, 4, k=1))
+    z = n.op("Concat", [a, b], axis=1)
+    z = n.op("Reshape", [z, n.const("s1", np.array([1, 2, -1, 8, 8], np.int64))])
+    z = n.op("Transpose", [z], perm=[0, 2, 1, 3, 4])
+    z = n.op("Reshape", [z, n.const("s2", np.array([1, -1, 8, 8], np.int64))])
+    z = n.relu(n.conv(z, 8, 6))
+    return n.build(n.head(z, 6), [1, 3, 8, 8], [1, 5])
+
+
 def resize_sizes() -> onnx.ModelProto:
     """Resize with `sizes`: a stored constant [1, 8, 16, 16], and sizes computed from the
     input's Shape (Concat of its first two dimensions and a constant)."""
@@ -313,5 +334,6 @@ ALL = {
         conv_chain, conv_bn_relu, basic_residual, bottleneck_projection, depthwise_grouped,
         squeeze_excitation, concat_split, flatten_reshape_gemm, nhwc, mlp, feed_forward,
         layernorm_softmax, prelu_affine, conv_transpose, channel_slice, resize_sizes,
+        shuffle_unit, channel_shuffle,
     )
 }  # fmt: skip

@@ -226,14 +226,37 @@ def test_masks_false_on_every_slice_of_a_removed_channel() -> None:
         assert result.masks[w2][:, c].any() == (c in kept)
 
 
-def test_channel_shuffle_reshape_freezes() -> None:
+def test_channel_shuffle_couples_index_i_of_every_part() -> None:
+    """(8) -> (2, 4) -> transpose -> (8): channel k*4 + i lands at i*2 + k. Removing index
+    i of both parts keeps the reshape valid, so channels i and 4 + i are one group."""
     model = nets.channel_shuffle()
     cg = groups_of(model)
-    first = weight_names(model, "Conv")[0]
-    assert cg.frozen_summary()["Reshape whose channel mapping cannot be followed"] == 8
-    assert all(g.frozen for g in cg.groups if first in {s.tensor for s in g.slices})
-    assert len(cg.prunable) == 6  # the second conv's outputs, read by the head
-    check_equivalent(model, sparsity=0.2)
+    first, second = weight_names(model, "Conv")
+    out = group_ids(cg, first, 0)
+    assert np.array_equal(out[:4], out[4:])
+    assert np.array_equal(group_ids(cg, second, 1), out[:4].repeat(2))  # shuffled order
+    assert cg.frozen_summary() == {"graph output": 5}
+    assert len(cg.prunable) == 4 + 6
+    result = check_equivalent(model, sparsity=0.3)
+    kept = len(result.kept[first][0]) // 2
+    assert 0 < kept < 4
+    shapes = [
+        onnx.numpy_helper.to_array(t).tolist()
+        for n in result.model.graph.node
+        if n.op_type == "Reshape"
+        for t in result.model.graph.initializer
+        if t.name == n.input[1]
+    ]
+    assert shapes == [[1, 2, kept, 8, 8], [1, 2 * kept, 8, 8]]
+
+
+def test_reshape_that_mixes_channels_with_space_freezes() -> None:
+    n = nets.Net(19)
+    y = n.relu(n.conv("x", 3, 4))
+    y = n.op("Reshape", [y, n.const("s", np.array([1, 2, 128], np.int64))])  # 2 channels a row
+    y = n.op("MatMul", [y, n.rand("w", (128, 5))])
+    cg = groups_of(n.build(y, [1, 3, 8, 8], [1, 2, 5]))
+    assert cg.frozen_summary()["Reshape whose channel mapping cannot be followed"] == 4
 
 
 def test_excluded_weight_freezes_its_groups() -> None:
@@ -289,6 +312,22 @@ def test_channel_slices_carry_their_range() -> None:
     before, inside = int((kept < 3).sum()), int((kept >= 3).sum())
     assert bounds[:2] == [(0, before), (before, before + inside)]
     assert bounds[2] == (int((kept < 4).sum()), len(kept))
+
+
+def test_chunk_with_computed_bounds_couples_the_halves() -> None:
+    model = nets.shuffle_unit()
+    cg = groups_of(model)
+    stem, inner, back, last = weight_names(model, "Conv")
+    out = group_ids(cg, stem, 0)
+    assert np.array_equal(out[:4], out[4:])  # half i and 4 + i go together
+    assert np.array_equal(group_ids(cg, inner, 1), out[4:])
+    # the shuffle puts concat channel k*4 + i at i*2 + k: the kept half a and conv output
+    # i are coupled (the unit's channel i), read by the last conv at 2i, 2i + 1
+    assert np.array_equal(group_ids(cg, back, 0), out[:4])
+    assert np.array_equal(group_ids(cg, last, 1), out[:4].repeat(2))
+    assert cg.frozen_summary() == {"graph output": 5}
+    result = check_equivalent(model, sparsity=0.3)
+    assert len(result.kept[stem][0]) % 2 == 0
 
 
 def test_strided_channel_slice_freezes() -> None:

@@ -81,8 +81,8 @@ def pad(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None
 @channel_rule("Slice")
 def slice_(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
     """On another axis: passes. On the channel axis with step 1: the output's slots are the
-    cut range (a ShuffleNet branch, a `x[:, a:b]`); the compact model's bounds become the
-    kept counts before and inside the range, so they must be stored constants."""
+    cut range (`x[:, a:b]`); stored bounds become the kept counts before and inside the
+    range; computed ones must cut C into equal parts (`torch.chunk`, ShuffleNet's halves)."""
     x = ins[0]
     if x is None:
         return [None]
@@ -111,6 +111,16 @@ def slice_(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | N
     if (lo, hi) == (0, c) and step == 1:
         return [x]
     stored = tr.opset < 10 or all(node.inputs[k].name in tr.stored for k in (1, 2))
+    n = c // (hi - lo) if hi > lo else 0
+    if step == 1 and not stored and n > 1 and c % n == 0 and lo % (hi - lo) == 0:
+        # Computed bounds cutting C into n equal parts: torch.chunk / split, which compute
+        # them from the channel count at run time. Index i of every part is one group, so
+        # the parts stay equal and the computed bounds stay right (the compact model's
+        # equivalence check catches bounds computed from anything else).
+        parts = x.slots.reshape(n, c // n)
+        for k in range(1, n):
+            tr.union(parts[0], parts[k])
+        return [Trace(x.axis, parts[lo * n // c])]
     if step != 1 or hi <= lo or not stored:
         why = "a step" if step != 1 else "computed bounds" if hi > lo else "an empty range"
         tr.freeze(x, f"Slice on the channel axis with {why}")
@@ -138,7 +148,8 @@ def transpose(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace 
 def reshape(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:
     """Follow channel c to the output positions its values land at. Traceable when one
     output axis alone tells the channel of every element (flatten C,H,W into features:
-    channel c owns a block; a split of the channel axis, as in a channel shuffle, is not)."""
+    channel c owns a block; merging (m, g) back into C·… after a shuffle's Transpose), or
+    when the channel axis is split in two (C -> g, m: the g parts' index i coupled)."""
     x = ins[0]
     if x is None:
         return [None]
@@ -160,6 +171,23 @@ def reshape(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | 
             return [Trace(b, x.slots[v])]
     if c == 1:
         return [None]
+    a = x.axis
+    if (
+        len(dst_dims) == len(src_dims) + 1
+        and dst_dims[:a] == src_dims[:a]
+        and dst_dims[a + 2 :] == src_dims[a + 1 :]
+        and dst_dims[a] * dst_dims[a + 1] == c
+        and min(dst_dims[a], dst_dims[a + 1]) > 1
+    ):
+        # (C) -> (g, m), e.g. a channel shuffle's first Reshape: channel k·m + i is index
+        # i of part k. Removing index i from every part keeps the parts equal, so the
+        # parts' index i is one group, traced on the m axis.
+        cols = x.slots.reshape(dst_dims[a], dst_dims[a + 1])
+        for k in range(1, len(cols)):
+            tr.union(cols[0], cols[k])
+        if node.op == "Reshape":
+            tr.edits.append(Edit("reshape", node.outputs[0].name, (cols[0],), a + 1))
+        return [Trace(a + 1, cols[0])]
     tr.freeze(x, f"{node.op} whose channel mapping cannot be followed")
     return [None]
 
