@@ -330,6 +330,17 @@ def test_chunk_with_computed_bounds_couples_the_halves() -> None:
     assert len(result.kept[stem][0]) % 2 == 0
 
 
+def test_computed_bounds_that_do_not_cut_equal_parts_freeze() -> None:
+    n = nets.Net(21)
+    y = n.relu(n.conv("x", 3, 8))
+    one = n.const("one", np.array([1], np.int64))
+    c = n.op("Slice", [n.op("Shape", [y]), one, n.const("two", np.array([2], np.int64))])
+    end = n.op("Sub", [c, n.const("five", np.array([5], np.int64))])  # x[:, :C - 5]
+    y = n.relu(n.conv(n.op("Slice", [y, n.const("zero", np.array([0], np.int64)), end, one]), 3, 6))
+    cg = groups_of(n.build(n.head(y, 6), [1, 3, 8, 8], [1, 5]))
+    assert cg.frozen_summary()["Slice on the channel axis with computed bounds"] == 8
+
+
 def test_strided_channel_slice_freezes() -> None:
     n = nets.Net(18)
     y = n.relu(n.conv("x", 3, 8))

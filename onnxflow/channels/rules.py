@@ -112,7 +112,7 @@ def slice_(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | N
         return [x]
     stored = tr.opset < 10 or all(node.inputs[k].name in tr.stored for k in (1, 2))
     n = c // (hi - lo) if hi > lo else 0
-    if step == 1 and not stored and n > 1 and c % n == 0 and lo % (hi - lo) == 0:
+    if step == 1 and not stored and n > 1 and c % (hi - lo) == 0 and lo % (hi - lo) == 0:
         # Computed bounds cutting C into n equal parts: torch.chunk / split, which compute
         # them from the channel count at run time. Index i of every part is one group, so
         # the parts stay equal and the computed bounds stay right (the compact model's
