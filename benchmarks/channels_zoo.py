@@ -131,8 +131,7 @@ def analyse_one(path: Path) -> dict[str, Any]:
         row["status"] = "nothing prunable"
         return row
     t0 = time.perf_counter()
-    state = a.state
-    assert state.model is not None and state.graph is not None
+    base = a.base
     score = score_function(a, "random", 0, "CPUExecutionProvider")
     try:
         sel = select_groups(cg, score, SPARSITY, 1, "exponential")
@@ -142,9 +141,9 @@ def analyse_one(path: Path) -> dict[str, Any]:
         row["sparsity"] = SPARSITY / 2
     masks = {n: m for n, m in cg.masks(sel.removed).items() if n in cg.weights}
     try:
-        compact, _ = materialize(state.model, cg, sel.removed, state.base_dir)
-        masked = apply_masks(state.model, masks, state.base_dir)
-        shapes = {t.name: tuple(int(d) for d in t.shape) for t in state.graph.inputs}
+        compact, _ = materialize(base.model, cg, sel.removed, base.source.base_dir)
+        masked = apply_masks(base.model, masks, base.source.base_dir)
+        shapes = {t.name: tuple(int(d) for d in t.shape) for t in base.graph.inputs}
         row["max_relative_difference"] = check_equivalent(masked, compact, shapes)
         row["status"] = "pruned"
     except OnnxflowError as e:
