@@ -99,12 +99,12 @@ def slice_(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | N
         starts, ends = np.asarray(node.attrs.get("starts")), np.asarray(node.attrs.get("ends"))
         given = node.attrs.get("axes")
         axes, steps = np.arange(len(starts)) if given is None else np.asarray(given), None
-    if starts is None or ends is None or axes is None:
+    ax = None if axes is None else [int(a) % r for a in axes.reshape(-1)]
+    if ax is not None and x.axis not in ax:
+        return [x]
+    if starts is None or ends is None or ax is None:
         tr.freeze(x, "Slice with computed bounds")
         return [None]
-    ax = [int(a) % r for a in axes.reshape(-1)]
-    if x.axis not in ax:
-        return [x]
     i = ax.index(x.axis)
     step = 1 if steps is None else int(steps.reshape(-1)[i])
     lo, hi, _ = slice(int(starts.reshape(-1)[i]), int(ends.reshape(-1)[i]), step).indices(c)
