@@ -35,8 +35,10 @@ SKIPPED = {
     )
 }  # fmt: skip
 SIZE = {"alexnet": 224, "inception_v3": 96, "vit_b_16": 224, "vit_b_32": 224, "maxvit_t": 224}
+SIZE.update({f"vgg{n}{bn}": 224 for n in (11, 13, 16, 19) for bn in ("", "_bn")})
 """Input sizes where 64x64 does not work (fixed patch grids, MaxViT's partitions; Inception
-v3's stem needs at least 75; AlexNet's adaptive pooling to 6x6 exports only from 224)."""
+v3's stem needs at least 75; AlexNet's and VGG's adaptive pooling to 6x6 and 7x7 exports
+only from 224)."""
 SPARSITY = 0.5
 
 
