@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 SKIPPED = {
-    name: "too large for this shared 2-core machine (export and analysis of 300M-2.5G weights)"
+    name: "among the largest classifiers: too heavy for this shared 2-core machine"
     for name in (
         "vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_x_32gf", "regnet_y_32gf",
         "convnext_large",
