@@ -36,8 +36,10 @@ from onnxflow.flow.engine import FlowEngine, FlowScores
 from onnxflow.options import PruneOptions, check_choice
 from onnxflow.passes import LinearizePass
 from onnxflow.passes.apply_masks import apply_masks
+from onnxflow.passes.synflow import no_flow_message
 from onnxflow.rows import layer_rows
 from onnxflow.runtime import resolve_provider
+from onnxflow.scores import Scores
 from onnxflow.stages import Analysis as WeightAnalysis
 from onnxflow.stages import ProgressCallback
 from onnxflow.tensors import stored_tensor_names
@@ -132,7 +134,7 @@ def score_function(analysis: Analysis, method: str, seed: int, provider: str) ->
         values = {
             name: np.abs(constant_array(tensors[name]), dtype=np.float32) for name in cg.weights
         }
-        scores = FlowScores(values, dict.fromkeys(values, 0.0), float("nan"))
+        scores = Scores(values, dict.fromkeys(values, 0.0))
         fixed = GroupScorer(cg, (IN, OUT))(scores)
         return lambda removed: fixed
     return SynFlowScore(analysis, provider)
@@ -170,10 +172,7 @@ class SynFlowScore:
     def __call__(self, removed: set[int]) -> np.ndarray:
         scores = self._run(removed)
         if not removed and scores.log_flow == -np.inf:
-            raise OnnxflowError(
-                "the network carries no synaptic flow (R = 0): every input-output path "
-                "crosses a zero weight, so there is nothing to rank"
-            )
+            raise OnnxflowError(no_flow_message(self.engine))
         return self.scorer(scores)
 
     def flow_after(self, removed: set[int]) -> float:

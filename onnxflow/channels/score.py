@@ -21,9 +21,10 @@ import numpy as np
 
 from onnxflow.channels.groups import IN, ChannelGroups
 from onnxflow.errors import OnnxflowError
-from onnxflow.flow.engine import FlowScores
 from onnxflow.options import RANKINGS as CHANNEL_RANKINGS
 from onnxflow.options import check_choice
+from onnxflow.pruning.schedule import kept_counts
+from onnxflow.scores import Scores
 
 ScoreFn = Callable[[set[int]], np.ndarray]
 """Log-scores by group id of the network with the groups in the set removed."""
@@ -40,7 +41,7 @@ class GroupScorer:
             if name in cg.weights and cg.kinds[(name, axis)] in kinds
         ]
 
-    def __call__(self, scores: FlowScores) -> np.ndarray:
+    def __call__(self, scores: Scores) -> np.ndarray:
         total = np.full(self.n, -np.inf)
         for name, axis, gids in self.readers:
             v, unit = scores.values[name], scores.units[name]
@@ -272,8 +273,6 @@ def select_groups(
     weights in its slices: large groups are not kept only for being large) or
     `flow-per-flop` (divided by the multiply-accumulates of its slices, from `uses`, the
     weight layers' uses per weight: the flow a group brings per unit of compute)."""
-    from onnxflow.masks import schedule_counts
-
     budget = Budget(cg)
     total = budget.total
     if total == 0:
@@ -287,8 +286,7 @@ def select_groups(
             f"{reachable / total:.4f} of the {total:,} prunable weights can go (each layer keeps "
             f"a channel{_multiple_clause(cg, multiple)}); choose a lower sparsity"
         )
-    counts = schedule_counts(total, goal / total, iterations, schedule)
-    counts[-1] = goal
+    counts = kept_counts(total, goal, iterations, schedule)
     removed: set[int] = set()
     check_choice("ranking", ranking, RANKINGS)
     offset = np.zeros(len(sizes))
