@@ -39,15 +39,32 @@ ITERATIONS = 100
 PAIRS = 60  # forward/iteration pairs timed for the iteration ratio
 
 
+# Runs the command as a grandchild and prints its exit code and ru_maxrss. Linux carries a
+# process's peak RSS across exec, so a child forked straight from this process (which holds
+# PyTorch once it has exported the model: about 1 GB) would report this process's size; the
+# launcher is small, and its fork starts from it.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of a child process."""
+    """Wall seconds and peak RSS (MiB) of a command, run as a grandchild (see _LAUNCHER)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    out = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *cmd], stdout=subprocess.PIPE, text=True, check=True
+    ).stdout
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    code, maxrss = (int(v) for v in out.split())
+    if code != 0:
         raise SystemExit(f"{cmd} failed")
-    return wall, usage.ru_maxrss / 1024
+    return wall, maxrss / 1024
 
 
 def make_model(path: Path) -> bool:
