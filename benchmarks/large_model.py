@@ -15,20 +15,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper
+from peak_rss import run_with_peak_rss
 
 GB = 1e9
-WRAPPER = (
-    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
-)
 
 
 def write_model(folder: Path, layers: int, width: int) -> Path:
@@ -71,18 +66,15 @@ def prune_peak_rss(model: Path, iterations: int) -> tuple[int, float]:
     """Peak RSS in bytes and wall seconds of one `onnxflow prune` process."""
     out = model.with_name("pruned.onnx")
     cmd = [
-        sys.executable, "-c", WRAPPER,
         sys.executable, "-m", "onnxflow.cli", "prune", str(model), "-q",
         "--sparsity", "0.99", "--iterations", str(iterations), "-o", str(out),
     ]  # fmt: skip
-    start = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if res.returncode != 0:
-        sys.exit(f"prune failed: {res.stderr.strip()}")
+    run = run_with_peak_rss(cmd)
+    if run.returncode != 0:
+        sys.exit(f"prune failed: {run.stderr.strip()}")
     pruned = out.stat().st_size + out.with_name(out.name + ".data").stat().st_size
     assert pruned > 0.9 * (model.stat().st_size + model.with_name("model.onnx.data").stat().st_size)
-    return int(res.stdout.split()[-1]) * 1024, seconds
+    return run.peak_bytes, run.seconds
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the reference models live beside the tests
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from peak_rss import run_with_peak_rss  # noqa: E402
 
 SHAPE = (1, 3, 224, 224)
 SPARSITY = 0.99
@@ -39,32 +41,12 @@ ITERATIONS = 100
 PAIRS = 60  # forward/iteration pairs timed for the iteration ratio
 
 
-# Runs the command as a grandchild and prints its exit code and ru_maxrss. Linux carries a
-# process's peak RSS across exec, so a child forked straight from this process (which holds
-# PyTorch once it has exported the model: about 1 GB) would report this process's size; the
-# launcher is small, and its fork starts from it.
-_LAUNCHER = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    os.execvp(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
-"""
-
-
 def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of a command, run as a grandchild (see _LAUNCHER)."""
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, *cmd], stdout=subprocess.PIPE, text=True, check=True
-    ).stdout
-    wall = time.perf_counter() - t0
-    code, maxrss = (int(v) for v in out.split())
-    if code != 0:
-        raise SystemExit(f"{cmd} failed")
-    return wall, maxrss / 1024
+    """Wall seconds and peak RSS (MiB) of a command (through peak_rss's launcher)."""
+    run = run_with_peak_rss(cmd)
+    if run.returncode != 0:
+        raise SystemExit(f"{cmd} failed: {run.stderr.strip()}")
+    return run.seconds, run.peak_bytes / 2**20
 
 
 def make_model(path: Path) -> bool:
