@@ -46,7 +46,7 @@ def select(
     engine = FlowEngine(graph, dag, provider, rules)
     dense = engine.run(check=True)
     if dense.log_flow == -np.inf:
-        raise OnnxflowError(_no_flow_message(engine))
+        raise OnnxflowError(no_flow_message(engine))
     masks = {layer.name: np.ones(layer.shape, dtype=bool) for layer in dag.layers}
     scorer: Scorer
     if opts.method == "synflow":
@@ -81,9 +81,10 @@ def select(
     return Selection(masks, log_scores, dense.log_flow, provider, skipped)
 
 
-def _no_flow_message(engine: FlowEngine) -> str:
+def no_flow_message(engine: FlowEngine) -> str:
     """Why R = 0: zero weights on every path (R with unit weights is positive), or no path
-    from where flow enters to an output at all (e.g. the outputs read only constants)."""
+    from where flow enters to an output at all (e.g. the outputs read only constants).
+    Shared by the pruning loop, `api.score` and channel mode, so all three say the same."""
     cause = (
         "every input-output path crosses a zero weight"
         if engine.flow_with_unit_weights() > -np.inf
@@ -92,7 +93,3 @@ def _no_flow_message(engine: FlowEngine) -> str:
         "that picks a constant)"
     )
     return f"the network carries no synaptic flow (R = 0): {cause}, so there is nothing to rank"
-
-
-no_flow_message = _no_flow_message
-"""Public: `api.score` refuses R = 0 with the same words as the pruning loop."""
