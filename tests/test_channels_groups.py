@@ -27,6 +27,14 @@ def weight_names(model: onnx.ModelProto, op: str) -> list[str]:
     return [n.input[1] for n in model.graph.node if n.op_type == op]
 
 
+def group_and_kept(model: onnx.ModelProto, op: str, index: int) -> tuple[int, int]:
+    """The `group` attribute of the index-th `op` node and its weight's first dimension."""
+    node = [n for n in model.graph.node if n.op_type == op][index]
+    inits = {t.name: t for t in model.graph.initializer}
+    group = next(a.i for a in node.attribute if a.name == "group")
+    return group, inits[node.input[1]].dims[0]
+
+
 def run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {"x": x})
@@ -114,11 +122,8 @@ def test_depthwise_passes_grouped_couples_per_group() -> None:
 
 def test_depthwise_group_attribute_follows_kept_channels() -> None:
     result = check_equivalent(nets.depthwise_grouped())
-    convs = [n for n in result.model.graph.node if n.op_type == "Conv"]
-    inits = {t.name: t for t in result.model.graph.initializer}
-    dw = convs[1]
-    group = next(a.i for a in dw.attribute if a.name == "group")
-    assert group == inits[dw.input[1]].dims[0] < 8
+    group, kept = group_and_kept(result.model, "Conv", 1)
+    assert group == kept < 8
 
 
 def test_squeeze_excitation_gate_couples() -> None:
@@ -286,10 +291,8 @@ def test_conv_transpose_grouped_and_depthwise() -> None:
     assert np.array_equal(group_ids(cg, last, 1), np.tile(g_out, 2).repeat(2))
     assert cg.frozen_summary() == {"graph output": 5}
     result = check_equivalent(model, sparsity=0.3)
-    node = [n for n in result.model.graph.node if n.op_type == "ConvTranspose"][2]
-    inits = {t.name: t for t in result.model.graph.initializer}
-    group = next(a.i for a in node.attribute if a.name == "group")
-    assert group == inits[node.input[1]].dims[0] < 8
+    group, kept = group_and_kept(result.model, "ConvTranspose", 2)
+    assert group == kept < 8
 
 
 def test_channel_slices_carry_their_range() -> None:
