@@ -96,6 +96,100 @@ def test_conv_first_layer_batch2(conv_grad_path: str) -> None:
     )
 
 
+DEPTHWISE_CASES = {
+    # id: (x shape, kernel, attrs); group = channels. Maps of at most 16 positions run as
+    # gathers by default, larger ones as grouped Conv / ConvTranspose (the weight flow is a
+    # gather either way); the fixture below runs every case both ways.
+    "s1_pad1": ((1, 3, 4, 4), (3, 3), dict(pads=[1, 1, 1, 1])),
+    "s2_pad1": ((1, 3, 4, 4), (3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "s2_odd_map": ((1, 3, 5, 3), (3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "dilation2_asymmetric_pads": ((1, 3, 4, 4), (3, 3), dict(dilations=[2, 2], pads=[2, 1, 1, 2])),
+    "k5_on_2x2": ((1, 4, 2, 2), (5, 5), dict(pads=[2, 2, 2, 2])),
+    "k2_s3_taps_in_padding": ((1, 2, 3, 4), (2, 2), dict(strides=[3, 3], pads=[1, 1, 1, 1])),
+    "same_upper_s2": ((1, 3, 4, 4), (3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    "batch2_s2": ((2, 3, 4, 4), (3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "1d": ((1, 3, 9), (3,), dict(strides=[2], pads=[1, 0])),
+    "3d": ((1, 2, 2, 2, 3), (3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1])),
+    "large_s2_dilation2": (
+        (1, 3, 9, 9),
+        (3, 3),
+        dict(strides=[2, 2], dilations=[2, 2], pads=[2, 2, 2, 2]),
+    ),
+}
+
+
+@pytest.fixture(params=["gather", "grouped_conv"])
+def depthwise_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Depthwise convs run forward and backward as gathers on small maps and as grouped
+    Conv / ConvTranspose on larger ones: the limit is moved so both run on every case."""
+    limit = 10**9 if request.param == "gather" else -1
+    monkeypatch.setattr(linear_rules, "_GATHER_MAX_POSITIONS", limit)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("case", list(DEPTHWISE_CASES))
+def test_depthwise(case: str, depthwise_path: str) -> None:
+    x_shape, kernel, attrs = DEPTHWISE_CASES[case]
+    c = x_shape[1]
+
+    def build(net: Net) -> onnx.ModelProto:
+        y = net.pad_conv("x", c)
+        y = net.conv(y, c, kernel, group=c, **attrs)
+        return net.model(net.pad_conv(y, 2))
+
+    check(build, x_shape)
+
+
+def test_depthwise_first_layer_batch2(depthwise_path: str) -> None:
+    """No layer before: the weight flow reads the all-ones batch."""
+    x_shape = (2, 3, 4, 4)
+    check(
+        lambda net: net.model(
+            net.pad_conv(net.conv("x", 3, (3, 3), group=3, strides=[2, 2], pads=[0, 1, 1, 0]), 2)
+        ),
+        x_shape,
+    )
+
+
+def test_depthwise_after_concat_keeps_channel_units(depthwise_path: str) -> None:
+    """A depthwise conv reading a Concat of two branches (one unit per channel) on a 4x4 map."""
+
+    def build(net: Net) -> onnx.ModelProto:
+        a = net.pad_conv(net.pad_conv("x", 2), 2)
+        b = net.conv("x", 3, (1, 1))
+        y = net.op("Concat", a, b, axis=1)
+        y = net.conv(y, 5, (3, 3), group=5, strides=[2, 2], pads=[1, 1, 1, 1])
+        return net.model(net.pad_conv(y, 2))
+
+    check(build, (1, 2, 4, 4))
+
+
+def test_tap_index_matches_a_direct_convolution() -> None:
+    """`_tap_index` against a float64 depthwise convolution written out in numpy, forward
+    (gather by `fwd`) and transposed (gather by `bwd`: <dy, conv(x)> = <conv^T(dy), x>)."""
+    rng = np.random.default_rng(0)
+    in_sp, k, strides, dil, begins, ends = (5, 4), (3, 2), (2, 1), (1, 2), (1, 0), (0, 1)
+    out_sp = tuple(
+        (in_sp[i] + begins[i] + ends[i] - dil[i] * (k[i] - 1) - 1) // strides[i] + 1
+        for i in range(2)
+    )
+    fwd, bwd = linear_rules._tap_index(in_sp, out_sp, k, strides, dil, begins)
+    x, w = rng.random(in_sp), rng.random(k)
+    xp = np.pad(x, [(begins[0], ends[0]), (begins[1], ends[1])])
+    want = np.zeros(out_sp)
+    for o in np.ndindex(*out_sp):
+        for t in np.ndindex(*k):
+            want[o] += (
+                w[t] * xp[o[0] * strides[0] + t[0] * dil[0], o[1] * strides[1] + t[1] * dil[1]]
+            )
+    flat = np.append(x.ravel(), 0.0)
+    got = (flat[fwd] * w.reshape(-1, 1)).sum(axis=0).reshape(out_sp)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    dy = rng.random(out_sp)
+    dx = (np.append(dy.ravel(), 0.0)[bwd] * w.reshape(-1, 1)).sum(axis=0)
+    np.testing.assert_allclose(dx @ x.ravel(), (dy * want).sum(), rtol=1e-12)
+
+
 def test_conv_output_is_plain_sum_of_kernel() -> None:
     """One conv on ones, no padding: every output is sum|W|, so score(W) = (#outputs) * |W|."""
     net = Net((1, 1, 5, 5), ref=False)

@@ -275,6 +275,133 @@ def _im2col_grad(
     return g.reshape(dw, [cout, c // group, *k])
 
 
+# Depthwise convolutions whose input has at most this many spatial positions run forward
+# and backward as a gather (below) rather than as a Conv / ConvTranspose of `group`
+# channels: onnxruntime runs a grouped Conv one group at a time (an im2col and a GEMM per
+# channel, ~0.2 us each, measured), which dominates on the small late maps of MobileNet and
+# EfficientNet (960 channels of 2x2). Above it (8x8 and more) the grouped ops are as fast
+# or faster, and the gather writes taps times the input.
+_GATHER_MAX_POSITIONS = 16
+
+
+def _tap_index(
+    in_sp: Shape,
+    out_sp: Shape,
+    k: Shape,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    begins: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each kernel tap of a convolution reads and writes, as flat spatial positions.
+
+    `fwd[t, p]` is the input position that tap `t` reads for output position `p`, and
+    `bwd[t, q]` the output position whose tap `t` reads input position `q`; a pair that
+    falls in the padding (or that no output reaches) points one past the end, at a row of
+    zeros. Both are exact: each (tap, output) pair reads at most one input and each (tap,
+    input) pair is read by at most one output.
+    """
+    n_in, n_out = int(np.prod(in_sp)), int(np.prod(out_sp))
+    taps = list(itertools.product(*(range(d) for d in k)))
+    fwd = np.full((len(taps), n_out), n_in, np.int64)
+    bwd = np.full((len(taps), n_in), n_out, np.int64)
+    out_pos = np.indices(out_sp).reshape(len(out_sp), -1)  # (nd, P)
+    for t, tap in enumerate(taps):
+        pos = [out_pos[i] * strides[i] + tap[i] * dilations[i] - begins[i] for i in range(len(k))]
+        ok = np.all([(p >= 0) & (p < in_sp[i]) for i, p in enumerate(pos)], axis=0)
+        flat = np.ravel_multi_index([p[ok] for p in pos], in_sp)
+        fwd[t, ok] = flat
+        bwd[t, flat] = np.flatnonzero(ok)
+    return fwd, bwd
+
+
+def _channels_last(g: FlowBuilder, x: str, shape: Shape) -> str:
+    """(N, C, *sp) -> (positions + 1, N, C): positions first so that a Gather along axis 0
+    copies rows of N*C contiguous floats, and one more row of zeros for the padding."""
+    n, c = shape[:2]
+    t = g.node("Transpose", [g.reshape(x, [n, c, -1])], perm=[2, 0, 1])
+    return g.node("Pad", [t, g.i64([0, 0, 0, 1, 0, 0])])
+
+
+def _taps_times(g: FlowBuilder, col: str, w_taps: str, shape: Shape) -> str:
+    """sum_t col[t, p, n, c] * w[t, c] -> (N, C, *sp): the depthwise product in the
+    channels-last layout, where each Mul broadcasts over long rows of channels."""
+    y = g.reduce("ReduceSum", g.node("Mul", [col, w_taps]), [0], 0)  # (P, N, C)
+    return g.reshape(g.node("Transpose", [y], perm=[1, 2, 0]), list(shape))
+
+
+class _Depthwise:
+    """A depthwise convolution (one input channel per output channel) as gathers.
+
+    Every product is a Gather of the input in channels-last layout by a static tap index
+    (`_tap_index`), one Mul and one ReduceSum: forward `y[p, c] = sum_t x[fwd[t, p], c] w[t,
+    c]`, backward `dx[q, c] = sum_t dy[bwd[t, q], c] w[t, c]`, and the weight flow
+    `dw[t, c] = sum_p x[fwd[t, p], c] dy[p, c]` (summed over the batch too), which reuses
+    the forward's gathered input. Any stride, dilation, padding and rank; the channels stay
+    apart, so per-channel units pass through.
+    """
+
+    def __init__(
+        self,
+        x_shape: Shape,
+        y_shape: Shape,
+        k: Shape,
+        strides: Sequence[int],
+        dilations: Sequence[int],
+        pads: Sequence[int],
+    ) -> None:
+        self.x_shape, self.y_shape, self.taps = tuple(x_shape), tuple(y_shape), int(np.prod(k))
+        self.fwd, self.bwd = _tap_index(
+            x_shape[2:], y_shape[2:], k, strides, dilations, pads[: len(k)]
+        )
+
+    @property
+    def gathers(self) -> bool:
+        """Whether forward and backward run as gathers (small maps), not grouped convs."""
+        return int(np.prod(self.x_shape[2:])) <= _GATHER_MAX_POSITIONS
+
+    def columns(self, g: FlowBuilder, node: NodeContext, x: str) -> str:
+        """x gathered per tap, (taps, P, N, C): built once per node, shared by the forward
+        and the weight flow."""
+        key = ("columns", x)
+        if key not in node.saved:
+            node.saved[key] = g.node(
+                "Gather", [_channels_last(g, x, self.x_shape), g.const(self.fwd, "taps")], axis=0
+            )
+        return node.saved[key]
+
+    def weight_taps(self, g: FlowBuilder, node: NodeContext, w: str) -> str:
+        """The weight (C, 1, *k) as (taps, 1, 1, C), to broadcast over (taps, P, N, C);
+        built once per node, shared by forward and backward."""
+        key = ("weight_taps", w)
+        if key not in node.saved:
+            c = self.x_shape[1]
+            wt = g.node("Transpose", [g.reshape(w, [c, self.taps])])
+            node.saved[key] = g.reshape(wt, [self.taps, 1, 1, c])
+        return node.saved[key]
+
+    def fits(self) -> bool:
+        """Whether the gathered input stays under the im2col size limit."""
+        return self.taps * int(np.prod(self.y_shape)) <= _IM2COL_LIMIT
+
+    def forward(self, g: FlowBuilder, node: NodeContext, x: str, w: str) -> str:
+        col = self.columns(g, node, x)
+        return _taps_times(g, col, self.weight_taps(g, node, w), self.y_shape)
+
+    def backward(self, g: FlowBuilder, node: NodeContext, gy: str, w: str) -> str:
+        taps = g.const(self.bwd, "taps")
+        col = g.node("Gather", [_channels_last(g, gy, self.y_shape), taps], axis=0)
+        return _taps_times(g, col, self.weight_taps(g, node, w), self.x_shape)
+
+    def weight_flow(
+        self, g: FlowBuilder, node: NodeContext, x: str, gy: str, w_shape: Shape
+    ) -> str:
+        n, c = self.y_shape[:2]
+        dy = g.node("Transpose", [g.reshape(gy, [n, c, -1])], perm=[2, 0, 1])  # (P, N, C)
+        prod = g.node("Mul", [self.columns(g, node, x), dy])
+        dw = g.reduce("ReduceSum", prod, [1, 2], 0)  # (taps, C)
+        return g.reshape(g.node("Transpose", [dw]), list(w_shape))
+
+
 def _pointwise(k: Shape, strides, dilations, pads, group: int) -> bool:
     """Whether a Conv is a plain matrix product over channels (1x1, stride 1, no padding)."""
     return group == 1 and all(d == 1 for d in (*k, *strides)) and not any(pads)
@@ -315,6 +442,20 @@ def _conv_attrs(w: Const, x_shape: Shape, strides, dilations, pads, auto_pad):
 def _depthwise(x: Flow, w: Flow | Const, group: int) -> bool:
     """Whether each output channel reads only the same input channel (multiplier 1)."""
     return group > 1 and group == x.shape[1] == w.shape[0]
+
+
+def _depthwise_plan(
+    node: NodeContext, x: Flow, w: Flow | Const, group: int, k: Shape, strides, dilations, pads
+) -> _Depthwise | None:
+    """The gather plan of a depthwise Conv node (made once, shared by forward and
+    backward), or None for any other Conv."""
+    if not _depthwise(x, w, group):
+        return None
+    if "depthwise" not in node.saved:
+        node.saved["depthwise"] = _Depthwise(
+            x.shape, node.out_shapes[0], k, strides, dilations, pads
+        )
+    return node.saved["depthwise"]
 
 
 def _resolved(g: FlowBuilder, node: NodeContext, *vs: object) -> list:
@@ -358,6 +499,10 @@ class Conv(FlowRule):
         if _pointwise(k, strides, dilations, pads, group):
             y = _pointwise_forward(g, x.tensor, x.shape, _operand(g, node, w), w.shape)
             return Flow(y, g.scale_sum(x.scale, *_scales(w)))
+        plan = _depthwise_plan(node, x, w, group, k, strides, dilations, pads)
+        if plan is not None and plan.gathers and plan.fits():
+            y = plan.forward(g, node, x.tensor, _operand(g, node, w))
+            return Flow(y, g.scale_sum(x.scale, *_scales(w)), unit_shape=x.unit_shape)
         y = g.node(
             "Conv",
             [x.tensor, _operand(g, node, w)],
@@ -396,10 +541,15 @@ class Conv(FlowRule):
         if (raw.per_channel and group == 1) or depthwise:
             x = raw  # the weight's flow per input channel, each in its own unit
         wt = _operand(g, node, w)
+        plan = _depthwise_plan(node, x, w, group, k, strides, dilations, pads)
+        if plan is not None and not plan.fits():
+            plan = None
         dx = dw = None
         if x.needs_grad:
             if _pointwise(k, strides, dilations, pads, group):
                 tx = _pointwise_backward(g, gy.tensor, y_shape, wt, w.shape)
+            elif plan is not None and plan.gathers:
+                tx = plan.backward(g, node, gy.tensor, wt)
             else:
                 tx = _conv_transpose_full(
                     g,
@@ -415,20 +565,21 @@ class Conv(FlowRule):
                 )
             dx = g.like(tx, g.scale_sum(gy.scale, *_scales(w)))
         if isinstance(w, Flow) and w.needs_grad:
-            t = _im2col_grad(
-                g,
-                x.tensor,
-                x.shape,
-                gy.tensor,
-                y_shape,
-                k=k,
-                group=group,
-                strides=strides,
-                dilations=dilations,
-                pads=pads,
-            )
-            if t is None:
-                t = _correlate(
+            if plan is not None:
+                t = plan.weight_flow(g, node, x.tensor, gy.tensor, w.shape)
+            else:
+                t = _im2col_grad(
+                    g,
+                    x.tensor,
+                    x.shape,
+                    gy.tensor,
+                    y_shape,
+                    k=k,
+                    group=group,
+                    strides=strides,
+                    dilations=dilations,
+                    pads=pads,
+                ) or _correlate(
                     g,
                     x.tensor,
                     x.shape,
