@@ -14,7 +14,11 @@ and their per-channel units.
 
 Pointwise convolutions (1x1, stride 1, no padding, one group: most of a ResNet's layers) run
 all three products as matrix products, which onnxruntime's CPU kernels compute faster than
-Conv and ConvTranspose (no im2col, no col2im).
+Conv and ConvTranspose (no im2col, no col2im). Depthwise convolutions (MobileNet,
+EfficientNet) gather their input per kernel tap, channels last, and weigh the taps with one
+Mul and one ReduceSum (`_Depthwise`): for the weight flow always, and forward and backward on
+small maps, where onnxruntime's grouped Conv and ConvTranspose (one channel at a time) are
+slowest.
 """
 
 from __future__ import annotations
@@ -362,7 +366,7 @@ class _Depthwise:
     def columns(self, g: FlowBuilder, node: NodeContext, x: str) -> str:
         """x gathered per tap, (taps, P, N, C): built once per node, shared by the forward
         and the weight flow."""
-        key = ("columns", x)
+        key = f"columns:{x}"
         if key not in node.saved:
             node.saved[key] = g.node(
                 "Gather", [_channels_last(g, x, self.x_shape), g.const(self.fwd, "taps")], axis=0
@@ -372,7 +376,7 @@ class _Depthwise:
     def weight_taps(self, g: FlowBuilder, node: NodeContext, w: str) -> str:
         """The weight (C, 1, *k) as (taps, 1, 1, C), to broadcast over (taps, P, N, C);
         built once per node, shared by forward and backward."""
-        key = ("weight_taps", w)
+        key = f"weight_taps:{w}"
         if key not in node.saved:
             c = self.x_shape[1]
             wt = g.node("Transpose", [g.reshape(w, [c, self.taps])])
