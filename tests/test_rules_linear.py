@@ -98,12 +98,14 @@ def test_conv_first_layer_batch2(conv_grad_path: str) -> None:
 
 DEPTHWISE_CASES = {
     # id: (x shape, kernel, attrs); group = channels. Maps of at most 16 positions run as
-    # gathers by default, larger ones as grouped Conv / ConvTranspose (the weight flow is a
-    # gather either way); the fixture below runs every case both ways.
+    # gathers by default, larger ones as grouped Conv (backward: with the flipped kernel at
+    # stride 1, else ConvTranspose; the weight flow is a gather either way); the fixture
+    # below runs every case both ways.
     "s1_pad1": ((1, 3, 4, 4), (3, 3), dict(pads=[1, 1, 1, 1])),
     "s2_pad1": ((1, 3, 4, 4), (3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     "s2_odd_map": ((1, 3, 5, 3), (3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     "dilation2_asymmetric_pads": ((1, 3, 4, 4), (3, 3), dict(dilations=[2, 2], pads=[2, 1, 1, 2])),
+    "pad_beyond_kernel": ((1, 3, 4, 4), (3, 3), dict(pads=[3, 0, 0, 3])),
     "k5_on_2x2": ((1, 4, 2, 2), (5, 5), dict(pads=[2, 2, 2, 2])),
     "k2_s3_taps_in_padding": ((1, 2, 3, 4), (2, 2), dict(strides=[3, 3], pads=[1, 1, 1, 1])),
     "same_upper_s2": ((1, 3, 4, 4), (3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),

@@ -448,6 +448,29 @@ def _depthwise(x: Flow, w: Flow | Const, group: int) -> bool:
     return group > 1 and group == x.shape[1] == w.shape[0]
 
 
+def _flipped_begins(k: Shape, strides, dilations, pads) -> list[int] | None:
+    """Head pads of the stride-1 convolution with the flipped kernel that is a depthwise
+    Conv's transpose, or None where there is none (a stride above 1, a pad beyond the
+    kernel's extent).
+
+    onnxruntime's grouped ConvTranspose was measured 20-35% slower than the grouped Conv on
+    the same maps (MobileNet's and EfficientNet's 8x8 to 32x32 depthwise layers)."""
+    nd = len(k)
+    if any(st != 1 for st in strides):
+        return None
+    begins = [(k[i] - 1) * dilations[i] - pads[i] for i in range(nd)]
+    return begins if all(b >= 0 for b in begins) else None
+
+
+def _flip(g: FlowBuilder, w: str, nd: int) -> str:
+    """The kernel reversed along every spatial axis."""
+    ends = np.iinfo(np.int64).min
+    return g.node(
+        "Slice",
+        [w, g.i64([-1] * nd), g.i64([ends] * nd), g.i64(list(range(2, nd + 2))), g.i64([-1] * nd)],
+    )
+
+
 def _depthwise_plan(
     node: NodeContext, x: Flow, w: Flow | Const, group: int, k: Shape, strides, dilations, pads
 ) -> _Depthwise | None:
@@ -554,6 +577,19 @@ class Conv(FlowRule):
                 tx = _pointwise_backward(g, gy.tensor, y_shape, wt, w.shape)
             elif plan is not None and plan.gathers:
                 tx = plan.backward(g, node, gy.tensor, wt)
+            elif plan is not None and (begins := _flipped_begins(k, strides, dilations, pads)):
+                tx = _conv_full(
+                    g,
+                    gy.tensor,
+                    _flip(g, wt, nd),
+                    group=group,
+                    strides=strides,
+                    dilations=dilations,
+                    pads=begins,
+                    in_sp=y_shape[2:],
+                    k=k,
+                    want=x.shape[2:],
+                )
             else:
                 tx = _conv_transpose_full(
                     g,
