@@ -76,8 +76,18 @@ def conv_grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     return str(request.param)
 
 
+@pytest.fixture(params=["narrow", "wide"])
+def transpose_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A one-group Conv's backward on an output of few positions is gy^T @ W and a gathered
+    col2im (pointwise: gy^T @ W); elsewhere ConvTranspose (pointwise: W^T @ gy). The limit
+    is moved so both run on every case."""
+    limit = 10**9 if request.param == "narrow" else 0
+    monkeypatch.setattr(linear_rules, "_NARROW_COLUMNS", limit)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("case", list(CONV_CASES))
-def test_conv(case: str, conv_grad_path: str) -> None:
+def test_conv(case: str, conv_grad_path: str, transpose_path: str) -> None:
     x_shape, cout, kernel, attrs = CONV_CASES[case]
 
     def build(net: Net) -> onnx.ModelProto:

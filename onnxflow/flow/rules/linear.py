@@ -423,7 +423,12 @@ def _pointwise_backward(g: FlowBuilder, gy: str, gy_shape: Shape, w: str, w_shap
     """dx[n, i, p] = sum_o w[o, i] gy[n, o, p]."""
     n, o, sp = gy_shape[0], gy_shape[1], gy_shape[2:]
     w2 = g.reshape(w, w_shape[:2])
-    if n == 1:
+    if _narrow(gy_shape):  # gy^T @ W, the weight as the wide operand
+        p = int(np.prod(sp))
+        gyt = g.node("Transpose", [g.reshape(gy, [n, o, p])], perm=[0, 2, 1])
+        dx = g.node("Gemm", [g.reshape(gyt, [n * p, o]), w2])  # (N*P, I)
+        dx = g.node("Transpose", [g.reshape(dx, [n, p, w_shape[1]])], perm=[0, 2, 1])
+    elif n == 1:
         dx = g.node("Gemm", [w2, g.reshape(gy, [o, -1])], transA=1)
     else:
         dx = g.node("MatMul", [g.node("Transpose", [w2]), g.reshape(gy, [n, o, -1])])
@@ -446,6 +451,48 @@ def _conv_attrs(w: Const, x_shape: Shape, strides, dilations, pads, auto_pad):
 def _depthwise(x: Flow, w: Flow | Const, group: int) -> bool:
     """Whether each output channel reads only the same input channel (multiplier 1)."""
     return group > 1 and group == x.shape[1] == w.shape[0]
+
+
+# A product by a weight whose other operand has fewer columns than this (positions times
+# batch) is written with the weight as the right-hand, wide operand: onnxruntime's CPU GEMM
+# computes blocks of 16 columns, so W^T @ gy with 4 columns (ResNet-50's and MobileNet's 2x2
+# maps at 64x64) does 4x the arithmetic it needs, and a transposed A costs a further pass.
+_NARROW_COLUMNS = 8
+
+
+def _narrow(shape: Shape) -> bool:
+    """Whether a flow (N, C, *sp) has fewer than `_NARROW_COLUMNS` positions times batch."""
+    return shape[0] * int(np.prod(shape[2:])) < _NARROW_COLUMNS
+
+
+def _narrow_transpose(
+    g: FlowBuilder,
+    gy: str,
+    y_shape: Shape,
+    w: str,
+    w_shape: Shape,
+    x_shape: Shape,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+) -> str:
+    """The transpose of a one-group Conv on a narrow output (`_narrow`): the columns
+    gy^T @ W (batch and positions as the rows, the weight as the wide operand), then
+    col2im as one Gather of (position, tap) rows by a static index and a sum over taps.
+
+    dx[n, c, q] = sum_t col[n, p, c, t] for the output position p whose tap t reads q."""
+    n, o = y_shape[:2]
+    cin, k = w_shape[1], tuple(w_shape[2:])
+    taps, p = int(np.prod(k)), int(np.prod(y_shape[2:]))
+    gyt = g.node("Transpose", [g.reshape(gy, [n, o, p])], perm=[0, 2, 1])  # (N, P, O)
+    col = g.node("Gemm", [g.reshape(gyt, [n * p, o]), g.reshape(w, [o, cin * taps])])
+    col = g.node("Transpose", [g.reshape(col, [n, p, cin, taps])], perm=[1, 3, 0, 2])
+    col = g.node("Pad", [g.reshape(col, [p * taps, n * cin]), g.i64([0, 0, 1, 0])])
+    _, bwd = _tap_index(x_shape[2:], y_shape[2:], k, strides, dilations, pads[: len(k)])
+    rows = np.where(bwd < p, bwd * taps + np.arange(taps)[:, None], p * taps)
+    dx = g.reduce("ReduceSum", g.node("Gather", [col, g.const(rows, "taps")], axis=0), [0], 0)
+    dx = g.node("Transpose", [g.reshape(dx, [-1, n, cin])], perm=[1, 2, 0])  # (N, C, Q)
+    return g.reshape(dx, list(x_shape))
 
 
 def _flipped_begins(k: Shape, strides, dilations, pads) -> list[int] | None:
@@ -577,6 +624,10 @@ class Conv(FlowRule):
                 tx = _pointwise_backward(g, gy.tensor, y_shape, wt, w.shape)
             elif plan is not None and plan.gathers:
                 tx = plan.backward(g, node, gy.tensor, wt)
+            elif group == 1 and _narrow(y_shape):
+                tx = _narrow_transpose(
+                    g, gy.tensor, y_shape, wt, w.shape, x.shape, strides, dilations, pads
+                )
             elif plan is not None and (begins := _flipped_begins(k, strides, dilations, pads)):
                 tx = _conv_full(
                     g,
