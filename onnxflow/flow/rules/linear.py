@@ -18,7 +18,8 @@ Conv and ConvTranspose (no im2col, no col2im). Depthwise convolutions (MobileNet
 EfficientNet) gather their input per kernel tap, channels last, and weigh the taps with one
 Mul and one ReduceSum (`_Depthwise`): for the weight flow always, and forward and backward on
 small maps, where onnxruntime's grouped Conv and ConvTranspose (one channel at a time) are
-slowest.
+slowest. On outputs of a few positions (ResNet-50's 2x2 maps at 64x64) the backward product
+takes the weight as the wide GEMM operand (`_narrow`).
 """
 
 from __future__ import annotations
