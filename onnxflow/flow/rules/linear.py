@@ -319,12 +319,19 @@ def _tap_index(
     return fwd, bwd
 
 
-def _channels_last(g: FlowBuilder, x: str, shape: Shape) -> str:
+def _positions_first(g: FlowBuilder, node: NodeContext, x: str, shape: Shape) -> str:
+    """(N, C, *sp) -> (positions, N, C), made once per node and tensor."""
+    key = f"positions_first:{x}"
+    if key not in node.saved:
+        n, c = shape[:2]
+        node.saved[key] = g.node("Transpose", [g.reshape(x, [n, c, -1])], perm=[2, 0, 1])
+    return node.saved[key]
+
+
+def _channels_last(g: FlowBuilder, node: NodeContext, x: str, shape: Shape) -> str:
     """(N, C, *sp) -> (positions + 1, N, C): positions first so that a Gather along axis 0
     copies rows of N*C contiguous floats, and one more row of zeros for the padding."""
-    n, c = shape[:2]
-    t = g.node("Transpose", [g.reshape(x, [n, c, -1])], perm=[2, 0, 1])
-    return g.node("Pad", [t, g.i64([0, 0, 0, 1, 0, 0])])
+    return g.node("Pad", [_positions_first(g, node, x, shape), g.i64([0, 0, 0, 1, 0, 0])])
 
 
 def _taps_times(g: FlowBuilder, col: str, w_taps: str, shape: Shape) -> str:
@@ -370,7 +377,9 @@ class _Depthwise:
         key = f"columns:{x}"
         if key not in node.saved:
             node.saved[key] = g.node(
-                "Gather", [_channels_last(g, x, self.x_shape), g.const(self.fwd, "taps")], axis=0
+                "Gather",
+                [_channels_last(g, node, x, self.x_shape), g.const(self.fwd, "taps")],
+                axis=0,
             )
         return node.saved[key]
 
@@ -394,14 +403,13 @@ class _Depthwise:
 
     def backward(self, g: FlowBuilder, node: NodeContext, gy: str, w: str) -> str:
         taps = g.const(self.bwd, "taps")
-        col = g.node("Gather", [_channels_last(g, gy, self.y_shape), taps], axis=0)
+        col = g.node("Gather", [_channels_last(g, node, gy, self.y_shape), taps], axis=0)
         return _taps_times(g, col, self.weight_taps(g, node, w), self.x_shape)
 
     def weight_flow(
         self, g: FlowBuilder, node: NodeContext, x: str, gy: str, w_shape: Shape
     ) -> str:
-        n, c = self.y_shape[:2]
-        dy = g.node("Transpose", [g.reshape(gy, [n, c, -1])], perm=[2, 0, 1])  # (P, N, C)
+        dy = _positions_first(g, node, gy, self.y_shape)  # (P, N, C)
         prod = g.node("Mul", [self.columns(g, node, x), dy])
         dw = g.reduce("ReduceSum", prod, [1, 2], 0)  # (taps, C)
         return g.reshape(g.node("Transpose", [dw]), list(w_shape))
