@@ -21,6 +21,8 @@ from rulecheck import (
 )
 
 import onnxflow
+from onnxflow.analyze import analyze
+from onnxflow.flow.engine import FlowEngine
 from onnxflow.flow.rules import linear as linear_rules
 
 # ---- Conv ----------------------------------------------------------------------------------
@@ -176,6 +178,29 @@ def test_depthwise_after_concat_keeps_channel_units(depthwise_path: str) -> None
         return net.model(net.pad_conv(y, 2))
 
     check(build, (1, 2, 4, 4))
+
+
+def _flow_ops(model: onnx.ModelProto) -> set[str]:
+    analysis = analyze(model)
+    return {
+        n.op_type for n in FlowEngine(analysis.graph, analysis.dag, "cpu").flow.model.graph.node
+    }
+
+
+def test_narrow_transpose_and_its_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3x3 conv on a 2x2 map: its backward gathers (no ConvTranspose); with a gather
+    limit below its size, ConvTranspose again. Scores are checked both ways."""
+
+    def build(net: Net) -> onnx.ModelProto:
+        y = net.pad_conv("x", 3)
+        return net.model(net.pad_conv(net.conv(y, 4, (3, 3), pads=[1, 1, 1, 1]), 2))
+
+    x_shape = (1, 2, 2, 2)
+    assert "ConvTranspose" not in _flow_ops(build(Net(x_shape, ref=False)))
+    check(build, x_shape)
+    monkeypatch.setattr(linear_rules, "_NARROW_GATHER_LIMIT", 0)
+    assert "ConvTranspose" in _flow_ops(build(Net(x_shape, ref=False)))
+    check(build, x_shape)
 
 
 def test_tap_index_matches_a_direct_convolution() -> None:

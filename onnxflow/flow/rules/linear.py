@@ -474,6 +474,17 @@ def _narrow(shape: Shape) -> bool:
     return shape[0] * int(np.prod(shape[2:])) < _NARROW_COLUMNS
 
 
+def _narrow_col2im_fits(x_shape: Shape, k: Shape) -> bool:
+    """Whether `_narrow_transpose`'s gathered columns (taps x input) stay small: a kernel
+    as large as its input (a 1x1 output of a large map) would gather taps x positions."""
+    gathered = int(np.prod(k)) * int(np.prod(x_shape))
+    return gathered <= _NARROW_GATHER_LIMIT
+
+
+# Above this many float32 elements `_narrow_transpose` is not used (ConvTranspose is).
+_NARROW_GATHER_LIMIT = 2**22
+
+
 def _narrow_transpose(
     g: FlowBuilder,
     gy: str,
@@ -633,7 +644,7 @@ class Conv(FlowRule):
                 tx = _pointwise_backward(g, gy.tensor, y_shape, wt, w.shape)
             elif plan is not None and plan.gathers:
                 tx = plan.backward(g, node, gy.tensor, wt)
-            elif group == 1 and _narrow(y_shape):
+            elif group == 1 and _narrow(y_shape) and _narrow_col2im_fits(x.shape, k):
                 tx = _narrow_transpose(
                     g, gy.tensor, y_shape, wt, w.shape, x.shape, strides, dilations, pads
                 )
