@@ -57,6 +57,7 @@ CONV_CASES = {
     ),
     "1x1": ((1, 3, 5, 5), 4, (1, 1), {}),
     "1x1_batch2_2x2": ((2, 3, 2, 2), 4, (1, 1), {}),
+    "1x1_on_1x1": ((1, 3, 1, 1), 4, (1, 1), {}),
     "3x3_on_2x2": ((1, 3, 2, 2), 4, (3, 3), dict(pads=[1, 1, 1, 1])),
     "1x1_stride2": ((1, 3, 7, 7), 4, (1, 1), dict(strides=[2, 2])),
     "1x1_stride2_batch2": ((2, 3, 6, 6), 4, (1, 1), dict(strides=[2, 2])),
@@ -83,8 +84,8 @@ def conv_grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 @pytest.fixture(params=["narrow", "wide"])
 def transpose_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """A one-group Conv's backward on an output of few positions is gy^T @ W and a gathered
-    col2im (pointwise: gy^T @ W); elsewhere ConvTranspose (pointwise: W^T @ gy). The limit
-    is moved so both run on every case."""
+    col2im (pointwise: gy^T @ W, and forward x^T @ W^T); elsewhere ConvTranspose (pointwise:
+    W^T @ gy, forward W @ x). The limit is moved so both run on every case."""
     limit = 10**9 if request.param == "narrow" else 0
     monkeypatch.setattr(linear_rules, "_NARROW_COLUMNS", limit)
     return str(request.param)
