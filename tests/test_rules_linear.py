@@ -122,6 +122,12 @@ DEPTHWISE_CASES = {
     "dilation2_asymmetric_pads": ((1, 3, 4, 4), (3, 3), dict(dilations=[2, 2], pads=[2, 1, 1, 2])),
     "pad_beyond_kernel": ((1, 3, 4, 4), (3, 3), dict(pads=[3, 0, 0, 3])),
     "k5_on_2x2": ((1, 4, 2, 2), (5, 5), dict(pads=[2, 2, 2, 2])),
+    "k5_asymmetric_pads_on_3x3": ((1, 3, 3, 3), (5, 5), dict(pads=[3, 1, 1, 3])),
+    "k5x3_s2_dilation2x1_on_3x2": (
+        (1, 3, 3, 2),
+        (5, 3),
+        dict(strides=[2, 1], dilations=[2, 1], pads=[3, 2, 4, 0]),
+    ),
     "k2_s3_taps_in_padding": ((1, 2, 3, 4), (2, 2), dict(strides=[3, 3], pads=[1, 1, 1, 1])),
     "same_upper_s2": ((1, 3, 4, 4), (3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
     "batch2_s2": ((2, 3, 4, 4), (3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
@@ -202,6 +208,14 @@ def test_narrow_transpose_and_its_fallback(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(linear_rules, "_NARROW_GATHER_LIMIT", 0)
     assert "ConvTranspose" in _flow_ops(build(Net(x_shape, ref=False)))
     check(build, x_shape)
+
+
+def test_depthwise_taps_that_read_only_padding_are_left_out() -> None:
+    """A 5x5 kernel on a 2x2 map with pads 2: only the middle 3x3 taps read the input."""
+    plan = linear_rules._Depthwise((1, 4, 2, 2), (1, 4, 2, 2), (5, 5), [1, 1], [1, 1], [2] * 4)
+    assert plan.box == [(1, 4), (1, 4)] and plan.taps == 9 and plan.cropped
+    full = linear_rules._Depthwise((1, 4, 6, 6), (1, 4, 6, 6), (5, 5), [1, 1], [1, 1], [2] * 4)
+    assert full.box == [(0, 5), (0, 5)] and full.taps == 25 and not full.cropped
 
 
 def test_tap_index_matches_a_direct_convolution() -> None:

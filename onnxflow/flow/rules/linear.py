@@ -319,6 +319,31 @@ def _tap_index(
     return fwd, bwd
 
 
+def _live_taps(
+    in_sp: Shape,
+    out_sp: Shape,
+    k: Shape,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    begins: Sequence[int],
+) -> list[tuple[int, int]]:
+    """Per spatial axis, the [start, stop) range of kernel taps that read the input (not
+    only padding) at some output position. The positions a tap reads move right as the
+    tap does, so the live taps are one range; the whole kernel where none is live."""
+    box = []
+    for i, size in enumerate(k):
+        reach = [
+            t
+            for t in range(size)
+            if any(
+                0 <= o * strides[i] + t * dilations[i] - begins[i] < in_sp[i]
+                for o in range(out_sp[i])
+            )
+        ]
+        box.append((min(reach), max(reach) + 1) if reach else (0, size))
+    return box
+
+
 def _positions_first(g: FlowBuilder, node: NodeContext, x: str, shape: Shape) -> str:
     """(N, C, *sp) -> (positions, N, C), made once per node and tensor."""
     key = f"positions_first:{x}"
@@ -350,6 +375,10 @@ class _Depthwise:
     `dw[t, c] = sum_p x[fwd[t, p], c] dy[p, c]` (summed over the batch too), which reuses
     the forward's gathered input. Any stride, dilation, padding and rank; the channels stay
     apart, so per-channel units pass through.
+
+    Taps that read only padding, whatever the output position (a 5x5 kernel on a 2x2 map:
+    16 of its 25 taps), are left out: the products use the box of the other taps, and
+    their weight flow is zero.
     """
 
     def __init__(
@@ -361,10 +390,22 @@ class _Depthwise:
         dilations: Sequence[int],
         pads: Sequence[int],
     ) -> None:
-        self.x_shape, self.y_shape, self.taps = tuple(x_shape), tuple(y_shape), int(np.prod(k))
+        self.x_shape, self.y_shape, self.k = tuple(x_shape), tuple(y_shape), tuple(k)
+        begins = list(pads[: len(k)])
+        self.box = _live_taps(x_shape[2:], y_shape[2:], k, strides, dilations, begins)
+        box_k = tuple(stop - start for start, stop in self.box)
+        self.taps = int(np.prod(box_k))
+        box_begins = [
+            b - start * d for b, (start, _), d in zip(begins, self.box, dilations, strict=True)
+        ]
         self.fwd, self.bwd = _tap_index(
-            x_shape[2:], y_shape[2:], k, strides, dilations, pads[: len(k)]
+            x_shape[2:], y_shape[2:], box_k, strides, dilations, box_begins
         )
+
+    @property
+    def cropped(self) -> bool:
+        """Whether some taps read only padding and are left out."""
+        return any(start > 0 or stop < k for (start, stop), k in zip(self.box, self.k, strict=True))
 
     @property
     def gathers(self) -> bool:
@@ -389,6 +430,10 @@ class _Depthwise:
         key = f"weight_taps:{w}"
         if key not in node.saved:
             c = self.x_shape[1]
+            if self.cropped:
+                starts, stops = zip(*self.box, strict=True)
+                axes = list(range(2, len(self.k) + 2))
+                w = g.node("Slice", [w, g.i64(list(starts)), g.i64(list(stops)), g.i64(axes)])
             wt = g.node("Transpose", [g.reshape(w, [c, self.taps])])
             node.saved[key] = g.reshape(wt, [self.taps, 1, 1, c])
         return node.saved[key]
@@ -412,7 +457,13 @@ class _Depthwise:
         dy = _positions_first(g, node, gy, self.y_shape)  # (P, N, C)
         prod = g.node("Mul", [self.columns(g, node, x), dy])
         dw = g.reduce("ReduceSum", prod, [1, 2], 0)  # (taps, C)
-        return g.reshape(g.node("Transpose", [dw]), list(w_shape))
+        box_k = [stop - start for start, stop in self.box]
+        dw = g.reshape(g.node("Transpose", [dw]), [*w_shape[:2], *box_k])
+        if self.cropped:  # zeros for the taps that read only padding
+            heads = [start for start, _ in self.box]
+            tails = [k - stop for (_, stop), k in zip(self.box, self.k, strict=True)]
+            dw = g.node("Pad", [dw, g.i64([0, 0, *heads, 0, 0, *tails])])
+        return dw
 
 
 def _pointwise(k: Shape, strides, dilations, pads, group: int) -> bool:
