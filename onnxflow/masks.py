@@ -18,6 +18,7 @@ channel, and within the layer it is ranked by float64 log-scores instead of floa
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from onnxflow.pruning.schedule import schedule_counts
 from onnxflow.scores import Scores, raise_non_finite
 
 __all__ = [  # schedule_counts: where it was, for the channel mode
+    "KEEP_ABOVE",
     "fits_pattern",
     "local_counts",
     "rank_keys",
@@ -39,11 +41,14 @@ __all__ = [  # schedule_counts: where it was, for the channel mode
     "top_k",
 ]
 
-_SAMPLE = 200_000
-# Up to this many weights, each layer's "above the band" booleans are kept from the band pass
-# to the mask write (one comparison of all scores fewer); beyond, they are computed again so
-# that large models never hold a second byte per weight.
-_KEEP_ABOVE = 1 << 26
+_SAMPLE = 1 << 16
+"""Scores sampled to place the band: each sampled score costs a cache line, and the band
+(the scores ranked exactly) narrows only as the square root of the sample grows."""
+KEEP_ABOVE = 1 << 26
+"""Up to this many weights, selection writes the new masks beside the old ones (a second
+byte per weight), so its band pass writes the masks' "above the band" booleans at once;
+beyond, it writes over the old masks and compares those scores again once the band is
+known, so that large models never hold a second byte per weight."""
 
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
@@ -53,7 +58,7 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(n, dtype=bool)
     if k >= n:
         return np.ones(n, dtype=bool)
-    threshold = np.partition(values, n - k)[n - k]
+    threshold = kth_smallest(values, n - k)
     keep = values > threshold
     need = k - int(np.count_nonzero(keep))
     if need > 0:
@@ -139,35 +144,50 @@ def select_global(
     k: int,
     *,
     zeroed: bool = False,
+    out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Keep the k best weights over all layers (one threshold on the log-scores).
 
-    The new masks are written over `masks` (and returned), so no second set of N booleans
-    is held; scores of pruned weights are set to 0 in place, a pass over all scores that
-    `zeroed=True` skips where they are 0 already (the flow engine's scores of the masks it
-    was last pruned with).
+    The new masks are written into `out` when it is given (a bool buffer per layer, none
+    of them one of `masks`), and `masks` is left as it was: a caller that keeps two sets
+    of masks can then undo a step without a copy. Without `out` they are written over
+    `masks` (and returned); models above `KEEP_ABOVE` weights then hold no second set of
+    N booleans at any time. Scores of pruned weights are set to 0 in place, a pass over all
+    scores that `zeroed=True` skips where they are 0 already (the flow engine's scores of
+    the masks it was last pruned with).
     """
+    total = sum(scores.values[n].size for n in names)
+    if out is None and total <= KEEP_ABOVE:
+        new = {n: np.empty(masks[n].shape, bool) for n in names}
+        select_global(names, scores, masks, k, zeroed=zeroed, out=new)
+        for n in names:
+            np.copyto(masks[n], new[n])
+        return {n: masks[n] for n in names}
     vals = {n: scores.values[n].reshape(-1) for n in names}
     if not zeroed:
-        each(lambda n: np.multiply(vals[n], masks[n].reshape(-1), out=vals[n]), names)
+        for n in names:
+            np.multiply(vals[n], masks[n].reshape(-1), out=vals[n])
     shapes = {n: scores.values[n].shape for n in names}
-    sample, sampled = _sample_keys(names, vals, scores.units, shapes)
-    out = {n: masks[n].reshape(-1) for n in names}
-    for margin in (4.0, 16.0, math.inf):
-        found = _select_band(names, vals, scores.units, shapes, k, sample, sampled, margin, out)
+    units = {n: scores.units[n] for n in names}
+    dest = {n: (masks if out is None else out)[n].reshape(-1) for n in names}
+    sample, sampled = _sample_keys(names, vals, units, shapes)
+    for margin in (2.5, 10.0, math.inf):
+        found = _select_band(
+            names, vals, units, shapes, k, sample, sampled, margin, dest, early=out is not None
+        )
         if found:
-            return {n: out[n].reshape(masks[n].shape) for n in names}
+            return {n: dest[n].reshape(masks[n].shape) for n in names}
         if found is None:  # no band can hold the threshold: go straight to the fallback
             break
     # Fewer positive scores than k: keep them all, then blocked weights in network order.
     extra = k - sum(int(np.count_nonzero(vals[n] > 0)) for n in names)
     for n in names:
-        keep, v = out[n], vals[n]  # `out` still holds the old masks here
-        blocked = np.flatnonzero(keep & (v == 0))[: max(extra, 0)]
+        v, keep = vals[n], dest[n]
+        blocked = np.flatnonzero(masks[n].reshape(-1) & (v == 0))[: max(extra, 0)]
         np.greater(v, 0, out=keep)
         keep[blocked] = True
         extra -= blocked.size
-    return {n: out[n].reshape(masks[n].shape) for n in names}
+    return {n: dest[n].reshape(masks[n].shape) for n in names}
 
 
 def _unit_at(u: float | np.ndarray, shape: tuple[int, ...], idx: np.ndarray) -> float | np.ndarray:
@@ -180,15 +200,33 @@ def _unit_at(u: float | np.ndarray, shape: tuple[int, ...], idx: np.ndarray) -> 
     return arr[tuple(m if arr.shape[d] > 1 else 0 * m for d, m in enumerate(multi))]
 
 
-def _thresholds(log_value: float, u: float | np.ndarray) -> np.float32 | np.ndarray:
-    """`_linear_threshold(log_value - u)`, per channel for per-channel units."""
-    if np.ndim(u) == 0:
-        return _linear_threshold(log_value - float(u))
-    with np.errstate(invalid="ignore", over="ignore"):
-        x = np.nan_to_num(log_value - np.asarray(u), nan=np.inf, posinf=np.inf, neginf=-np.inf)
-        t = np.where(x < _LOG_F32_MIN, 0.0, np.exp(np.minimum(x, _LOG_F32_MAX)))
-        t = np.where(x > _LOG_F32_MAX, np.inf, t)
-    return t.astype(np.float32)
+def exact_thresholds(bounds: np.ndarray | float, units: np.ndarray) -> np.ndarray:
+    """For each log-unit u (and bound b, broadcast with it), the float32 t with `v > t`
+    exactly where the key `log(v) + u` (float64, the key `_select_band` ranks by) is above b.
+
+    Keys grow with v, so t is the largest float32 whose own key is <= b: exp(b - u) rounded
+    to float32, then moved by single ulps until it is that value. Exact thresholds make the
+    band's edges exact: every weight above the band outranks every weight in it. A bound
+    of -inf gives 0 (every positive score is above it), +inf gives inf, and so does a unit
+    of -inf (a channel no flow reaches: nothing of it is above any bound)."""
+    b, u = np.broadcast_arrays(np.asarray(bounds, np.float64), np.asarray(units, np.float64))
+    live = (u > -np.inf) & (b < np.inf)  # elsewhere inf
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        x = np.where(live, b - u, 0.0)
+        t = np.exp(np.minimum(x, _LOG_F32_MAX)).astype(np.float32)  # 0 below float32's range
+
+        def key(t: np.ndarray) -> np.ndarray:
+            return np.log(t, dtype=np.float64) + u
+
+        while (down := live & (key(t) > b)).any():
+            t = np.where(down, np.nextafter(t, np.float32(0)), t)
+        while True:
+            nxt = np.nextafter(t, np.float32(np.inf))
+            up = live & (nxt <= _F32_MAX) & (key(nxt) <= b)
+            if not up.any():
+                break
+            t = np.where(up, nxt, t)
+    return np.where(live, t, np.float32(np.inf))
 
 
 def _sample_keys(
@@ -198,29 +236,36 @@ def _sample_keys(
     shapes: dict[str, tuple[int, ...]],
 ) -> tuple[np.ndarray, int]:
     """Log-scores of a regular sample of the positive scores (unordered), and the number of
-    entries (positive or not) the sample was drawn from."""
+    entries (positive or not) the sample was drawn from. The sample only places the band,
+    which is then counted exactly, so its logs are taken in float32 (ten times faster); it
+    is drawn from all layers in one strided copy, and each sampled score is checked to be
+    finite (the runs after the dense one check no more than this sample)."""
     total = sum(v.size for v in vals.values())
     step = max(1, total // _SAMPLE)
-
-    def sample(n: str) -> np.ndarray:
-        # One strided read into a contiguous copy: the checks below then read 4 bytes per
-        # sampled score, not a cache line each.
-        s = np.ascontiguousarray(vals[n][::step])
-        if not np.isfinite(s).all():
-            raise_non_finite(n)
-        pos = np.flatnonzero(s > 0)
-        unit = _unit_at(units[n], shapes[n], pos * step)
-        return np.log(s[pos], dtype=np.float64) + unit
-
-    sampled = sum(-(-vals[n].size // step) for n in names)  # len(v[::step])
-    return np.concatenate(each(sample, names)), sampled
+    s = np.concatenate([_NO_SCORES] + [vals[n][::step] for n in names])
+    lens = [-(-vals[n].size // step) for n in names]  # len(v[::step])
+    if not np.isfinite(s).all():
+        first = int(np.argmin(np.isfinite(s)))
+        raise_non_finite(names[int(np.searchsorted(np.cumsum(lens), first, "right"))])
+    pos = (s > 0).nonzero()[0]
+    with np.errstate(under="ignore"):
+        keys = np.log(s[pos]).astype(np.float64)
+    single = [0.0 if np.ndim(units[n]) else float(units[n]) for n in names]
+    keys += np.repeat(single, lens)[pos]
+    start = 0
+    for n, size in zip(names, lens, strict=True):
+        if np.ndim(units[n]):  # a unit per channel: each sampled entry's own
+            at = ((pos >= start) & (pos < start + size)).nonzero()[0]
+            keys[at] += _unit_at(units[n], shapes[n], (pos[at] - start) * step)
+        start += size
+    return keys, start
 
 
 def kth_smallest(x: np.ndarray, k: int) -> float:
-    """`np.partition(x, k)[k]` for a 1-D array of finite values, without partitioning all
-    of a large `x`: a sorted subsample brackets the value, one pass counts what lies below
-    the bracket, and only the values inside it are partitioned (all of `x` if the bracket
-    missed)."""
+    """`np.partition(x, k)[k]` for a 1-D array without NaN, without partitioning all of a
+    large `x` (np.partition costs ~10 ns a value here): a sorted subsample brackets the
+    value, one pass counts what lies below the bracket, and only the values inside it are
+    partitioned (all of `x` if the bracket missed)."""
     n = x.size
     if n <= 8 * _SUBSAMPLE:
         return float(np.partition(x, k)[k])
@@ -238,18 +283,94 @@ def kth_smallest(x: np.ndarray, k: int) -> float:
 
 
 _SUBSAMPLE = 4096
-_LOG_F32_MAX = math.log(float(np.finfo(np.float32).max))
+_F32_MAX = float(np.finfo(np.float32).max)
+_LOG_F32_MAX = math.log(_F32_MAX)
 _LOG_F32_MIN = math.log(float(np.finfo(np.float32).smallest_subnormal))
 
 
-def _linear_threshold(log_value: float) -> np.float32:
-    """exp(log_value) as a float32 threshold; beyond float32 range it saturates to inf or 0,
-    which compares with every float32 value exactly as exp(log_value) would."""
-    if log_value > _LOG_F32_MAX:
-        return np.float32(np.inf)
-    if log_value < _LOG_F32_MIN:
-        return np.float32(0.0)
-    return np.float32(math.exp(log_value))
+def _layer_thresholds(
+    hi: float, lo: float, names: Sequence[str], units: dict[str, float | np.ndarray]
+) -> dict[str, tuple[Any, Any]]:
+    """`exact_thresholds` of both band edges for every layer: float32 scalars for layers
+    with one unit (all of them in one vectorized call), arrays for per-channel units."""
+    single = [n for n in names if np.ndim(units[n]) == 0]
+    u = np.array([float(units[n]) for n in single])
+    t = exact_thresholds(np.array([[hi], [lo]]), u)
+    out: dict[str, tuple[Any, Any]] = dict(zip(single, zip(t[0], t[1], strict=True), strict=True))
+    for n in names:
+        if np.ndim(units[n]):
+            u = np.asarray(units[n])
+            out[n] = (exact_thresholds(hi, u), exact_thresholds(lo, u))
+    return out
+
+
+def _band_pass(
+    names: Sequence[str],
+    vals: dict[str, np.ndarray],
+    shapes: dict[str, tuple[int, ...]],
+    edges: dict[str, tuple[Any, Any]],
+    above: dict[str, np.ndarray] | None,
+) -> list[tuple[int, np.ndarray]]:
+    """Each layer's count of scores above its upper edge and the flat indices of those in
+    (lower edge, upper edge]; the booleans of the first are written into `above` when it
+    is given.
+
+    One-unit layers are compared in pieces of `_CHUNK` scores through scratch buffers kept
+    by each thread (a fresh N-byte array costs a page fault per 4 KiB, more than the
+    comparison), the second comparison reading the piece from cache."""
+    pieces: list[tuple[int, int, int]] = []
+    for i, n in enumerate(names):
+        size, whole = vals[n].size, np.ndim(edges[n][0]) > 0
+        step = size if whole or size <= _CHUNK else _CHUNK
+        pieces += [(i, start, min(size, start + step)) for start in range(0, size, step)]
+
+    def piece(i: int, start: int, stop: int) -> tuple[int, np.ndarray]:
+        n = names[i]
+        t_hi, t_lo = edges[n]
+        if np.ndim(t_hi):  # per-channel edges broadcast over the layer's shape
+            v = vals[n].reshape(shapes[n])
+            a = np.empty(shapes[n], bool) if above is None else above[n].reshape(shapes[n])
+            np.greater(v, t_hi, out=a)
+            inside = v > t_lo
+            np.not_equal(inside, a, out=inside)
+            return int(np.count_nonzero(a)), np.flatnonzero(inside)
+        chunk, buf = vals[n][start:stop], _scratch()
+        a = buf[0, : stop - start] if above is None else above[n][start:stop]
+        np.greater(chunk, t_hi, out=a)
+        if not t_lo < t_hi:
+            return int(np.count_nonzero(a)), _NONE
+        inside = buf[1, : stop - start]
+        np.greater(chunk, t_lo, out=inside)
+        np.not_equal(inside, a, out=inside)
+        idx = inside.nonzero()[0]
+        return int(np.count_nonzero(a)), idx + start if start else idx
+
+    results = each(lambda p: piece(*p), pieces) if _THREADS else [piece(*p) for p in pieces]
+    counts, parts = [0] * len(names), [[_NONE] for _ in names]
+    for (i, _, _), (count, idx) in zip(pieces, results, strict=True):
+        counts[i] += count
+        if idx.size:
+            parts[i].append(idx)
+    return [
+        (c, p[-1] if len(p) < 3 else np.concatenate(p)) for c, p in zip(counts, parts, strict=True)
+    ]
+
+
+_THREADS = False
+
+
+_NONE = np.zeros(0, np.intp)
+_NO_SCORES = np.zeros(0, np.float32)
+_CHUNK = 1 << 18
+_local = threading.local()
+
+
+def _scratch() -> np.ndarray:
+    """This thread's two rows of `_CHUNK` booleans for `_band`, allocated once."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = np.empty((2, _CHUNK), bool)
+    return buf
 
 
 def _select_band(
@@ -261,12 +382,17 @@ def _select_band(
     sample: np.ndarray,
     sampled: int,
     margin: float,
-    out: dict[str, np.ndarray],
+    dest: dict[str, np.ndarray],
+    *,
+    early: bool,
 ) -> bool | None:
     """Keep all scores above a band around the estimated threshold and rank the band exactly,
-    writing the masks into `out`. False, with `out` untouched, if the band missed the
-    threshold (then a wider one is tried); None, untouched, if there are fewer positive
-    scores than k (the band reached down to 0 and still held too few)."""
+    writing the masks into `dest`. False if the band missed the threshold (then a wider one
+    is tried); None if there are fewer positive scores than k (the band reached down to 0
+    and still held too few). `early`: `dest` may be written before the band is known to
+    hold the threshold (it is not the old masks), so the band pass writes the booleans
+    above the band straight into it; else (`dest` untouched on a miss) they are counted
+    in scratch buffers and compared again once the band is known to be right."""
     total = sum(v.size for v in vals.values())
     hi, lo = math.inf, -math.inf
     if not math.isinf(margin) and sample.size:
@@ -280,43 +406,40 @@ def _select_band(
             hi = kth_smallest(sample, at_hi)
         if at_lo >= 0:
             lo = kth_smallest(sample, at_lo)
-
-    keep_above = total <= _KEEP_ABOVE
-
-    def band(n: str) -> tuple[int, np.ndarray, np.ndarray, Any, np.ndarray | None]:
-        v, u = vals[n], units[n]
-        t_hi, t_lo = _thresholds(hi, u), _thresholds(lo, u)
-        if np.ndim(u):  # per-channel thresholds broadcast over the layer's shape
-            v = v.reshape(shapes[n])
-        a = (v > t_hi).reshape(-1)
-        above = int(np.count_nonzero(a))
-        inside = (v > t_lo).reshape(-1)
-        np.logical_xor(inside, a, out=inside)  # above is a subset of v > t_lo
-        idx = np.flatnonzero(inside)
-        keys = np.log(vals[n][idx], dtype=np.float64) + _unit_at(u, shapes[n], idx)
-        return above, idx, keys, t_hi, a if keep_above else None
-
-    bands = each(band, names)
-    need = k - sum(b[0] for b in bands)
-    keys = np.concatenate([b[2] for b in bands])
-    if need > keys.size and lo == -math.inf:
-        return None  # `out` untouched
-    if need < 0 or need > keys.size:
-        return False  # `out` untouched
-    # The band is in (layer, index) order, so top_k's tie-break by position is ours.
-    chosen = top_k(keys, need)
-    starts = np.cumsum([0] + [b[1].size for b in bands])
-
-    def write(i: int) -> None:
-        n, (_, idx, _, t_hi, above) = names[i], bands[i]
-        if above is None:
-            shape = shapes[n] if np.ndim(t_hi) else (-1,)
-            np.greater(vals[n].reshape(shape), t_hi, out=out[n].reshape(shape))
-        else:
-            np.copyto(out[n], above)
-        out[n][idx[chosen[starts[i] : starts[i + 1]]]] = True
-
-    each(write, range(len(names)))
+    edges = _layer_thresholds(hi, lo, names, units)
+    bands = _band_pass(names, vals, shapes, edges, dest if early else None)
+    need = k - sum(above for above, _ in bands)
+    sizes = [idx.size for _, idx in bands]
+    if need > sum(sizes) and lo == -math.inf:
+        return None
+    if need < 0 or need > sum(sizes):
+        return False
+    # The band is in (layer, index) order, so top_k's tie-break by position is ours; its
+    # edges are exact, so everything above it outranks all of it.
+    band = [(n, idx) for n, (_, idx) in zip(names, bands, strict=True) if idx.size]
+    with np.errstate(divide="ignore"):
+        keys = np.log(
+            np.concatenate([_NO_SCORES] + [vals[n][idx] for n, idx in band]), dtype=np.float64
+        )
+    single = [0.0 if np.ndim(units[n]) else float(units[n]) for n, _ in band]
+    keys += np.repeat(single, [idx.size for _, idx in band])
+    start = 0
+    for n, idx in band:
+        if np.ndim(units[n]):  # a unit per channel: each entry's own
+            keys[start : start + idx.size] += _unit_at(units[n], shapes[n], idx)
+        start += idx.size
+    chosen = np.flatnonzero(top_k(keys, need))
+    if not early:
+        for n in names:
+            shape = shapes[n] if np.ndim(units[n]) else (-1,)
+            np.greater(vals[n].reshape(shape), edges[n][0], out=dest[n].reshape(shape))
+    ends = np.cumsum([idx.size for _, idx in band])
+    cuts = np.searchsorted(chosen, ends)
+    first = 0
+    for (n, idx), end, cut in zip(band, ends, cuts, strict=True):
+        if cut > first:
+            dest[n][idx[chosen[first:cut] - (end - idx.size)]] = True
+        first = cut
     return True
 
 

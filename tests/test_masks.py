@@ -230,7 +230,7 @@ def test_select_global_large(
     without heavy ties at the threshold; on the path of models small enough to keep the
     band pass's booleans, and on the large models' path that compares again."""
     if not keep_above:
-        monkeypatch.setattr(masks_module, "_KEEP_ABOVE", 0)
+        monkeypatch.setattr(masks_module, "KEEP_ABOVE", 0)
     rng = np.random.default_rng(7)
     names, scores, masks = random_layers(
         rng,

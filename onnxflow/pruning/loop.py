@@ -8,6 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
+from onnxflow.masks import KEEP_ABOVE
 from onnxflow.pruning.constraints import NMPattern
 from onnxflow.pruning.scorers import Scorer
 from onnxflow.pruning.selector import Selector
@@ -25,15 +26,25 @@ class Step(Protocol):
 
 
 class PlainStep:
-    """Select, then tell the scorer: a step as the paper takes it."""
+    """Select, then tell the scorer: a step as the paper takes it.
+
+    Up to `KEEP_ABOVE` weights a step writes its masks into a second set of buffers and
+    the masks it started from are the next step's buffers: no N-byte array is allocated
+    per step (its fresh pages cost more than the comparison that fills it). Above, the
+    masks are written over."""
 
     def __init__(self, select: Selector, scorer: Scorer, *, exact_zeros: bool) -> None:
         self.select, self.scorer, self.exact_zeros = select, scorer, exact_zeros
+        self._spare: Masks | None = None
 
     def __call__(self, scores: Scores, masks: Masks, kept: int, k: int) -> Masks:
-        masks = self.select(scores, masks, k, exact_zeros=self.exact_zeros)
-        self.scorer.prune(masks)
-        return masks
+        if self._spare is None and sum(m.size for m in masks.values()) <= KEEP_ABOVE:
+            self._spare = {n: np.empty_like(m) for n, m in masks.items()}
+        new = self.select(scores, masks, k, exact_zeros=self.exact_zeros, out=self._spare)
+        self.scorer.prune(new)
+        if self._spare is not None:
+            self._spare = masks
+        return new
 
 
 def prune_loop(

@@ -59,10 +59,13 @@ class Refiner:
     layers): a residual branch is no cut, and its last weights can score lowest of all,
     rescored or not.
 
-    To undo, the masks are copied into spare buffers (N bytes, allocated once) before the
-    steps that can collapse: those that remove at least as many weights as some layer
-    holds, or that leave few weights (`_CHECK_R_BELOW`), where R = 0 is possible. Other
-    steps cost one count of the masks per layer.
+    Selection writes each step's masks into a second set of buffers (N bytes, allocated
+    once), so the masks the step started from stay as they were: undoing a step costs
+    nothing, and once a step is kept its old masks are the buffers of the next. Each
+    selection is counted once per layer, which tells the layers it emptied or changed.
+    R is checked (one flow-model run, the next step's scores when the step stands) only
+    where a split could follow and few weights are left (`_CHECK_R_BELOW`); elsewhere the
+    next scoring runs the model, so the last step costs no run of its own.
     """
 
     def __init__(
@@ -73,7 +76,9 @@ class Refiner:
         dense: FlowScores,
     ) -> None:
         self.scorer, self.select = scorer, select
-        self.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+        self.counts = _count(masks)
+        """Weights kept per layer by the masks this refiner returned last (the loop hands
+        them back at the next step)."""
         self._spare: dict[str, np.ndarray] | None = None
         self.pins: dict[str, np.ndarray] = {}
         """Bypassed layers' last weights, kept at every later step once their layer was
@@ -101,50 +106,54 @@ class Refiner:
         """One scheduled step from `kept` to `k` weights: checked and split where it could
         collapse, else a plain selection that keeps the pinned weights."""
         if self.needed(kept, k):
-            return self.step(scores, masks, kept, k)[0]
-        masks = self.select(scores, masks, k, self.pins or None, exact_zeros=True)
-        self.scorer.prune(masks)
-        self.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
-        return masks
+            masks, self.counts = self._step(scores, masks, self.counts, kept, k, [_SPLITS])
+            return masks
+        new = self._select(scores, masks, k, self.pins or None)
+        self.scorer.prune(new)
+        self._spare, self.counts = masks, _count(new)
+        return new
 
     def step(
         self, scores: Scores, masks: dict[str, np.ndarray], kept: int, k: int
     ) -> tuple[dict[str, np.ndarray], FlowScores]:
         """The masks after a checked step, and the scores of the network they leave (the
-        next step's, so the check costs no extra run)."""
-        masks, after = self._step(scores, masks, kept, k, [_SPLITS])
-        self.counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
-        return masks, after
+        run that checked R when there was one)."""
+        self.counts = _count(masks)
+        masks, self.counts = self._step(scores, masks, self.counts, kept, k, [_SPLITS])
+        return masks, self.scorer(masks)
+
+    def _select(
+        self,
+        scores: Scores,
+        masks: dict[str, np.ndarray],
+        k: int,
+        protect: dict[str, np.ndarray] | None,
+    ) -> dict[str, np.ndarray]:
+        """The selection of k weights, written into the spare buffers (`masks` untouched)."""
+        if self._spare is None:
+            self._spare = {n: np.empty_like(m) for n, m in masks.items()}
+        return self.select(scores, masks, k, protect, exact_zeros=True, out=self._spare)
 
     def _step(
         self,
         scores: Scores,
         masks: dict[str, np.ndarray],
+        counts: dict[str, int],
         kept: int,
         k: int,
         splits: list[int],
-    ) -> tuple[dict[str, np.ndarray], FlowScores]:
-        if self._spare is None:
-            self._spare = {n: np.empty_like(m) for n, m in masks.items()}
-        before = self._spare
-        for n, m in masks.items():
-            np.copyto(before[n], m)
-        counts = {n: int(np.count_nonzero(m)) for n, m in masks.items()}
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """A checked step: the masks it leaves and their counts (`counts`: of `masks`)."""
         live = [n for n, c in counts.items() if c]
         feasible = k >= len(live)
         split = kept - k >= 2
-
-        def undo() -> None:  # `select` writes over `masks`
-            for n, m in masks.items():
-                np.copyto(m, before[n])
-
         protect = dict(self.pins)
         flowing = [n for n in live if n not in self.dead]
-        new = self.select(scores, masks, k, protect or None, exact_zeros=True)
-        emptied = [n for n in flowing if not new[n].any()]
+        new = self._select(scores, masks, k, protect or None)
+        after = _count(new)
+        emptied = [n for n in flowing if not after[n]]
         while emptied and feasible:
             logger.debug("step %d -> %d empties %s", kept, k, ", ".join(emptied))
-            undo()
             bypassed = [n for n in emptied if n in self.bypassed]
             if bypassed:  # no split helps there: keep their best weight from now on
                 pins = reserve(bypassed, scores, masks, 1)
@@ -152,32 +161,41 @@ class Refiner:
                 protect |= pins
             elif split and splits[0] > 0:
                 splits[0] -= 1
-                return self._split(scores, masks, kept, k, splits)
+                return self._split(scores, masks, counts, kept, k, splits)
             else:
                 protect |= reserve(emptied, scores, masks, 1)
-            new = self.select(scores, masks, k, protect, exact_zeros=True)
-            emptied = [n for n in flowing if not new[n].any()]
-        changed = [n for n in live if np.count_nonzero(new[n]) < counts[n]]
+            new = self._select(scores, masks, k, protect)
+            after = _count(new)
+            emptied = [n for n in flowing if not after[n]]
         self.scorer.prune(new)
-        after = self.scorer.run()
-        if after.log_flow > -np.inf or not split or splits[0] <= 0:
-            return new, after
-        logger.debug("step %d -> %d leaves R = 0: split", kept, k)
-        splits[0] -= 1
-        undo()
-        self.scorer.restore(masks, changed)
-        return self._split(self.scorer.run(), masks, kept, k, splits)
+        if (
+            split
+            and splits[0] > 0
+            and k <= _CHECK_R_BELOW
+            and self.scorer.run().log_flow == -np.inf
+        ):
+            logger.debug("step %d -> %d leaves R = 0: split", kept, k)
+            splits[0] -= 1
+            self.scorer.restore(masks, [n for n in live if after[n] < counts[n]])
+            return self._split(self.scorer.run(), masks, counts, kept, k, splits)
+        self._spare = masks  # the step stands: its old masks are free
+        return new, after
 
     def _split(
         self,
         scores: Scores,
         masks: dict[str, np.ndarray],
+        counts: dict[str, int],
         kept: int,
         k: int,
         splits: list[int],
-    ) -> tuple[dict[str, np.ndarray], FlowScores]:
-        """The step as two refined halves, rescoring after the first. (The spare buffers
-        are free again: a split step never undoes.)"""
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """The step as two refined halves, rescoring after the first."""
         mid = kept - (kept - k) // 2
-        masks, scores = self._step(scores, masks, kept, mid, splits)
-        return self._step(scores, masks, mid, k, splits)
+        masks, counts = self._step(scores, masks, counts, kept, mid, splits)
+        return self._step(self.scorer(masks), masks, counts, mid, k, splits)
+
+
+def _count(masks: dict[str, np.ndarray]) -> dict[str, int]:
+    """Weights kept per layer."""
+    return {n: int(np.count_nonzero(m)) for n, m in masks.items()}

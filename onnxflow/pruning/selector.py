@@ -34,10 +34,13 @@ class Selector:
         protect: dict[str, np.ndarray] | None = None,
         *,
         exact_zeros: bool = False,
+        out: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """The masks keeping k weights, written over `masks` (a subset of them, as pruned
-        weights are never selected again). `exact_zeros`: the scores are 0 exactly where
-        `masks` prune (selection may then skip zeroing them)."""
+        """The masks keeping k weights (a subset of `masks`, as pruned weights are never
+        selected again), written into `out` when it is given (a buffer per layer, none of
+        them one of `masks`), leaving `masks` as they were; else over `masks`.
+        `exact_zeros`: the scores are 0 exactly where `masks` prune (selection may then
+        skip zeroing them)."""
         names = self.names
         if protect and not self.min_kept and self.scope == "global":
             # Protected weights leave the selection: their scores (buffers a scorer
@@ -49,7 +52,7 @@ class Selector:
             k_rest = max(
                 0, k - sum(int(np.count_nonzero(m & masks[n])) for n, m in protect.items())
             )
-            masks = select_global(names, scores, rest, k_rest, zeroed=exact_zeros)
+            masks = select_global(names, scores, rest, k_rest, zeroed=exact_zeros, out=out)
             for n, m in protect.items():
                 masks[n] |= m
             return masks
@@ -57,9 +60,14 @@ class Selector:
         rest = {n: masks[n] & ~first[n] for n in first} or masks
         k_rest = max(0, k - sum(int(np.count_nonzero(r)) for r in first.values()))
         if self.scope == "global":
-            masks = select_global(names, scores, rest, k_rest, zeroed=rest is masks and exact_zeros)
+            zeroed = rest is masks and exact_zeros
+            masks = select_global(names, scores, rest, k_rest, zeroed=zeroed, out=out)
         else:
             masks = select_local(names, scores, rest, k_rest, self.sizes)
+            if out is not None:
+                for n in names:
+                    np.copyto(out[n], masks[n])
+                masks = {n: out[n] for n in names}
         for n, f in first.items():
             masks[n] |= f
         return masks
