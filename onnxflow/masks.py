@@ -7,8 +7,12 @@ weights are never selected again, and an unpruned weight whose score is 0 (its f
 blocked) ranks below every positive one.
 
 The global threshold avoids sorting all N scores: a sample locates it, one pass per layer
-keeps everything clearly above it, and only the weights in a narrow band around it are
-ranked exactly.
+keeps everything above a narrow band around it, and only the weights in the band are
+ranked exactly. The band's edges are exact float32 thresholds per layer (`v > t` exactly
+where the float64 log-score is above the edge), so whatever the sample, everything above
+the band outranks everything in it and the result is the exact top-k. Between two runs of
+the flow model this is the loop's own cost, so it makes few passes over the N scores and
+allocates no N-sized array (fresh pages cost more than a comparison).
 
 A layer may have one log-unit per input channel (`Scores.per_channel`: it reads channels
 whose flows differ by more than float32 spans); its thresholds and keys are then taken per
@@ -24,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from onnxflow.parallel import each
 from onnxflow.pruning.schedule import schedule_counts
 from onnxflow.scores import Scores, raise_non_finite
 
@@ -317,7 +320,9 @@ def _band_pass(
 
     One-unit layers are compared in pieces of `_CHUNK` scores through scratch buffers kept
     by each thread (a fresh N-byte array costs a page fault per 4 KiB, more than the
-    comparison), the second comparison reading the piece from cache."""
+    comparison), the second comparison reading the piece from cache. One piece after the
+    other: the comparisons are bound by memory, and two threads on them (`parallel.each`)
+    were no faster on two cores while their hand-offs cost ~0.1 ms a call."""
     pieces: list[tuple[int, int, int]] = []
     for i, n in enumerate(names):
         size, whole = vals[n].size, np.ndim(edges[n][0]) > 0
@@ -345,7 +350,7 @@ def _band_pass(
         idx = inside.nonzero()[0]
         return int(np.count_nonzero(a)), idx + start if start else idx
 
-    results = each(lambda p: piece(*p), pieces) if _THREADS else [piece(*p) for p in pieces]
+    results = [piece(*p) for p in pieces]
     counts, parts = [0] * len(names), [[_NONE] for _ in names]
     for (i, _, _), (count, idx) in zip(pieces, results, strict=True):
         counts[i] += count
@@ -354,9 +359,6 @@ def _band_pass(
     return [
         (c, p[-1] if len(p) < 3 else np.concatenate(p)) for c, p in zip(counts, parts, strict=True)
     ]
-
-
-_THREADS = False
 
 
 _NONE = np.zeros(0, np.intp)

@@ -90,6 +90,26 @@ def test_fixed_scores_prune_the_lowest_first() -> None:
         assert {(n, i) for n in masks for i in np.flatnonzero(masks[n])} == want
 
 
+def test_a_plain_step_writes_beside_the_masks_it_starts_from() -> None:
+    """A step leaves the masks it was given as they were and writes into a second set of
+    buffers; the next step writes into the first step's masks (no N-byte array allocated
+    per step), and the results are those of selecting over fresh copies."""
+    values = {"a": np.array([6, 1, 4, 9], np.float32), "b": np.array([5, 2, 3, 7], np.float32)}
+    scorer = FixedScorer(values)
+    step = PlainStep(Selector(["a", "b"], [4, 4]), scorer, exact_zeros=True)
+    start = {n: np.ones(4, bool) for n in values}
+    first = step(scorer(start), start, 8, 5)
+    assert all(m.all() for m in start.values())  # untouched
+    assert {n: m.tolist() for n, m in first.items()} == {
+        "a": [True, False, True, True],
+        "b": [True, False, False, True],
+    }
+    second = step(scorer(first), first, 5, 2)
+    assert all(np.shares_memory(second[n], start[n]) for n in values)
+    assert second["a"].tolist() == second["b"].tolist() == [False, False, False, True]  # 9, 7
+    assert first["a"].tolist() == [True, False, True, True]  # untouched in turn
+
+
 def test_steps_that_keep_no_fewer_weights_are_skipped() -> None:
     """min_kept can keep more than k: a later count still above it is no step at all."""
     values = {"a": np.array([6, 1, 4], np.float32), "b": np.array([5, 2, 3, 7], np.float32)}

@@ -112,6 +112,27 @@ def test_a_step_that_would_leave_r_zero_is_split() -> None:
     assert engine.masks["a"].tolist() == masks["a"].tolist()  # the engine was restored
 
 
+def test_a_step_that_cannot_be_split_runs_no_flow_model() -> None:
+    """A step removing one weight is not split whatever R it leaves, so it runs no check:
+    the flow model runs once, when the next step scores the masks (and the last step of a
+    schedule costs no run of its own). Its masks are written beside the ones it started
+    from, which stay as they were."""
+    engine = _PathEngine()
+    select = Selector(["a", "b"], [3, 2], "global")
+    masks = {n: m.copy() for n, m in engine.masks.items()}
+    dense = engine.run()
+    scorer = SynFlowScorer(engine, dense, check=False)
+    refiner = Refiner(scorer, select, masks, dense)
+    runs = engine.runs
+    new = refiner(dense, masks, 5, 4)
+    assert engine.runs == runs  # no run to check R
+    assert refiner.counts == {"a": 2, "b": 2}
+    assert masks["a"].all() and masks["b"].all()  # the masks it started from
+    assert new["a"].tolist() == [True, False, True] and new["b"].all()  # a0, a1 tie: a1 goes
+    scorer(new)
+    assert engine.runs == runs + 1  # the next step's scores
+
+
 MAX_COMPRESSION = {
     "mlp": lambda s: netgen.mlp(6, 64, 32, 10, seed=s),
     "vgg16_bn_narrow": lambda s: netgen.vgg("vgg16", batch_norm=True, width_div=8, seed=s),
