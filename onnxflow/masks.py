@@ -270,9 +270,9 @@ def kth_smallest(x: np.ndarray, k: int) -> float:
     value, one pass counts what lies below the bracket, and only the values inside it are
     partitioned (all of `x` if the bracket missed)."""
     n = x.size
-    if n <= 8 * _SUBSAMPLE:
+    if n <= _SUBSAMPLE:
         return float(np.partition(x, k)[k])
-    sub = np.sort(x[:: n // _SUBSAMPLE])
+    sub = np.sort(x[:: max(8, n // _SUBSAMPLE)])
     m = sub.size
     at = k * m / n  # where the value falls in the subsample
     spread = 6.0 * math.sqrt(m * (at / m) * (1 - at / m)) + 8
@@ -325,14 +325,14 @@ def _band_pass(
     were no faster on two cores while their hand-offs cost ~0.1 ms a call."""
     pieces: list[tuple[int, int, int]] = []
     for i, n in enumerate(names):
-        size, whole = vals[n].size, np.ndim(edges[n][0]) > 0
+        size, whole = vals[n].size, isinstance(edges[n][0], np.ndarray)
         step = size if whole or size <= _CHUNK else _CHUNK
         pieces += [(i, start, min(size, start + step)) for start in range(0, size, step)]
 
     def piece(i: int, start: int, stop: int) -> tuple[int, np.ndarray]:
         n = names[i]
         t_hi, t_lo = edges[n]
-        if np.ndim(t_hi):  # per-channel edges broadcast over the layer's shape
+        if isinstance(t_hi, np.ndarray):  # per-channel edges broadcast over the layer's shape
             v = vals[n].reshape(shapes[n])
             a = np.empty(shapes[n], bool) if above is None else above[n].reshape(shapes[n])
             np.greater(v, t_hi, out=a)

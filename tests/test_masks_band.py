@@ -166,10 +166,13 @@ def test_top_k_on_many_values_with_infinities_and_ties() -> None:
         np.testing.assert_array_equal(keep, want)
 
 
-def test_kth_smallest_with_infinities() -> None:
-    rng = np.random.default_rng(8)
-    x = rng.normal(size=120_000)
-    x[rng.random(x.size) < 0.3] = -np.inf
-    x[:100] = np.inf
-    for k in (0, 1, 36_000, 40_000, 60_000, 119_950, 119_999):
+@pytest.mark.parametrize("n", [4097, 9_000, 30_000, 120_000])
+def test_kth_smallest_with_infinities(n: int) -> None:
+    """Sizes on both sides of the subsample's step of 8, with -inf (pruned weights ranked
+    last) and +inf."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    x[rng.random(n) < 0.3] = -np.inf
+    x[:50] = np.inf
+    for k in (0, 1, n // 3, n * 3 // 10, n // 2, n - 50, n - 1):
         assert kth_smallest(x, k) == np.partition(x, k)[k], k

@@ -69,7 +69,9 @@ class _PathEngine:
         self.masks = {"a": np.ones(3, bool), "b": np.ones(2, bool)}
         self.runs = 0
 
-    def prune(self, masks: dict[str, np.ndarray]) -> None:
+    def prune(
+        self, masks: dict[str, np.ndarray], before: dict[str, np.ndarray] | None = None
+    ) -> None:
         for n in self.masks:
             self.masks[n] &= masks[n]
 

@@ -70,6 +70,48 @@ def test_synflow_rescores_the_masked_network_after_prune() -> None:
     assert s.log_flow == pytest.approx(pruned.log_flow)
 
 
+def wide_chain(seed: int) -> onnx.ModelProto:
+    """`chain` with a 64 x 300 first layer (19,200 weights: one piece of `prune`)."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.normal(size=(64, 300)).astype(np.float32)
+    w1 = rng.normal(size=(300, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w0"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w1"], ["y"]),
+        ],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("lost", [1, 200, 700, 19_200], ids=["one", "few", "many", "all"])
+def test_prune_given_the_masks_before_zeroes_what_they_lost(lost: int) -> None:
+    """Told the masks of its last prune, the engine zeroes only what the new masks lost
+    (few: by index; more than 1/32 of a piece: by multiplying); its weights, and so its
+    scores, are those of a prune without them."""
+    rng = np.random.default_rng(lost)
+    model = wide_chain(lost)
+    first = {"w0": rng.random((64, 300)) < 0.9, "w1": rng.random((300, 1)) < 0.9}
+    then = {n: m.copy() for n, m in first.items()}
+    flat = then["w0"].reshape(-1)
+    flat[rng.choice(np.flatnonzero(flat), min(lost, int(flat.sum())), replace=False)] = False
+    told, plain = engine_of(model), engine_of(model)
+    for engine in (told, plain):
+        engine.prune(first)
+    told.prune(then, first)
+    plain.prune(then)
+    for n in ("w0", "w1"):
+        np.testing.assert_array_equal(told.weights[n], plain.weights[n])
+        assert (told.weights[n][~then[n]] == 0).all() and (told.weights[n][then[n]] != 0).all()
+
+
 def test_synflow_restore_undoes_a_prune() -> None:
     engine = engine_of(chain())
     dense = engine.run(check=True)

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 # Above this much weight memory, the flow session runs without onnxruntime's CPU arena.
 ARENA_MAX_BYTES = 256 << 20
+# `FlowEngine.prune` compares masks in pieces of this many weights (a scratch of that size).
+_PIECE = 1 << 18
 
 
 class FlowEngine:
@@ -48,6 +50,7 @@ class FlowEngine:
         (`FlowModel.weight_factors`), pruned entries zero (updated in place by `prune`)."""
         for name, factor in self.flow.weight_factors.items():
             np.multiply(self.weights[name], factor, out=self.weights[name])
+        self._lost = np.empty(_PIECE, bool)  # `prune`'s scratch, allocated once
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._results = self._bind_buffers()
 
@@ -79,11 +82,32 @@ class FlowEngine:
         self._io = io
         return results
 
-    def prune(self, masks: dict[str, np.ndarray]) -> None:
-        """Zero the weights whose mask is False, for every later run. One layer after the
-        other: the product is bound by memory, and two threads on it were slower."""
+    def prune(
+        self, masks: dict[str, np.ndarray], before: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Zero the weights whose mask is False, for every later run.
+
+        `before`: the masks of the last prune, where the caller still holds them. Then each
+        piece of a layer whose mask lost few weights (at most 1/32) has just those zeroed,
+        found by comparing the two byte masks (a quarter of what multiplying by the mask
+        reads and writes); late in a schedule a step drops a few thousand weights of
+        millions. One piece after the other: this is bound by memory, and two threads on
+        it were slower."""
         for name, w in self.weights.items():
-            np.multiply(w, masks[name], out=w)
+            mask = masks[name]
+            if before is None:
+                np.multiply(w, mask, out=w)
+                continue
+            flat, now, then = w.reshape(-1), mask.reshape(-1), before[name].reshape(-1)
+            for start in range(0, flat.size, _PIECE):
+                stop = min(flat.size, start + _PIECE)
+                lost = np.not_equal(
+                    then[start:stop], now[start:stop], out=self._lost[: stop - start]
+                )
+                if np.count_nonzero(lost) * 32 > stop - start:
+                    np.multiply(flat[start:stop], now[start:stop], out=flat[start:stop])
+                else:
+                    flat[start + lost.nonzero()[0]] = 0
 
     def flow_with_unit_weights(self) -> float:
         """log R of the network with every prunable weight set to 1 (the weights restored

@@ -109,7 +109,7 @@ class Refiner:
             masks, self.counts = self._step(scores, masks, self.counts, kept, k, [_SPLITS])
             return masks
         new = self._select(scores, masks, k, self.pins or None)
-        self.scorer.prune(new)
+        self.scorer.prune(new, masks)
         self._spare, self.counts = masks, _count(new)
         return new
 
@@ -167,7 +167,7 @@ class Refiner:
             new = self._select(scores, masks, k, protect)
             after = _count(new)
             emptied = [n for n in flowing if not after[n]]
-        self.scorer.prune(new)
+        self.scorer.prune(new, masks)
         if (
             split
             and splits[0] > 0

@@ -34,7 +34,7 @@ class FlowRunner(Protocol):
 
     def run(self, *, check: bool = True) -> FlowScores: ...
 
-    def prune(self, masks: Masks) -> None: ...
+    def prune(self, masks: Masks, before: Masks | None = None) -> None: ...
 
     def restore(self, masks: Masks, names: list[str]) -> None: ...
 
@@ -57,8 +57,10 @@ class SynFlowScorer:
         self._fresh = self.engine.run(check=self.check)
         return self._fresh
 
-    def prune(self, masks: Masks) -> None:
-        self.engine.prune(masks)
+    def prune(self, masks: Masks, before: Masks | None = None) -> None:
+        """`before`: the masks the engine was last pruned with, where the caller still
+        holds them (the engine then only zeroes what changed)."""
+        self.engine.prune(masks, before)
         self._fresh = None
 
     def restore(self, masks: Masks, names: list[str]) -> None:
