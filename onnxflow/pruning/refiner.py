@@ -31,6 +31,10 @@ _CHECK_R_BELOW = 1 << 16
 REFINE_MAX = 1 << 26
 # A layer whose dense scores sum to R within this (in log) is a cut (theorem 2).
 _CUT_TOLERANCE = 1e-3
+# A step removing at most 1/_FEW_REMOVED of the weights has the engine zero just those (found
+# by comparing byte masks) instead of multiplying every weight by its mask: measured on
+# MobileNetV2, the comparison wins below about 0.5% of the weights changed.
+_FEW_REMOVED = 256
 # Splits allowed per scheduled step (each costs one more flow-model run): enough to take a
 # step of a few weights one at a time; past it, layers about to be emptied keep their best.
 _SPLITS = 4
@@ -76,6 +80,7 @@ class Refiner:
         dense: FlowScores,
     ) -> None:
         self.scorer, self.select = scorer, select
+        self.size = sum(m.size for m in masks.values())
         self.counts = _count(masks)
         """Weights kept per layer by the masks this refiner returned last (the loop hands
         them back at the next step)."""
@@ -109,7 +114,7 @@ class Refiner:
             masks, self.counts = self._step(scores, masks, self.counts, kept, k, [_SPLITS])
             return masks
         new = self._select(scores, masks, k, self.pins or None)
-        self.scorer.prune(new, masks)
+        self._prune(new, masks, kept - k)
         self._spare, self.counts = masks, _count(new)
         return new
 
@@ -133,6 +138,13 @@ class Refiner:
         if self._spare is None:
             self._spare = {n: np.empty_like(m) for n, m in masks.items()}
         return self.select(scores, masks, k, protect, exact_zeros=True, out=self._spare)
+
+    def _prune(
+        self, new: dict[str, np.ndarray], masks: dict[str, np.ndarray], removed: int
+    ) -> None:
+        """Prune the engine to `new`, from `masks`: told them when the step removes few
+        weights (`_FEW_REMOVED`), so that it zeroes just those."""
+        self.scorer.prune(new, masks if removed * _FEW_REMOVED <= self.size else None)
 
     def _step(
         self,
@@ -167,7 +179,7 @@ class Refiner:
             new = self._select(scores, masks, k, protect)
             after = _count(new)
             emptied = [n for n in flowing if not after[n]]
-        self.scorer.prune(new, masks)
+        self._prune(new, masks, kept - k)
         if (
             split
             and splits[0] > 0
