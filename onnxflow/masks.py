@@ -193,10 +193,16 @@ def select_global(
     return {n: dest[n].reshape(masks[n].shape) for n in names}
 
 
+def _per_channel(u: float | np.ndarray) -> bool:
+    """Whether a log-unit is one per channel (`np.ndim(u) > 0`, without its dispatch cost:
+    selection asks per layer several times a step)."""
+    return isinstance(u, np.ndarray) and u.ndim > 0
+
+
 def _unit_at(u: float | np.ndarray, shape: tuple[int, ...], idx: np.ndarray) -> float | np.ndarray:
     """The log-unit of the entries at flat indices `idx` of a layer of `shape`: its one unit,
     or each entry's channel's."""
-    if np.ndim(u) == 0:
+    if not _per_channel(u):
         return float(u)
     arr = np.asarray(u)
     multi = np.unravel_index(idx, shape)
@@ -253,11 +259,11 @@ def _sample_keys(
     pos = (s > 0).nonzero()[0]
     with np.errstate(under="ignore"):
         keys = np.log(s[pos]).astype(np.float64)
-    single = [0.0 if np.ndim(units[n]) else float(units[n]) for n in names]
+    single = [0.0 if _per_channel(units[n]) else float(units[n]) for n in names]
     keys += np.repeat(single, lens)[pos]
     start = 0
     for n, size in zip(names, lens, strict=True):
-        if np.ndim(units[n]):  # a unit per channel: each sampled entry's own
+        if _per_channel(units[n]):  # a unit per channel: each sampled entry's own
             at = ((pos >= start) & (pos < start + size)).nonzero()[0]
             keys[at] += _unit_at(units[n], shapes[n], (pos[at] - start) * step)
         start += size
@@ -296,12 +302,12 @@ def _layer_thresholds(
 ) -> dict[str, tuple[Any, Any]]:
     """`exact_thresholds` of both band edges for every layer: float32 scalars for layers
     with one unit (all of them in one vectorized call), arrays for per-channel units."""
-    single = [n for n in names if np.ndim(units[n]) == 0]
+    single = [n for n in names if not _per_channel(units[n])]
     u = np.array([float(units[n]) for n in single])
     t = exact_thresholds(np.array([[hi], [lo]]), u)
     out: dict[str, tuple[Any, Any]] = dict(zip(single, zip(t[0], t[1], strict=True), strict=True))
     for n in names:
-        if np.ndim(units[n]):
+        if _per_channel(units[n]):
             u = np.asarray(units[n])
             out[n] = (exact_thresholds(hi, u), exact_thresholds(lo, u))
     return out
@@ -423,17 +429,17 @@ def _select_band(
         keys = np.log(
             np.concatenate([_NO_SCORES] + [vals[n][idx] for n, idx in band]), dtype=np.float64
         )
-    single = [0.0 if np.ndim(units[n]) else float(units[n]) for n, _ in band]
+    single = [0.0 if _per_channel(units[n]) else float(units[n]) for n, _ in band]
     keys += np.repeat(single, [idx.size for _, idx in band])
     start = 0
     for n, idx in band:
-        if np.ndim(units[n]):  # a unit per channel: each entry's own
+        if _per_channel(units[n]):  # a unit per channel: each entry's own
             keys[start : start + idx.size] += _unit_at(units[n], shapes[n], idx)
         start += idx.size
     chosen = np.flatnonzero(top_k(keys, need))
     if not early:
         for n in names:
-            shape = shapes[n] if np.ndim(units[n]) else (-1,)
+            shape = shapes[n] if _per_channel(units[n]) else (-1,)
             np.greater(vals[n].reshape(shape), edges[n][0], out=dest[n].reshape(shape))
     ends = np.cumsum([idx.size for _, idx in band])
     cuts = np.searchsorted(chosen, ends)
