@@ -374,7 +374,7 @@ _local = threading.local()
 
 
 def _scratch() -> np.ndarray:
-    """This thread's two rows of `_CHUNK` booleans for `_band`, allocated once."""
+    """This thread's two rows of `_CHUNK` booleans for `_band_pass`, allocated once."""
     buf = getattr(_local, "buf", None)
     if buf is None:
         buf = _local.buf = np.empty((2, _CHUNK), bool)
