@@ -45,8 +45,7 @@ __all__ = [  # schedule_counts: where it was, for the channel mode
 ]
 
 _SAMPLE = 1 << 16
-"""Scores sampled to place the band: each sampled score costs a cache line, and the band
-(the scores ranked exactly) narrows only as the square root of the sample grows."""
+"""Scores sampled to place the band, at least (`_sample_step`)."""
 KEEP_ABOVE = 1 << 26
 """Up to this many weights, selection writes the new masks beside the old ones (a second
 byte per weight), so its band pass writes the masks' "above the band" booleans at once;
@@ -250,7 +249,7 @@ def _sample_keys(
     is drawn from all layers in one strided copy, and each sampled score is checked to be
     finite (the runs after the dense one check no more than this sample)."""
     total = sum(v.size for v in vals.values())
-    step = max(1, total // _SAMPLE)
+    step = _sample_step(total)
     s = np.concatenate([_NO_SCORES] + [vals[n][::step] for n in names])
     lens = [-(-vals[n].size // step) for n in names]  # len(v[::step])
     if not np.isfinite(s).all():
@@ -268,6 +267,15 @@ def _sample_keys(
             keys[at] += _unit_at(units[n], shapes[n], (pos[at] - start) * step)
         start += size
     return keys, start
+
+
+def _sample_step(total: int) -> int:
+    """Every how many scores one is sampled: about 3 N^(2/3) of N, at least `_SAMPLE` and
+    at most 2^19 (a few MB, whatever the model). Each sampled score costs a cache line,
+    and the band it places (the scores ranked exactly) holds about N / sqrt(samples)
+    scores; their sum is least near N^(2/3) samples (measured: 65k samples as good as any
+    on 3.5M weights, 130-260k best on 25.5M)."""
+    return max(1, total // min(max(_SAMPLE, int(3 * total ** (2 / 3))), 1 << 19))
 
 
 def kth_smallest(x: np.ndarray, k: int) -> float:
