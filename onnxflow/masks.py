@@ -60,6 +60,10 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(n, dtype=bool)
     if k >= n:
         return np.ones(n, dtype=bool)
+    if k == 1:  # a layer's best weight (the refiner's pins): argmax takes the first maximum
+        keep = np.zeros(n, dtype=bool)
+        keep[np.argmax(values)] = True
+        return keep
     threshold = kth_smallest(values, n - k)
     keep = values > threshold
     need = k - int(np.count_nonzero(keep))
