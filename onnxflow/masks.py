@@ -344,7 +344,7 @@ def _band_pass(
     pieces: list[tuple[int, int, int]] = []
     for i, n in enumerate(names):
         size, whole = vals[n].size, isinstance(edges[n][0], np.ndarray)
-        step = size if whole or size <= _CHUNK else _CHUNK
+        step = max(1, size) if whole or size <= _CHUNK else _CHUNK
         pieces += [(i, start, min(size, start + step)) for start in range(0, size, step)]
 
     def piece(i: int, start: int, stop: int) -> tuple[int, np.ndarray]:
