@@ -176,3 +176,13 @@ def test_kth_smallest_with_infinities(n: int) -> None:
     x[:50] = np.inf
     for k in (0, 1, n // 3, n * 3 // 10, n // 2, n - 50, n - 1):
         assert kth_smallest(x, k) == np.partition(x, k)[k], k
+
+
+@pytest.mark.parametrize("total", [1_000, 65_536, 1_000_000, 3_469_760, 5_236_192, 25_557_032])
+def test_the_sample_step_is_prime(total: int) -> None:
+    """A step sharing a factor with layer widths (products of 2, 3, 5) would sample only
+    some input channels, and SynFlow prunes whole channels; the sample size stays between
+    2^16 (or everything) and 2^19."""
+    step = masks_module._sample_step(total)
+    assert step == 1 or all(step % d for d in range(2, step))
+    assert min(total, masks_module._SAMPLE) <= -(-total // step) <= 1 << 19
