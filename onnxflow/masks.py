@@ -275,10 +275,10 @@ def _sample_keys(
 
 def _sample_step(total: int) -> int:
     """Every how many scores one is sampled: about 3 N^(2/3) of N, no fewer than about
-    `_SAMPLE` and at most 2^19 (a few MB, whatever the model). Each sampled score costs a cache line,
-    and the band it places (the scores ranked exactly) holds about N / sqrt(samples)
-    scores; their sum is least near N^(2/3) samples (measured: 65k samples as good as any
-    on 3.5M weights, 130-260k best on 25.5M).
+    `_SAMPLE` and at most 2^19 (a few MB, whatever the model). Each sampled score costs a
+    cache line, and the band it places (the scores ranked exactly) holds about
+    N / sqrt(samples) scores; their sum is least near N^(2/3) samples (measured: 65k
+    samples as good as any on 3.5M weights, 130-260k best on 25.5M).
 
     The step is a prime: layer widths are products of 2, 3 and 5, and a step sharing a
     factor with a width samples only some input channels, which SynFlow prunes whole (a
