@@ -88,8 +88,8 @@ class FlowEngine:
         """Zero the weights whose mask is False, for every later run.
 
         `before`: the masks of the last prune, which the caller may pass when they differ
-        in few weights (late in a schedule a step drops thousands of millions): then only
-        those are zeroed, found by comparing the two byte masks piece by piece, which reads
+        in few weights (late in a schedule a step drops a few thousand of millions): then
+        only those are zeroed, found by comparing the two byte masks piece by piece, which reads
         a quarter of what multiplying every weight by its mask reads and writes. One layer
         after the other: this is bound by memory, and two threads on it were slower."""
         for name, w in self.weights.items():
