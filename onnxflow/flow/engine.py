@@ -50,7 +50,6 @@ class FlowEngine:
         (`FlowModel.weight_factors`), pruned entries zero (updated in place by `prune`)."""
         for name, factor in self.flow.weight_factors.items():
             np.multiply(self.weights[name], factor, out=self.weights[name])
-        self._lost = np.empty(_PIECE, bool)  # `prune`'s scratch, allocated once
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._results = self._bind_buffers()
 
@@ -89,19 +88,19 @@ class FlowEngine:
 
         `before`: the masks of the last prune, which the caller may pass when they differ
         in few weights (late in a schedule a step drops a few thousand of millions): then
-        only those are zeroed, found by comparing the two byte masks piece by piece, which reads
-        a quarter of what multiplying every weight by its mask reads and writes. One layer
+        only those are zeroed, found by comparing the two byte masks piece by piece (a
+        quarter of what multiplying every weight by its mask reads and writes). One layer
         after the other: this is bound by memory, and two threads on it were slower."""
-        for name, w in self.weights.items():
-            if before is None:
+        if before is None:
+            for name, w in self.weights.items():
                 np.multiply(w, masks[name], out=w)
-                continue
+            return
+        scratch = np.empty(min(_PIECE, max(w.size for w in self.weights.values())), bool)
+        for name, w in self.weights.items():
             flat, now, then = w.reshape(-1), masks[name].reshape(-1), before[name].reshape(-1)
             for start in range(0, flat.size, _PIECE):
                 stop = min(flat.size, start + _PIECE)
-                lost = np.not_equal(
-                    then[start:stop], now[start:stop], out=self._lost[: stop - start]
-                )
+                lost = np.not_equal(then[start:stop], now[start:stop], out=scratch[: stop - start])
                 flat[start:stop][lost.nonzero()[0]] = 0
 
     def flow_with_unit_weights(self) -> float:
