@@ -23,7 +23,7 @@ from rulecheck import (
 import onnxflow
 from onnxflow.analyze import analyze
 from onnxflow.flow.engine import FlowEngine
-from onnxflow.flow.rules import linear as linear_rules
+from onnxflow.flow import conv as conv_products
 
 # ---- Conv ----------------------------------------------------------------------------------
 
@@ -77,7 +77,7 @@ def conv_grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     """Conv's weight-gradient has two implementations: im2col + GEMM, and (above a size
     limit) a grouped correlation. A zero limit forces the second on these tiny graphs."""
     if request.param == "correlate":
-        monkeypatch.setattr(linear_rules, "_IM2COL_LIMIT", 0)
+        monkeypatch.setattr(conv_products, "IM2COL_LIMIT", 0)
     return str(request.param)
 
 
@@ -87,7 +87,7 @@ def transpose_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     col2im (pointwise: gy^T @ W, and forward x^T @ W^T); elsewhere ConvTranspose (pointwise:
     W^T @ gy, forward W @ x). The limit is moved so both run on every case."""
     limit = 10**9 if request.param == "narrow" else 0
-    monkeypatch.setattr(linear_rules, "_NARROW_COLUMNS", limit)
+    monkeypatch.setattr(conv_products, "NARROW_COLUMNS", limit)
     return str(request.param)
 
 
@@ -146,7 +146,7 @@ def depthwise_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     """Depthwise convs run forward and backward as gathers on small maps and as grouped
     Conv / ConvTranspose on larger ones: the limit is moved so both run on every case."""
     limit = 10**9 if request.param == "gather" else -1
-    monkeypatch.setattr(linear_rules, "_GATHER_MAX_POSITIONS", limit)
+    monkeypatch.setattr(conv_products, "GATHER_MAX_POSITIONS", limit)
     return str(request.param)
 
 
@@ -205,21 +205,21 @@ def test_narrow_transpose_and_its_fallback(monkeypatch: pytest.MonkeyPatch) -> N
     x_shape = (1, 2, 2, 2)
     assert "ConvTranspose" not in _flow_ops(build(Net(x_shape, ref=False)))
     check(build, x_shape)
-    monkeypatch.setattr(linear_rules, "_NARROW_GATHER_LIMIT", 0)
+    monkeypatch.setattr(conv_products, "NARROW_GATHER_LIMIT", 0)
     assert "ConvTranspose" in _flow_ops(build(Net(x_shape, ref=False)))
     check(build, x_shape)
 
 
 def test_depthwise_taps_that_read_only_padding_are_left_out() -> None:
     """A 5x5 kernel on a 2x2 map with pads 2: only the middle 3x3 taps read the input."""
-    plan = linear_rules._Depthwise((1, 4, 2, 2), (1, 4, 2, 2), (5, 5), [1, 1], [1, 1], [2] * 4)
+    plan = conv_products.Depthwise((1, 4, 2, 2), (1, 4, 2, 2), (5, 5), [1, 1], [1, 1], [2] * 4)
     assert plan.box == [(1, 4), (1, 4)] and plan.taps == 9 and plan.cropped
-    full = linear_rules._Depthwise((1, 4, 6, 6), (1, 4, 6, 6), (5, 5), [1, 1], [1, 1], [2] * 4)
+    full = conv_products.Depthwise((1, 4, 6, 6), (1, 4, 6, 6), (5, 5), [1, 1], [1, 1], [2] * 4)
     assert full.box == [(0, 5), (0, 5)] and full.taps == 25 and not full.cropped
 
 
 def test_tap_index_matches_a_direct_convolution() -> None:
-    """`_tap_index` against a float64 depthwise convolution written out in numpy, forward
+    """`tap_index` against a float64 depthwise convolution written out in numpy, forward
     (gather by `fwd`) and transposed (gather by `bwd`: <dy, conv(x)> = <conv^T(dy), x>)."""
     rng = np.random.default_rng(0)
     in_sp, k, strides, dil, begins, ends = (5, 4), (3, 2), (2, 1), (1, 2), (1, 0), (0, 1)
@@ -227,7 +227,7 @@ def test_tap_index_matches_a_direct_convolution() -> None:
         (in_sp[i] + begins[i] + ends[i] - dil[i] * (k[i] - 1) - 1) // strides[i] + 1
         for i in range(2)
     )
-    fwd, bwd = linear_rules._tap_index(in_sp, out_sp, k, strides, dil, begins)
+    fwd, bwd = conv_products.tap_index(in_sp, out_sp, k, strides, dil, begins)
     x, w = rng.random(in_sp), rng.random(k)
     xp = np.pad(x, [(begins[0], ends[0]), (begins[1], ends[1])])
     want = np.zeros(out_sp)

@@ -13,9 +13,9 @@ with a unit scale does).
 from __future__ import annotations
 
 from onnxflow.flow.builder import _F32_TINY, Flow, FlowBuilder
+from onnxflow.flow.conv import conv_pads
 from onnxflow.flow.registry import FlowRule, flow_rule, register_flow_rule
 from onnxflow.flow.rules.elementwise import PassThrough
-from onnxflow.flow.rules.linear import conv_pads
 from onnxflow.flow.rules.pooling import _reduce_axes, window_sum_back
 
 register_flow_rule("LpNormalization", PassThrough)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from onnxflow.flow.builder import Const, Flow, FlowBuilder
+from onnxflow.flow.conv import conv_pads
 from onnxflow.flow.registry import FlowRule, flow_rule
-from onnxflow.flow.rules.linear import conv_pads
 
 
 @flow_rule("MaxPool")
@@ -110,11 +110,11 @@ def window_sum_back(
 ) -> str:
     """Transpose of a per-channel sum over pooling windows: each output's value goes back to
     every input position of its window (a depthwise ConvTranspose with a kernel of ones)."""
-    from onnxflow.flow.rules.linear import _conv_transpose_full
+    from onnxflow.flow.conv import conv_transpose_full
 
     c = x.shape[1]
     ones = g.f32(np.ones((c, 1, *k)), "ones_kernel")
-    return _conv_transpose_full(
+    return conv_transpose_full(
         g,
         t,
         ones,
