@@ -22,8 +22,8 @@ from rulecheck import (
 
 import onnxflow
 from onnxflow.analyze import analyze
-from onnxflow.flow.engine import FlowEngine
 from onnxflow.flow import conv as conv_products
+from onnxflow.flow.engine import FlowEngine
 
 # ---- Conv ----------------------------------------------------------------------------------
 
