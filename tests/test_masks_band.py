@@ -186,3 +186,40 @@ def test_the_sample_step_is_prime(total: int) -> None:
     step = masks_module._sample_step(total)
     assert step == 1 or all(step % d for d in range(2, step))
     assert min(total, masks_module._SAMPLE // 2) <= -(-total // step) <= 1 << 19
+
+
+@pytest.mark.parametrize("out", [False, True])
+def test_the_band_pass_on_every_core_gives_the_serial_masks(
+    monkeypatch: pytest.MonkeyPatch, out: bool
+) -> None:
+    """The band pass split into runs of pieces, one per core (`parallel.runs`), forced on
+    small layers cut into many pieces: ties on the band's edges inside and across layers
+    (and across the cut between runs), blocked scores, pruned weights and a layer with a
+    unit per channel give exactly the serial pass's masks, which are the full sort's."""
+    monkeypatch.setattr(masks_module, "_CHUNK", 1 << 12)
+    rng = np.random.default_rng(12)
+    shapes = {"a": (300, 200), "b": (20, 8, 25, 25), "c": (50_000,), "d": (7, 9)}
+    values = {n: rng.choice([0.25, 0.5, 1.0], s).astype(F32) for n, s in shapes.items()}
+    values["a"][rng.random(shapes["a"]) < 0.5] = rng.uniform(0.1, 2.0)  # ties, one value
+    values["c"][rng.random(50_000) < 0.1] = 0.0  # blocked
+    ub = rng.uniform(-3.0, 3.0, (1, 8, 1, 1))
+    scores = Scores(values, {"a": 0.0, "b": ub, "c": 0.0, "d": 1.0})
+    masks = {n: rng.random(s) < 0.9 for n, s in shapes.items()}
+    for n in shapes:
+        scores.values[n] *= masks[n]
+    names = list(shapes)
+    total = sum(v.size for v in values.values())
+    logs = scores.log()
+    flat = np.concatenate([np.where(masks[n], logs[n], -np.inf).ravel() for n in names])
+    reachable = int(np.count_nonzero(flat > -np.inf))
+    for k in (1, 999, 40_000, reachable // 2, reachable):
+        got = {}
+        for above in (0, total + 1):  # on every core, then serial
+            monkeypatch.setattr(masks_module, "_PARALLEL_ABOVE", above)
+            buffers = {n: np.empty(s, bool) for n, s in shapes.items()} if out else None
+            got[above] = select_global(names, scores, fresh(masks), k, zeroed=True, out=buffers)
+        for n in names:
+            np.testing.assert_array_equal(got[0][n], got[total + 1][n])
+        want = np.zeros(flat.size, bool)
+        want[np.argsort(-flat, kind="stable")[:k]] = True
+        np.testing.assert_array_equal(np.concatenate([got[0][n].ravel() for n in names]), want)

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxflow
+import onnxflow.flow.engine as engine_module
 from onnxflow.analyze import analyze
 from onnxflow.flow.engine import FlowEngine
 from onnxflow.pruning.scorers import FixedScorer, SynFlowScorer, magnitude_scorer, random_scorer
@@ -154,3 +155,24 @@ def test_fixed_scorer_ignores_prune() -> None:
     scorer = FixedScorer({"a": np.array([1.0, 2.0], np.float32)})
     scorer.prune({"a": np.array([False, True])})
     assert scorer({"a": np.array([True, True])}).values["a"].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("piece", [1_000, 1 << 18], ids=["many-pieces", "one-piece"])
+def test_prune_in_pieces_is_the_plain_multiply_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    """`prune` multiplies by the masks through a float32 scratch, piece by piece (a last
+    piece shorter than the others included): the weights are those of `w * mask` with
+    numpy's own cast of the booleans, to the bit, over two prunes in a row."""
+    monkeypatch.setattr(engine_module, "_PIECE", piece)
+    rng = np.random.default_rng(7)
+    engine = engine_of(wide_chain(7))
+    want = {n: w.copy() for n, w in engine.weights.items()}
+    for density in (0.7, 0.3):
+        masks = {n: rng.random(w.shape) < density for n, w in want.items()}
+        engine.prune(masks)
+        for n, w in want.items():
+            np.multiply(w, masks[n], out=w)
+            assert engine.weights[n].dtype == w.dtype
+            np.testing.assert_array_equal(engine.weights[n].view(np.uint32), w.view(np.uint32))
+            assert (engine.weights[n][~masks[n]] == 0).all()

@@ -90,10 +90,24 @@ class FlowEngine:
         in few weights (late in a schedule a step drops a few thousand of millions): then
         only those are zeroed, found by comparing the two byte masks piece by piece (a
         quarter of what multiplying every weight by its mask reads and writes). One layer
-        after the other: this is bound by memory, and two threads on it were slower."""
+        after the other: this is bound by memory, and two threads on it were slower.
+
+        Without `before`, every weight is multiplied by its mask in pieces, each piece's
+        booleans first copied into a float32 scratch: numpy's multiply of float32 by bool
+        casts through small internal buffers, which cost more than the copy (measured:
+        9.7 ms against 12.3 ms for 25.5M weights). The product is the same, weight by
+        weight (w * 1.0 and w * 0.0, signed zeros included)."""
         if before is None:
+            sizes = [w.size for w in self.weights.values()]
+            ones = np.empty(min(_PIECE, max(sizes, default=0)), np.float32)
             for name, w in self.weights.items():
-                np.multiply(w, masks[name], out=w)
+                flat, now = w.reshape(-1), masks[name].reshape(-1)
+                for start in range(0, flat.size, _PIECE):
+                    stop = min(flat.size, start + _PIECE)
+                    part = flat[start:stop]
+                    factor = ones[: stop - start]
+                    np.copyto(factor, now[start:stop])
+                    np.multiply(part, factor, out=part)
             return
         scratch = np.empty(min(_PIECE, max(w.size for w in self.weights.values())), bool)
         for name, w in self.weights.items():
