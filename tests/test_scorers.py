@@ -3,6 +3,8 @@ random, each 0 exactly where the masks prune."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
@@ -10,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxflow
 import onnxflow.flow.engine as engine_module
+from onnxflow import parallel
 from onnxflow.analyze import analyze
 from onnxflow.flow.engine import FlowEngine
 from onnxflow.pruning.scorers import FixedScorer, SynFlowScorer, magnitude_scorer, random_scorer
@@ -163,8 +166,11 @@ def test_prune_in_pieces_is_the_plain_multiply_bit_for_bit(
 ) -> None:
     """`prune` multiplies by the masks through a float32 scratch, piece by piece (a last
     piece shorter than the others included): the weights are those of `w * mask` with
-    numpy's own cast of the booleans, to the bit, over two prunes in a row."""
+    numpy's own cast of the booleans, to the bit, over two prunes in a row, the pieces
+    split between the cores."""
     monkeypatch.setattr(engine_module, "_PIECE", piece)
+    # on every core however small (`runs` is serial below a million weights by default)
+    monkeypatch.setattr(engine_module, "runs", functools.partial(parallel.runs, least=0))
     rng = np.random.default_rng(7)
     engine = engine_of(wide_chain(7))
     want = {n: w.copy() for n, w in engine.weights.items()}
