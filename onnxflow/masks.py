@@ -339,10 +339,11 @@ def _band_pass(
     shapes: dict[str, tuple[int, ...]],
     edges: dict[str, tuple[Any, Any]],
     above: dict[str, np.ndarray] | None,
-) -> list[tuple[int, np.ndarray]]:
-    """Each layer's count of scores above its upper edge and the flat indices of those in
-    (lower edge, upper edge]; the booleans of the first are written into `above` when it
-    is given.
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Each layer's count of scores above its upper edge, and the flat indices and the
+    scores of those in (lower edge, upper edge]; the booleans of the first are written into
+    `above` when it is given. The band's scores are gathered piece by piece while the piece
+    is in cache (gathered afterwards, layer by layer, they cost a cache miss each).
 
     One-unit layers are compared in pieces of `_CHUNK` scores through scratch buffers kept
     by each thread (a fresh N-byte array costs a page fault per 4 KiB, more than the
@@ -356,7 +357,7 @@ def _band_pass(
         step = max(1, size) if whole or size <= _CHUNK else _CHUNK
         pieces += [(i, start, min(size, start + step)) for start in range(0, size, step)]
 
-    def piece(i: int, start: int, stop: int) -> tuple[int, np.ndarray]:
+    def piece(i: int, start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray]:
         n = names[i]
         t_hi, t_lo = edges[n]
         if isinstance(t_hi, np.ndarray):  # per-channel edges broadcast over the layer's shape
@@ -365,27 +366,32 @@ def _band_pass(
             np.greater(v, t_hi, out=a)
             inside = v > t_lo
             np.not_equal(inside, a, out=inside)
-            return int(np.count_nonzero(a)), np.flatnonzero(inside)
+            idx = np.flatnonzero(inside)
+            return int(np.count_nonzero(a)), idx, vals[n][idx]
         chunk, buf = vals[n][start:stop], _scratch()
         a = buf[0, : stop - start] if above is None else above[n][start:stop]
         np.greater(chunk, t_hi, out=a)
         if not t_lo < t_hi:
-            return int(np.count_nonzero(a)), _NONE
+            return int(np.count_nonzero(a)), _NONE, _NO_SCORES
         inside = buf[1, : stop - start]
         np.greater(chunk, t_lo, out=inside)
         np.not_equal(inside, a, out=inside)
         idx = inside.nonzero()[0]
-        return int(np.count_nonzero(a)), idx + start if start else idx
+        return int(np.count_nonzero(a)), idx + start if start else idx, chunk[idx]
 
     sizes = [stop - start for _, start, stop in pieces]
     results = runs(lambda p: piece(*p), pieces, sizes, least=_PARALLEL_ABOVE)
-    counts, parts = [0] * len(names), [[_NONE] for _ in names]
-    for (i, _, _), (count, idx) in zip(pieces, results, strict=True):
+    counts = [0] * len(names)
+    parts: list[list[np.ndarray]] = [[_NONE] for _ in names]
+    found: list[list[np.ndarray]] = [[_NO_SCORES] for _ in names]
+    for (i, _, _), (count, idx, v) in zip(pieces, results, strict=True):
         counts[i] += count
         if idx.size:
             parts[i].append(idx)
+            found[i].append(v)
     return [
-        (c, p[-1] if len(p) < 3 else np.concatenate(p)) for c, p in zip(counts, parts, strict=True)
+        (c, p[-1], f[-1]) if len(p) < 3 else (c, np.concatenate(p), np.concatenate(f))
+        for c, p, f in zip(counts, parts, found, strict=True)
     ]
 
 
@@ -440,18 +446,19 @@ def _select_band(
             lo = kth_smallest(sample, at_lo)
     edges = _layer_thresholds(hi, lo, names, units)
     bands = _band_pass(names, vals, shapes, edges, dest if early else None)
-    need = k - sum(above for above, _ in bands)
-    sizes = [idx.size for _, idx in bands]
+    need = k - sum(above for above, _, _ in bands)
+    sizes = [idx.size for _, idx, _ in bands]
     if need > sum(sizes) and lo == -math.inf:
         return None
     if need < 0 or need > sum(sizes):
         return False
     # The band is in (layer, index) order, so top_k's tie-break by position is ours; its
     # edges are exact, so everything above it outranks all of it.
-    band = [(n, idx) for n, (_, idx) in zip(names, bands, strict=True) if idx.size]
+    band = [(n, idx) for n, (_, idx, _) in zip(names, bands, strict=True) if idx.size]
     with np.errstate(divide="ignore"):
         keys = np.log(
-            np.concatenate([_NO_SCORES] + [vals[n][idx] for n, idx in band]), dtype=np.float64
+            np.concatenate([_NO_SCORES] + [v for _, idx, v in bands if idx.size]),
+            dtype=np.float64,
         )
     single = [0.0 if _per_channel(units[n]) else float(units[n]) for n, _ in band]
     keys += np.repeat(single, [idx.size for _, idx in band])
