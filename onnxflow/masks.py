@@ -22,13 +22,12 @@ channel, and within the layer it is ranked by float64 log-scores instead of floa
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from onnxflow.parallel import runs
+from onnxflow.parallel import pieces, runs, scratch
 from onnxflow.pruning.schedule import schedule_counts
 from onnxflow.scores import Scores, raise_non_finite
 
@@ -351,11 +350,8 @@ def _band_pass(
     cores in contiguous runs of equal size (`parallel.runs`), one hand-off per core: with
     one per piece (`parallel.each`) two threads were slower than one. Each piece's result
     depends on that piece alone, so the split changes nothing in them."""
-    pieces: list[tuple[int, int, int]] = []
-    for i, n in enumerate(names):
-        size, whole = vals[n].size, isinstance(edges[n][0], np.ndarray)
-        step = max(1, size) if whole or size <= _CHUNK else _CHUNK
-        pieces += [(i, start, min(size, start + step)) for start in range(0, size, step)]
+    per_channel = {i for i, n in enumerate(names) if isinstance(edges[n][0], np.ndarray)}
+    cuts = pieces([vals[n].size for n in names], _CHUNK, whole=per_channel)
 
     def piece(i: int, start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray]:
         n = names[i]
@@ -368,7 +364,7 @@ def _band_pass(
             np.not_equal(inside, a, out=inside)
             idx = np.flatnonzero(inside)
             return int(np.count_nonzero(a)), idx, vals[n][idx]
-        chunk, buf = vals[n][start:stop], _scratch()
+        chunk, buf = vals[n][start:stop], scratch("band", (2, _CHUNK), bool)
         a = buf[0, : stop - start] if above is None else above[n][start:stop]
         np.greater(chunk, t_hi, out=a)
         if not t_lo < t_hi:
@@ -379,12 +375,12 @@ def _band_pass(
         idx = inside.nonzero()[0]
         return int(np.count_nonzero(a)), idx + start if start else idx, chunk[idx]
 
-    sizes = [stop - start for _, start, stop in pieces]
-    results = runs(lambda p: piece(*p), pieces, sizes, least=_PARALLEL_ABOVE)
+    sizes = [stop - start for _, start, stop in cuts]
+    results = runs(lambda p: piece(*p), cuts, sizes, least=_PARALLEL_ABOVE)
     counts = [0] * len(names)
     parts: list[list[np.ndarray]] = [[_NONE] for _ in names]
     found: list[list[np.ndarray]] = [[_NO_SCORES] for _ in names]
-    for (i, _, _), (count, idx, v) in zip(pieces, results, strict=True):
+    for (i, _, _), (count, idx, v) in zip(cuts, results, strict=True):
         counts[i] += count
         if idx.size:
             parts[i].append(idx)
@@ -400,15 +396,6 @@ _NO_SCORES = np.zeros(0, np.float32)
 _CHUNK = 1 << 18
 _PARALLEL_ABOVE = 1 << 20
 """Scores from which `_band_pass` runs on every core (below, a hand-off costs more)."""
-_local = threading.local()
-
-
-def _scratch() -> np.ndarray:
-    """This thread's two rows of `_CHUNK` booleans for `_band_pass`, allocated once."""
-    buf = getattr(_local, "buf", None)
-    if buf is None:
-        buf = _local.buf = np.empty((2, _CHUNK), bool)
-    return buf
 
 
 def _select_band(

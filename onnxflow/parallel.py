@@ -2,18 +2,22 @@
 
 Between two flow-model runs, selection and masking make several passes over all N weights.
 numpy releases the GIL inside its loops, so running the layers on threads uses the cores
-that onnxruntime uses during the run.
+that onnxruntime uses during the run. A pass over memory goes in pieces (`pieces`), each
+worked on through buffers kept by its thread (`scratch`), the pieces in runs per core
+(`runs`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import pairwise
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,3 +96,32 @@ def runs(
     for f in rest:
         results += f.result()
     return results
+
+
+def pieces(
+    sizes: Sequence[int], piece: int, whole: Container[int] = ()
+) -> list[tuple[int, int, int]]:
+    """`(item, start, stop)` cutting each of `sizes` into pieces of `piece` (the last one
+    shorter), the items in `whole` into a single piece; empty items give none. A pass over
+    memory in pieces keeps each piece, and its scratch, in cache between the operations
+    made on it."""
+    return [
+        (i, start, min(size, start + step))
+        for i, size in enumerate(sizes)
+        for step in [max(1, size) if i in whole else piece]
+        for start in range(0, size, step)
+    ]
+
+
+_local = threading.local()
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """This thread's buffer `name` of `shape` and `dtype`, allocated once (again when asked
+    for another shape): a fresh array per piece would cost a page fault per 4 KiB, more
+    than the work on it, and a buffer per thread lets the pieces run on every core."""
+    bufs: dict[str, np.ndarray] = _local.__dict__.setdefault("bufs", {})
+    buf = bufs.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = bufs[name] = np.empty(shape, dtype)
+    return buf

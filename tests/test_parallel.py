@@ -1,5 +1,5 @@
-"""`onnxflow.parallel.each` and `runs`: a list comprehension on every core, in order, errors
-in order."""
+"""`onnxflow.parallel`: `each` and `runs` (a list comprehension on every core, in order, errors
+in order), `pieces` and the per-thread `scratch` of a pass over memory."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import os
 import threading
 from itertools import pairwise
 
+import numpy as np
 import pytest
 
-from onnxflow.parallel import _pool, each, runs
+from onnxflow.parallel import _pool, each, pieces, runs, scratch
 
 
 def test_results_come_in_order() -> None:
@@ -89,3 +90,30 @@ def test_runs_reraise_the_first_error_after_every_run_ended() -> None:
         runs(fn, range(10), [1] * 10, least=0)
     # the second run (5..9) ran to its own error, whatever the first did
     assert {5, 6, 7} <= set(done) or (os.cpu_count() or 1) < 2
+
+
+def test_pieces_cut_each_size_and_keep_whole_items_whole() -> None:
+    """Pieces of `piece` (the last shorter), one piece for the items in `whole`, none for
+    empty items; together they cover every position of every item once, in order."""
+    sizes = [10, 0, 4, 7, 3]
+    cuts = pieces(sizes, 4, whole={3})
+    assert cuts == [(0, 0, 4), (0, 4, 8), (0, 8, 10), (2, 0, 4), (3, 0, 7), (4, 0, 3)]
+    for i, size in enumerate(sizes):
+        covered = [p for j, a, b in cuts if j == i for p in range(a, b)]
+        assert covered == list(range(size))
+
+
+def test_scratch_is_one_buffer_per_thread_and_name() -> None:
+    """The same buffer for the same name, shape and dtype in one thread; another for another
+    name, shape or dtype, and for another thread."""
+    a = scratch("t", (2, 8), bool)
+    assert scratch("t", (2, 8), bool) is a
+    assert scratch("u", (2, 8), bool) is not a
+    b = scratch("t", (16,), np.float32)
+    assert b.shape == (16,) and b.dtype == np.float32
+    assert scratch("t", (16,), np.float32) is b
+    other: list[np.ndarray] = []
+    t = threading.Thread(target=lambda: other.append(scratch("t", (16,), np.float32)))
+    t.start()
+    t.join()
+    assert other[0] is not b

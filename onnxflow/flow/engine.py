@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -14,7 +13,7 @@ from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.external import constant_array
 from onnxflow.flow.model import build_flow_model
 from onnxflow.flow.registry import RuleRegistry
-from onnxflow.parallel import each, runs
+from onnxflow.parallel import each, pieces, runs, scratch
 from onnxflow.runtime import ort_session
 from onnxflow.scores import FlowScores, raise_non_finite
 
@@ -27,16 +26,6 @@ logger = logging.getLogger(__name__)
 ARENA_MAX_BYTES = 256 << 20
 # `FlowEngine.prune` compares masks in pieces of this many weights (a scratch of that size).
 _PIECE = 1 << 18
-_local = threading.local()
-
-
-def _float_scratch() -> np.ndarray:
-    """This thread's `_PIECE` float32 values for `FlowEngine.prune`, allocated once (and
-    again if `_PIECE` grew)."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < _PIECE:
-        buf = _local.buf = np.empty(_PIECE, np.float32)
-    return buf
 
 
 class FlowEngine:
@@ -108,29 +97,25 @@ class FlowEngine:
         float32 by bool casts through small internal buffers, which cost more than the copy.
         The pieces go to the cores in contiguous runs (`parallel.runs`). The product is the
         same, weight by weight (w * 1.0 and w * 0.0, signed zeros included)."""
+        names = list(self.weights)
+        cuts = pieces([self.weights[n].size for n in names], _PIECE)
         if before is None:
-            pieces = [
-                (name, start, min(w.size, start + _PIECE))
-                for name, w in self.weights.items()
-                for start in range(0, w.size, _PIECE)
-            ]
 
-            def multiply(piece: tuple[str, int, int]) -> None:
-                name, start, stop = piece
-                part = self.weights[name].reshape(-1)[start:stop]
-                factor = _float_scratch()[: stop - start]
-                np.copyto(factor, masks[name].reshape(-1)[start:stop])
+            def multiply(piece: tuple[int, int, int]) -> None:
+                i, start, stop = piece
+                part = self.weights[names[i]].reshape(-1)[start:stop]
+                factor = scratch("mask", (_PIECE,), np.float32)[: stop - start]
+                np.copyto(factor, masks[names[i]].reshape(-1)[start:stop])
                 np.multiply(part, factor, out=part)
 
-            runs(multiply, pieces, [stop - start for _, start, stop in pieces])
+            runs(multiply, cuts, [stop - start for _, start, stop in cuts])
             return
-        scratch = np.empty(min(_PIECE, max(w.size for w in self.weights.values())), bool)
-        for name, w in self.weights.items():
-            flat, now, then = w.reshape(-1), masks[name].reshape(-1), before[name].reshape(-1)
-            for start in range(0, flat.size, _PIECE):
-                stop = min(flat.size, start + _PIECE)
-                lost = np.not_equal(then[start:stop], now[start:stop], out=scratch[: stop - start])
-                flat[start:stop][lost.nonzero()[0]] = 0
+        changed = scratch("changed", (_PIECE,), bool)
+        for i, start, stop in cuts:
+            n = names[i]
+            now, then = masks[n].reshape(-1)[start:stop], before[n].reshape(-1)[start:stop]
+            lost = np.not_equal(then, now, out=changed[: stop - start])
+            self.weights[n].reshape(-1)[start:stop][lost.nonzero()[0]] = 0
 
     def flow_with_unit_weights(self) -> float:
         """log R of the network with every prunable weight set to 1 (the weights restored
