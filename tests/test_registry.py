@@ -117,3 +117,16 @@ def test_every_default_domain_op_has_a_rule_or_a_documented_refusal() -> None:
     table = docs[docs.index("## Ops without a rule") :]
     for op in REFUSED:
         assert f"`{op}`" in table, op
+
+
+def test_node_context_once_makes_a_value_on_first_use_only() -> None:
+    """`NodeContext.once`, which rules use for what forward and backward share: made once
+    per node and key."""
+    from onnxflow.flow.builder import NodeContext
+
+    node = NodeContext("n", "Conv", [(1, 2)])
+    made: list[int] = []
+    assert node.once("k", lambda: made.append(1) or "first") == "first"
+    assert node.once("k", lambda: made.append(2) or "second") == "first"
+    assert node.once("other", lambda: "third") == "third"
+    assert made == [1]

@@ -19,13 +19,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 Shape = tuple[int, ...]
+T = TypeVar("T")
 
 _F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 _F64 = TensorProto.DOUBLE
@@ -78,6 +79,13 @@ class NodeContext:
     out_shapes: list[Shape]
     saved: dict[str, Any] = field(default_factory=dict)
     """Forward may leave tensor names here for backward (e.g. MaxPool's indices)."""
+
+    def once(self, key: str, make: Callable[[], T]) -> T:
+        """`saved[key]`, made by `make()` the first time it is asked for: nodes that forward
+        and backward (or two products) share are emitted once."""
+        if key not in self.saved:
+            self.saved[key] = make()
+        return self.saved[key]
 
 
 class FlowBuilder:

@@ -326,11 +326,11 @@ def live_taps(
 
 def positions_first(g: FlowBuilder, node: NodeContext, x: str, shape: Shape) -> str:
     """(N, C, *sp) -> (positions, N, C), made once per node and tensor."""
-    key = f"positions_first:{x}"
-    if key not in node.saved:
-        n, c = shape[:2]
-        node.saved[key] = g.node("Transpose", [g.reshape(x, [n, c, -1])], perm=[2, 0, 1])
-    return node.saved[key]
+    n, c = shape[:2]
+    return node.once(
+        f"positions_first:{x}",
+        lambda: g.node("Transpose", [g.reshape(x, [n, c, -1])], perm=[2, 0, 1]),
+    )
 
 
 def channels_last(g: FlowBuilder, node: NodeContext, x: str, shape: Shape) -> str:
@@ -395,28 +395,28 @@ class Depthwise:
     def columns(self, g: FlowBuilder, node: NodeContext, x: str) -> str:
         """x gathered per tap, (taps, P, N, C): built once per node, shared by the forward
         and the weight flow."""
-        key = f"columns:{x}"
-        if key not in node.saved:
-            node.saved[key] = g.node(
+        return node.once(
+            f"columns:{x}",
+            lambda: g.node(
                 "Gather",
                 [channels_last(g, node, x, self.x_shape), g.const(self.fwd, "taps")],
                 axis=0,
-            )
-        return node.saved[key]
+            ),
+        )
 
     def weight_taps(self, g: FlowBuilder, node: NodeContext, w: str) -> str:
         """The weight (C, 1, *k) as (taps, 1, 1, C), to broadcast over (taps, P, N, C);
         built once per node, shared by forward and backward."""
-        key = f"weight_taps:{w}"
-        if key not in node.saved:
-            c = self.x_shape[1]
-            if self.cropped:
-                starts, stops = zip(*self.box, strict=True)
-                axes = list(range(2, len(self.k) + 2))
-                w = g.node("Slice", [w, g.i64(list(starts)), g.i64(list(stops)), g.i64(axes)])
-            wt = g.node("Transpose", [g.reshape(w, [c, self.taps])])
-            node.saved[key] = g.reshape(wt, [self.taps, 1, 1, c])
-        return node.saved[key]
+        return node.once(f"weight_taps:{w}", lambda: self._weight_taps(g, w))
+
+    def _weight_taps(self, g: FlowBuilder, w: str) -> str:
+        c = self.x_shape[1]
+        if self.cropped:
+            starts, stops = zip(*self.box, strict=True)
+            axes = list(range(2, len(self.k) + 2))
+            w = g.node("Slice", [w, g.i64(list(starts)), g.i64(list(stops)), g.i64(axes)])
+        wt = g.node("Transpose", [g.reshape(w, [c, self.taps])])
+        return g.reshape(wt, [self.taps, 1, 1, c])
 
     def fits(self) -> bool:
         """Whether the gathered input stays under the im2col size limit."""

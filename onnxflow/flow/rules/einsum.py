@@ -68,11 +68,10 @@ class Einsum(FlowRule):
                     "prunes only Conv, ConvTranspose, Gemm and MatMul weights; export this "
                     "layer as MatMul or Gemm"
                 )
-        if "terms" not in node.saved:
-            node.saved["terms"] = explicit_equation(
-                node.name, equation, [tuple(v.shape) for v in inputs]
-            )
-        return node.saved["terms"]
+        return node.once(
+            "terms",
+            lambda: explicit_equation(node.name, equation, [tuple(v.shape) for v in inputs]),
+        )
 
     def forward(self, g, node, *inputs, equation):
         terms, out = self._terms(node, inputs, equation)

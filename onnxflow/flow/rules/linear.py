@@ -67,18 +67,15 @@ def _depthwise_plan(
     backward), or None for any other Conv."""
     if not _depthwise(x, w, group):
         return None
-    if "depthwise" not in node.saved:
-        node.saved["depthwise"] = conv.Depthwise(
-            x.shape, node.out_shapes[0], k, strides, dilations, pads
-        )
-    return node.saved["depthwise"]
+    return node.once(
+        "depthwise",
+        lambda: conv.Depthwise(x.shape, node.out_shapes[0], k, strides, dilations, pads),
+    )
 
 
 def _resolved(g: FlowBuilder, node: NodeContext, *vs: object) -> list:
     """The operands in one unit each, computed once per node (forward) and reused (backward)."""
-    if "resolved" not in node.saved:
-        node.saved["resolved"] = [g.resolve(v) if isinstance(v, Flow) else v for v in vs]
-    return node.saved["resolved"]
+    return node.once("resolved", lambda: [g.resolve(v) if isinstance(v, Flow) else v for v in vs])
 
 
 def _per_input_channel(g: FlowBuilder, x: Flow, t: str, unit_shape: Shape, gy: Flow) -> Flow:
