@@ -72,6 +72,22 @@ def conv_pads(
     return begins + ends
 
 
+def end_pads(
+    in_sp: Shape,
+    out_sp: Shape,
+    k: Shape,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    begins: Sequence[int],
+) -> list[int]:
+    """The fewest end pads with which a convolution over `in_sp` (head pads `begins`)
+    reaches `out_sp` output positions."""
+    return [
+        max(0, (out_sp[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - in_sp[i] - begins[i])
+        for i in range(len(k))
+    ]
+
+
 def conv_full(
     g: FlowBuilder,
     x: str,
@@ -88,10 +104,7 @@ def conv_full(
     """Conv whose output is cropped/padded to spatial size `want`; end pads as needed."""
     nd = len(k)
     begins = list(pads[:nd])
-    ends = [
-        max(0, (want[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - in_sp[i] - begins[i])
-        for i in range(nd)
-    ]
+    ends = end_pads(in_sp, want, k, strides, dilations, begins)
     y = g.node(
         "Conv",
         [x, w],
@@ -208,10 +221,7 @@ def im2col_grad(
     if c * taps * n * int(np.prod(out_sp)) > IM2COL_LIMIT:
         return None
     begins = list(pads[:nd])
-    ends = [
-        max(0, (out_sp[i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - sp[i] - begins[i])
-        for i in range(nd)
-    ]
+    ends = end_pads(sp, out_sp, k, strides, dilations, begins)
     if n > 1:
         x = g.node("Transpose", [x], perm=perm_swap01(nd))
         gy = g.node("Transpose", [gy], perm=perm_swap01(nd))
