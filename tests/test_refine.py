@@ -106,7 +106,8 @@ def test_a_step_that_would_leave_r_zero_is_split() -> None:
     refiner = Refiner(SynFlowScorer(engine, dense, check=False), select, masks, dense)
     assert refiner.bypassed == set()  # both layers are cuts: their scores sum to R
     assert refiner.needed(5, 2)
-    masks, after = refiner.step(engine.run(), masks, 5, 2)
+    masks = refiner(engine.run(), masks, 5, 2)
+    after = refiner.scorer(masks)  # the run that checked R
     assert refiner.counts == {"a": 1, "b": 1}
     assert masks["a"].tolist() == [False, False, True]
     assert masks["b"].tolist() == [False, True]

@@ -118,15 +118,6 @@ class Refiner:
         self._spare, self.counts = masks, _count(new)
         return new
 
-    def step(
-        self, scores: Scores, masks: dict[str, np.ndarray], kept: int, k: int
-    ) -> tuple[dict[str, np.ndarray], FlowScores]:
-        """The masks after a checked step, and the scores of the network they leave (the
-        run that checked R when there was one)."""
-        self.counts = _count(masks)
-        masks, self.counts = self._step(scores, masks, self.counts, kept, k, [_SPLITS])
-        return masks, self.scorer(masks)
-
     def _select(
         self,
         scores: Scores,
