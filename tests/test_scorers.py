@@ -22,7 +22,7 @@ W1 = np.array([[2.0], [-1.0], [4.0]], np.float32)  # 3 -> 1
 
 
 def chain(w0: np.ndarray = W0, w1: np.ndarray = W1) -> onnx.ModelProto:
-    """x (1 x 2) -> MatMul W0 -> Relu -> MatMul W1 -> y."""
+    """x (1 x 2, or w0's rows) -> MatMul W0 -> Relu -> MatMul W1 -> y."""
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w0"], ["h"]),
@@ -30,8 +30,8 @@ def chain(w0: np.ndarray = W0, w1: np.ndarray = W1) -> onnx.ModelProto:
             helper.make_node("MatMul", ["r", "w1"], ["y"]),
         ],
         "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w0.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w1.shape[1]])],
         [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -79,20 +79,7 @@ def wide_chain(seed: int) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     w0 = rng.normal(size=(64, 300)).astype(np.float32)
     w1 = rng.normal(size=(300, 1)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w0"], ["h"]),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "w1"], ["y"]),
-        ],
-        "wide",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
-        [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return chain(w0, w1)
 
 
 @pytest.mark.parametrize("lost", [0, 1, 200, 19_200], ids=["none", "one", "few", "all"])
