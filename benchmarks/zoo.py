@@ -78,6 +78,32 @@ TRANSFORMERS = [
     "hf_roberta", "hf_t5", "hf_bart", "hf_vit", "hf_deit", "hf_swin", "hf_clip",
     "hf_whisper", "hf_wav2vec2",
 ]  # fmt: skip
+# More transformers (a later sweep): decoders, encoders and vision models of other families.
+TRANSFORMERS_MORE = [
+    "hf_albert", "hf_electra", "hf_deberta_v2", "hf_mpnet", "hf_mobilebert", "hf_gpt_neox",
+    "hf_opt", "hf_bloom", "hf_falcon", "hf_gemma", "hf_gemma2", "hf_gptj", "hf_starcoder2",
+    "hf_granite", "hf_mamba", "hf_hubert", "hf_convnext", "hf_convnextv2", "hf_segformer",
+    "hf_mobilevit", "hf_dinov2", "hf_beit", "hf_poolformer", "hf_resnet", "hf_regnet",
+    "hf_swinv2",
+]  # fmt: skip
+# timm models (num_classes=100; input 64x64 where the model takes it, else 224 or 256).
+TIMM = [
+    "timm_resnest14d", "timm_res2net50_14w_8s", "timm_skresnet18", "timm_dpn48b",
+    "timm_xception41", "timm_inception_v4", "timm_hrnet_w18_small", "timm_ghostnet_100",
+    "timm_ghostnetv2_100", "timm_mobileone_s0", "timm_repvit_m1", "timm_fastvit_t8",
+    "timm_efficientformer_l1", "timm_efficientformerv2_s0", "timm_edgenext_xx_small",
+    "timm_mobilevitv2_050", "timm_crossvit_tiny_240", "timm_xcit_nano_12_p16_224",
+    "timm_pvt_v2_b0", "timm_poolformer_s12", "timm_gcvit_xxtiny", "timm_regnetz_b16",
+    "timm_selecsls42b", "timm_mixnet_s", "timm_lcnet_050", "timm_rexnet_100",
+    "timm_cspresnet50", "timm_dla34", "timm_hgnetv2_b0", "timm_eva02_tiny_patch14_224",
+    "timm_deit3_small_patch16_224", "timm_vit_relpos_small_patch16_224", "timm_sequencer2d_s",
+    "timm_mvitv2_tiny", "timm_hiera_tiny_224", "timm_caformer_s18", "timm_inception_next_tiny",
+    "timm_efficientvit_b0", "timm_efficientvit_m0", "timm_tiny_vit_5m_224", "timm_halonet26t",
+    "timm_botnet26t_256", "timm_lambda_resnet26t", "timm_mambaout_femto", "timm_starnet_s1",
+    "timm_nfnet_l0", "timm_ese_vovnet19b_dw", "timm_tresnet_m", "timm_resnetv2_50x1_bit",
+    "timm_coatnet_nano_rw_224", "timm_davit_tiny", "timm_twins_svt_small", "timm_convit_tiny",
+    "timm_visformer_tiny", "timm_gmixer_12_224", "timm_coat_tiny", "timm_volo_d1_224",
+]  # fmt: skip
 
 # Over ~140M parameters: each costs GBs of memory and many minutes on the shared 2-core
 # machine, so they run only with --big.
@@ -110,8 +136,10 @@ def family_of(name: str) -> str:
         return "segmentation"
     if name in DETECTION:
         return "detection"
-    if name in TRANSFORMERS:
+    if name in TRANSFORMERS or name in TRANSFORMERS_MORE:
         return "transformers"
+    if name in TIMM:
+        return "timm"
     return "classification"
 
 
@@ -210,7 +238,121 @@ def _transformer(name: str) -> tuple[Any, tuple[Any, ...], list[str]]:
             conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
         )  # fmt: skip
         return tf.Wav2Vec2ForCTC(cfg), (torch.randn(1, 1600),), ["input_values"]
+    more = _transformer_more(name, tf, lm, vis)
+    if more is not None:
+        return more
     raise ValueError(f"unknown transformer {name}")
+
+
+_CAUSAL_MORE = {
+    "hf_gpt_neox", "hf_opt", "hf_bloom", "hf_falcon", "hf_gemma", "hf_gemma2", "hf_gptj",
+    "hf_starcoder2", "hf_granite", "hf_mamba",
+}  # fmt: skip
+_TEXT_MORE = {"hf_albert", "hf_electra", "hf_deberta_v2", "hf_mpnet", "hf_mobilebert"}
+
+
+def _transformer_more(
+    name: str, tf: Any, lm: dict[str, Any], vis: dict[str, Any]
+) -> tuple[Any, tuple[Any, ...], list[str]] | None:
+    """A model of TRANSFORMERS_MORE, its example inputs and their names (None: not one)."""
+    import torch
+
+    ids = torch.randint(0, 100, (1, 8), dtype=torch.int64)
+    inputs: tuple[tuple[Any, ...], list[str]] = ((torch.randn(1, 3, 32, 32),), ["pixel_values"])
+    if name in _CAUSAL_MORE:
+        inputs = (ids, torch.ones(1, 8, dtype=torch.int64)), ["input_ids", "attention_mask"]
+    elif name in _TEXT_MORE:
+        inputs = (ids,), ["input_ids"]
+    elif name == "hf_hubert":
+        inputs = (torch.randn(1, 1600),), ["input_values"]
+    elif name == "hf_mobilevit":
+        inputs = (torch.randn(1, 3, 64, 64),), ["pixel_values"]
+    dec = {**lm, "max_position_embeddings": 64}
+    four = {"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}
+    builders: dict[str, Any] = {
+        "hf_albert": lambda: tf.AlbertForSequenceClassification(
+            tf.AlbertConfig(**lm, embedding_size=32, max_position_embeddings=64)),
+        "hf_electra": lambda: tf.ElectraForSequenceClassification(
+            tf.ElectraConfig(**lm, embedding_size=32, max_position_embeddings=64)),
+        "hf_deberta_v2": lambda: tf.DebertaV2ForSequenceClassification(
+            tf.DebertaV2Config(**lm, max_position_embeddings=64)),
+        "hf_mpnet": lambda: tf.MPNetForSequenceClassification(
+            tf.MPNetConfig(**lm, max_position_embeddings=64)),
+        "hf_mobilebert": lambda: tf.MobileBertForSequenceClassification(tf.MobileBertConfig(
+            **lm, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32,
+            max_position_embeddings=64)),
+        "hf_gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**dec)),
+        "hf_opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, ffn_dim=128,
+            vocab_size=1000, max_position_embeddings=64, word_embed_proj_dim=64)),
+        "hf_bloom": lambda: tf.BloomForCausalLM(
+            tf.BloomConfig(hidden_size=64, n_layer=2, n_head=2, vocab_size=1000)),
+        "hf_falcon": lambda: tf.FalconForCausalLM(tf.FalconConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=1000)),
+        "hf_gemma": lambda: tf.GemmaForCausalLM(
+            tf.GemmaConfig(**dec, num_key_value_heads=1, head_dim=32)),
+        "hf_gemma2": lambda: tf.Gemma2ForCausalLM(
+            tf.Gemma2Config(**dec, num_key_value_heads=1, head_dim=32)),
+        "hf_gptj": lambda: tf.GPTJForCausalLM(tf.GPTJConfig(
+            n_embd=64, n_layer=2, n_head=2, vocab_size=1000, n_positions=64, rotary_dim=16)),
+        "hf_starcoder2": lambda: tf.Starcoder2ForCausalLM(
+            tf.Starcoder2Config(**dec, num_key_value_heads=1)),
+        "hf_granite": lambda: tf.GraniteForCausalLM(
+            tf.GraniteConfig(**dec, num_key_value_heads=1)),
+        "hf_mamba": lambda: tf.MambaForCausalLM(tf.MambaConfig(
+            hidden_size=64, num_hidden_layers=2, vocab_size=1000, state_size=8)),
+        "hf_hubert": lambda: tf.HubertForCTC(tf.HubertConfig(
+            **{**lm, "vocab_size": 32}, conv_dim=(32, 32), conv_kernel=(10, 3),
+            conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)),
+        "hf_convnext": lambda: tf.ConvNextForImageClassification(
+            tf.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2)),
+        "hf_convnextv2": lambda: tf.ConvNextV2ForImageClassification(
+            tf.ConvNextV2Config(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2)),
+        "hf_segformer": lambda: tf.SegformerForSemanticSegmentation(tf.SegformerConfig(
+            num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+            num_attention_heads=[1, 2], decoder_hidden_size=32, patch_sizes=[7, 3],
+            strides=[4, 2], mlp_ratios=[2, 2])),
+        "hf_mobilevit": lambda: tf.MobileViTForImageClassification(
+            tf.MobileViTConfig(image_size=64)),
+        "hf_dinov2": lambda: tf.Dinov2ForImageClassification(tf.Dinov2Config(**vis)),
+        "hf_beit": lambda: tf.BeitForImageClassification(
+            tf.BeitConfig(**vis, use_relative_position_bias=True)),
+        "hf_poolformer": lambda: tf.PoolFormerForImageClassification(
+            tf.PoolFormerConfig(**four)),
+        "hf_resnet": lambda: tf.ResNetForImageClassification(
+            tf.ResNetConfig(embedding_size=16, **four)),
+        "hf_regnet": lambda: tf.RegNetForImageClassification(
+            tf.RegNetConfig(embedding_size=16, **four, groups_width=8)),
+        "hf_swinv2": lambda: tf.Swinv2ForImageClassification(tf.Swinv2Config(
+            image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+            window_size=4)),
+    }  # fmt: skip
+    make = builders.get(name)
+    return None if make is None else (make(), *inputs)
+
+
+def _timm(name: str) -> tuple[Any, tuple[Any, ...], list[str]]:
+    """A timm model with random weights and an input it runs on: 64x64 where it takes it
+    (asked for with `img_size` where the model has one), else 224, else 256."""
+    import timm
+    import torch
+
+    base = name.removeprefix("timm_")
+    error: Exception | None = None
+    for size in (64, 224, 256):
+        try:
+            try:
+                model = timm.create_model(base, pretrained=False, num_classes=100, img_size=size)
+            except TypeError:
+                model = timm.create_model(base, pretrained=False, num_classes=100)
+            x = torch.randn(1, 3, size, size)
+            with torch.no_grad():
+                model.eval()(x)
+            return model, (x,), ["input"]
+        except Exception as e:  # noqa: BLE001 - try the next size
+            error = e
+    assert error is not None
+    raise error
 
 
 def _build(name: str) -> tuple[Any, tuple[Any, ...], list[str]]:
@@ -240,8 +382,11 @@ def _build(name: str) -> tuple[Any, tuple[Any, ...], list[str]]:
                 return tuple(out[k] for k in keys if k in out)
 
         decoders = ("gpt2", "llama", "mistral", "qwen2", "phi", "t5", "bart", "whisper")
-        wrapped = Logits(model, name.removeprefix("hf_") in decoders)
+        decoder = name.removeprefix("hf_") in decoders or name in _CAUSAL_MORE
+        wrapped = Logits(model, decoder)
         return wrapped.eval(), args, names
+    if family == "timm":
+        return _timm(name)
     size = INPUT_SIZE.get(name, FAMILY_SIZE[family])
     x = torch.randn(1, 3, size, size)
     if family == "classification":
@@ -348,14 +493,18 @@ def export_worker(name: str, work: str, exporters: str) -> None:
 
 
 def _feeds(sess: Any) -> dict[str, Any]:
-    """Random inputs for an onnxruntime session (ids in [0, 100), dynamic dims 1)."""
+    """Random inputs for an onnxruntime session (ids in [0, 100), masks all 1, dynamic
+    dims 1): OPT numbers positions by the attention mask's running sum, so a mask of
+    random ids indexes past its position table."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     feeds = {}
     for inp in sess.get_inputs():
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-        if "int" in inp.type:
+        if "int" in inp.type and "mask" in inp.name:
+            feeds[inp.name] = np.ones(shape, np.int64 if "int64" in inp.type else np.int32)
+        elif "int" in inp.type:
             dtype = np.int64 if "int64" in inp.type else np.int32
             feeds[inp.name] = rng.integers(0, 100, size=shape).astype(dtype)
         elif "bool" in inp.type:
@@ -623,6 +772,8 @@ def selected(args: argparse.Namespace) -> tuple[list[str], list[dict[str, Any]]]
     """The model names to run and the records of the ones skipped."""
     fams = {
         "transformers": TRANSFORMERS,
+        "transformers_more": TRANSFORMERS_MORE,
+        "timm": TIMM,
         "segmentation": SEGMENTATION,
         "classification": CLASSIFICATION,
         "detection": DETECTION,
@@ -766,7 +917,9 @@ def render(data: dict[str, Any]) -> str:
     if not classes:
         out.append("none")
     seen = {r["model"] for r in recs}
-    missing = [n for n in TRANSFORMERS + SEGMENTATION + CLASSIFICATION + DETECTION if n not in seen]
+    lists = [TRANSFORMERS, SEGMENTATION, CLASSIFICATION, DETECTION, TRANSFORMERS_MORE, TIMM]
+    # the lists this file's runs drew from: one with a model in it
+    missing = [n for li in lists if seen.intersection(li) for n in li if n not in seen]
     if missing:
         out += ["", f"## Not run yet ({len(missing)}; `--resume` runs them)", ""]
         out.append(", ".join(missing))
@@ -828,7 +981,8 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="regular expression on model names (re.search)")
-    fams = ["classification", "segmentation", "detection", "transformers"]
+    fams = ["classification", "segmentation", "detection", "transformers", "transformers_more",
+            "timm"]  # fmt: skip
     ap.add_argument("--family", action="append", choices=fams, help="repeatable; default all")
     ap.add_argument("--exporter", choices=["torchscript", "dynamo", "both"], default="both")
     ap.add_argument("--jobs", type=int, default=1, help="models in parallel")
