@@ -5,6 +5,7 @@ docs/architecture.md maps the stages and the types that pass between them."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from onnxflow.passes.synflow import no_flow_message, select
 from onnxflow.plot import density_figure, png_writer
 from onnxflow.report import Report, prune_report
 from onnxflow.runtime import resolve_provider
+from onnxflow.scores import lossy_join_note
 from onnxflow.stages import Materialization, ProgressCallback, Selection
 
 if TYPE_CHECKING:
@@ -46,6 +48,8 @@ from onnxflow.save import (
     text_writer,
     write_atomically,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,9 @@ def score(
     scores = engine.run()
     if scores.log_flow == -np.inf:
         raise OnnxflowError(no_flow_message(engine))
+    note = lossy_join_note(scores.lossy_joins)
+    if note is not None:
+        logger.warning(note)
     return ScoreResult(scores.log(), scores.log_flow, analysis.dag)
 
 

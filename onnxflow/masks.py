@@ -290,7 +290,7 @@ def _sample_keys(
     keys = _log_keys(
         s[pos],
         names,
-        np.diff(cuts),
+        np.diff(cuts).tolist(),
         units,
         shapes,
         lambda j: (pos[cuts[j] : cuts[j + 1]] - starts[j]) * step,

@@ -160,7 +160,7 @@ def prune_report(
         bytes_after_dense=output.bytes_dense,
         pattern_skipped=selection.pattern_skipped,
         external_data=analysis.source.external_data,
-        notes=list(analysis.notes),
+        notes=[*analysis.notes, *selection.notes],
         zero_init=analysis.zero_init,
         exclude_unmatched=analysis.exclude_unmatched,
     )

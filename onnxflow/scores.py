@@ -7,7 +7,7 @@ so that selection never imports the flow engine. The flow engine's runs add R
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,7 +46,24 @@ class FlowScores(Scores):
 
     log_flow: float
     """Natural log of R, the network's total synaptic flow."""
+    lossy_joins: dict[str, float] = field(default_factory=dict)
+    """Nodes that joined flows more than float32 spans apart into one tensor (name -> gap
+    in nats, `FlowModel.joins`): the scores computed from their smaller parts are inexact."""
 
 
 def raise_non_finite(name: str) -> None:
     raise OnnxflowError(f"non-finite synaptic flow at weight {name!r}")
+
+
+def lossy_join_note(joins: dict[str, float]) -> str | None:
+    """One line on the joins that lost float32 precision, or None if there are none."""
+    if not joins:
+        return None
+    worst = max(joins, key=lambda n: joins[n])
+    more = f" and {len(joins) - 1} more" if len(joins) > 1 else ""
+    return (
+        f"scores are inexact: {worst!r}{more} joins flows {joins[worst]:.0f} nats apart into "
+        "one float32 tensor (beyond its ~87), so the smaller parts lose precision or underflow "
+        "to 0, and so do the scores computed from them (typical of a recurrence unrolled over "
+        "a sequence, each step a product of the ones before, e.g. a selective scan)"
+    )

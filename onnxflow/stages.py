@@ -93,6 +93,8 @@ class Selection:
     """The onnxruntime execution provider the scores were computed with."""
     pattern_skipped: list[str] = field(default_factory=list)
     """Layers the N:M pattern could not be applied to."""
+    notes: list[str] = field(default_factory=list)
+    """One-line notes on the scores themselves (where float32 lost some of them)."""
 
 
 @dataclass(frozen=True)

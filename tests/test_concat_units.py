@@ -315,3 +315,51 @@ def test_layer_rankings_use_per_channel_units() -> None:
     for o, i, j in itertools.product(range(3), range(2), range(2)):
         col = logs["b"][o, :, i, j]
         assert set(np.flatnonzero(pattern[o, :, i, j])) == set(np.argsort(-col)[:2])
+
+
+def sequence_concat_with_gap(depth: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x (1, 1, 4) -> [A chain | B] joined along the last axis (not the channels) -> f -> g:
+    the positions of a sequence, one far larger than the other (a recurrence unrolled over
+    positions makes such joins). Flows there are brought to one float32 unit."""
+    w = _gap_weights(depth=depth)
+    inits = {k: v.T for k, v in w.items() if k != "dw"}
+    nodes = [
+        *_chain_nodes(depth, "MatMul"),
+        helper.make_node("Concat", [f"t{depth - 1}", "u"], ["z"], axis=2, name="join"),
+        helper.make_node("MatMul", ["z", "f"], ["h"]),
+        helper.make_node("MatMul", ["h", "g"], ["y"]),
+    ]
+    return _model(nodes, inits, [1, 1, 4], [1, 1, 2]), w
+
+
+def test_a_join_beyond_float32_along_a_non_channel_axis_is_reported(caplog) -> None:
+    """Past float32's range the smaller part underflows: the weights reading it score 0
+    although their score is positive. That loss is not silent: `score` logs it and `prune`
+    notes it (report and CLI warning), naming the node and the gap."""
+    model, w = sequence_concat_with_gap(8)
+    with caplog.at_level("WARNING", logger="onnxflow.api"):
+        scores = onnxflow.score(model).log_scores
+    (record,) = [r for r in caplog.records if "scores are inexact" in r.getMessage()]
+    assert "'join'" in record.getMessage()
+    gap = float(record.getMessage().split(" nats apart")[0].rsplit(" ", 1)[1])
+    assert gap > LOG_F32_SPAN  # B's part is gone
+    # what the note warns of: f's rows reading B's part (the last 3 inputs) score 0 ...
+    assert np.isneginf(scores["f"][-3:]).all() and np.isfinite(scores["f"][:-3]).all()
+    # ... while every weight of B reaches the output (its backward flow is not joined)
+    assert np.isfinite(scores["b"]).all()
+    report = onnxflow.prune(model, sparsity=0.5, keep_scores=False).report
+    assert any("scores are inexact: 'join'" in n for n in report.notes)
+    assert any("scores are inexact" in n for n in report.to_dict()["notes"])
+
+
+@pytest.mark.parametrize("build", [lambda: sequence_concat_with_gap(2), mlp_with_gap])
+def test_joins_within_float32_or_along_channels_are_not_reported(build, caplog) -> None:
+    """A join whose parts are less than float32 spans apart loses nothing, and a channel
+    Concat keeps a unit per channel: neither is reported, and no score is 0."""
+    model, _ = build()
+    with caplog.at_level("WARNING", logger="onnxflow.api"):
+        scores = onnxflow.score(model).log_scores
+    assert not [r for r in caplog.records if "inexact" in r.getMessage()]
+    assert all(np.isfinite(v).all() for v in scores.values())
+    report = onnxflow.prune(model, sparsity=0.5, keep_scores=False).report
+    assert not [n for n in report.notes if "inexact" in n]

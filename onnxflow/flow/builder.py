@@ -107,6 +107,9 @@ class FlowBuilder:
         """(tensor, unit) pairs known to peak at their unit: max 1 after `rescale`, at least 1
         after a sum in the peak unit (or all zero with unit -inf). `peak` needs no pass over
         them, which keeps the alignment at residual sums as cheap as before."""
+        self.joins: dict[str, str] = {}
+        """Node name -> float64 output: how many nats the flows joined there into one float32
+        tensor lie below the largest (`align(..., watch=...)`); see `FlowModel.joins`."""
 
     # ---- plain graph construction -------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -281,7 +284,7 @@ class FlowBuilder:
             diff = self.node("Min", [diff, self.const(np.array(80.0), "exp_cap")])
         return self.node("Cast", [self.node("Exp", [diff])], to=TensorProto.FLOAT)
 
-    def align(self, flows: Sequence[Flow]) -> tuple[list[str], str]:
+    def align(self, flows: Sequence[Flow], watch: str | None = None) -> tuple[list[str], str]:
         """Express several flows in one common unit: tensors and that unit.
 
         The common unit is the largest *peak* (unit + log of the tensor's max), not the
@@ -289,11 +292,20 @@ class FlowBuilder:
         factor, which does not renormalize) must not push the live flows below float32's
         range (x + 0 would become 0). Per-channel units broadcast: the result is per
         channel if any input is.
+
+        `watch`: a node name under which the gap between the highest and the lowest peak
+        (all-zero flows left out) becomes a model output (`joins`): where flows are joined
+        side by side (a Concat along a non-channel axis), a part far below the others
+        loses its precision, then underflows to 0, and everything computed from it after.
         """
         scales = [f.scale for f in flows]
         if len(set(scales)) == 1:
             return [f.tensor for f in flows], scales[0]
-        top = self.node("Max", [self.peak(f) for f in flows])
+        peaks = [self.peak(f) for f in flows]
+        top = self.node("Max", peaks)
+        if watch is not None:
+            live = [self.node("Where", [self.node("IsInf", [p]), top, p]) for p in peaks]
+            self.joins[watch] = self.node("Sub", [top, self.node("Min", live)])
         safe = self._finite(top)
         return [self.node("Mul", [f.tensor, self._ratio(f, safe)]) for f in flows], top
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 from onnxflow.dag import WeightDag
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.external import constant_array
-from onnxflow.flow.model import build_flow_model
+from onnxflow.flow.model import JOIN_RANGE, build_flow_model
 from onnxflow.flow.registry import RuleRegistry
 from onnxflow.parallel import each, pieces, runs, scratch
 from onnxflow.runtime import ort_session
@@ -192,4 +192,6 @@ class FlowEngine:
             if float(results[t]) > 0
         ]
         log_flow = float(np.logaddexp.reduce(parts)) if parts else -np.inf
-        return FlowScores(values, units, log_flow)
+        gaps = {node: float(results[out]) for node, out in self.flow.joins.items()}
+        lossy = {node: gap for node, gap in gaps.items() if gap > JOIN_RANGE}
+        return FlowScores(values, units, log_flow, lossy)

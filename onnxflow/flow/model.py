@@ -29,6 +29,9 @@ from onnxflow.flow.sources import data_source, lookup_forward
 from onnxflow.flow.zero_init import ones_if_zero_init
 
 PASS_THROUGH = PassThrough()
+JOIN_RANGE = 87.0
+"""Nats below which a float32 value relative to its tensor's largest (1) is no longer a
+normal number (e^-87.3): past this gap, a join's smaller parts lose precision."""
 
 
 @dataclass
@@ -48,6 +51,11 @@ class FlowModel:
     unit_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Log-unit output -> its shape, for the units that are not scalars: a weight reading
     channels of very different flow gets one unit per input channel, broadcastable to it."""
+    joins: dict[str, str] = field(default_factory=dict)
+    """Analysis node -> float64 output: the gap in nats between the largest and the
+    smallest flow it joins side by side into one float32 tensor (a Concat along a
+    non-channel axis of flows in different units). Beyond `JOIN_RANGE` the smaller parts
+    lose precision in float32, and scores computed from them are inexact or 0."""
 
 
 @dataclass
@@ -73,6 +81,8 @@ def build_flow_model(
     walk.backward()  # ones from the outputs, back to every weight
     scores, unit_shapes = walk.layer_scores()  # |W| times the flow that reaches it
     output_flows = _declare_outputs(walk.g, scores, totals)
+    for gap in walk.g.joins.values():
+        walk.g.add_output(gap, TensorProto.DOUBLE)
     return FlowModel(
         _onnx_model(walk.g, graph),
         dict(walk.g.weights),
@@ -81,6 +91,7 @@ def build_flow_model(
         walk.factors,
         walk.flowing(),
         unit_shapes,
+        dict(walk.g.joins),
     )
 
 

@@ -24,6 +24,7 @@ from onnxflow.pruning.schedule import density_target, kept_counts
 from onnxflow.pruning.scorers import Scorer, SynFlowScorer, magnitude_scorer, random_scorer
 from onnxflow.pruning.selector import Selector
 from onnxflow.runtime import resolve_provider
+from onnxflow.scores import lossy_join_note
 from onnxflow.stages import ProgressCallback, Selection
 
 
@@ -78,7 +79,9 @@ def select(
         progress=progress,
     )
     skipped = pattern.skipped if pattern is not None else []
-    return Selection(masks, log_scores, dense.log_flow, provider, skipped)
+    note = lossy_join_note(dense.lossy_joins) if opts.method == "synflow" else None
+    notes = [note] if note else []
+    return Selection(masks, log_scores, dense.log_flow, provider, skipped, notes)
 
 
 def no_flow_message(engine: FlowEngine) -> str:

@@ -47,7 +47,10 @@ class Concat(FlowRule):
     """Along the channel axis (1), flows of different units keep them: the output gets one
     unit per channel, so that a part far smaller than another (an early DenseNet feature
     beside a late one) does not underflow in one float32 tensor. Otherwise flows are brought
-    to one unit. A constant part is a learned token (class, register, distillation token,
+    to one unit, and how far apart they were is watched (`FlowBuilder.align`): parts more
+    than float32 spans below the others (the positions of a recurrence unrolled over a
+    sequence, each a product of the ones before) lose their precision, and the run says so
+    (`FlowModel.joins`). A constant part is a learned token (class, register, distillation token,
     learned query): a flow source of ones in the unit of the flows beside it, see
     flow/sources.py."""
 
@@ -59,7 +62,8 @@ class Concat(FlowRule):
         one_unit = len({f.scale for f in flows}) == 1 and not any(f.per_channel for f in flows)
         channel = len(out) >= 2 and axis % len(out) == 1
         if one_unit or not channel or len(flows) < len(inputs):
-            tensors, scale = g.align([g.resolve(f) for f in flows])
+            watch = None if channel else node.name
+            tensors, scale = g.align([g.resolve(f) for f in flows], watch=watch)
             if len(tensors) < len(inputs):  # learned tokens: ones in the data's unit
                 scale = finite_unit(g, scale)
                 it = iter(tensors)
