@@ -17,6 +17,7 @@ from rulecheck import (
     Op,
     assert_log_scores_equal,
     check,
+    check_linear_op,
     prune_scores,
 )
 
@@ -572,6 +573,31 @@ def test_einsum_subscript_summed_inside_one_operand() -> None:
         return net.model(net.post(y))
 
     check(build, (2, 3, 4))
+
+
+@pytest.mark.parametrize("equation", ["bchw,wk->bchk", "bchw,kw->bchk"])
+def test_einsum_with_a_computed_factor_is_that_fixed_linear_map(equation: str) -> None:
+    """A constant the graph computes from stored tensors (a table gathered by constant
+    indices: MViTv2's relative positions) is a fixed factor, read as its |value|: the
+    weights before and after score as through the dense positive matrix of the op."""
+
+    def op(net: Net, y: str) -> str:
+        table = net.const(net.signed((5, 6)))
+        rows = net.ints([0, 2, 2, 4, 1, 3] if equation.endswith("wk->bchk") else [1, 0, 4, 2])
+        factor = net.op("Gather", table, rows, axis=0)  # (w, k) = (6, 6), or (k, w) = (4, 6)
+        return net.op("Einsum", y, factor, equation=equation)
+
+    check_linear_op(op)
+
+
+def test_a_computed_einsum_factor_is_noted() -> None:
+    """The computed factor is not pruned, and the report says so."""
+    net = Net((1, 2, 6, 6), ref=False)
+    y = net.pad_conv("x", 3)
+    factor = net.op("Gather", net.const(net.signed((5, 6))), net.ints([1, 0, 4, 2]), axis=0)
+    model = net.model(net.post(net.op("Einsum", y, factor, equation="bchw,kw->bchk")))
+    report = onnxflow.prune(model, sparsity=0.5, keep_scores=False).report
+    assert any("1 Einsum node with an operand computed" in n for n in report.notes)
 
 
 @pytest.mark.parametrize(

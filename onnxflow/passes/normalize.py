@@ -20,7 +20,11 @@ from onnxflow.dag import weight_view_nodes
 from onnxflow.errors import OnnxflowError, Opt, one_line
 from onnxflow.external import attach
 from onnxflow.passes.base import GraphPass, PassResult
-from onnxflow.passes.computed_weights import computed_weight_views, computed_weights_note
+from onnxflow.passes.computed_weights import (
+    computed_factors_note,
+    computed_weight_views,
+    computed_weights_note,
+)
 from onnxflow.passes.inline_if import InlineIfPass, refuse_control_flow
 from onnxflow.passes.selection import CutSelectionPass, activations
 from onnxflow.runtime import ort_session, quiet_onnxruntime
@@ -213,9 +217,12 @@ class NormalizePass(GraphPass):
         graph.toposort()
         check_produced(graph)
         notes = list(CutSelectionPass(self.stored)(graph).notes)
-        computed = computed_weights_note(graph, self.stored)
-        if computed is not None:
-            notes.append(computed)
+        for note in (
+            computed_weights_note(graph, self.stored),
+            computed_factors_note(graph, self.stored),
+        ):
+            if note is not None:
+                notes.append(note)
         refuse_control_flow(graph, activations(graph))
         # Static shapes found before folding still hold; inlined branches may bring tensors
         # without one. Infer again only if some tensor lacks one.

@@ -6,9 +6,12 @@ operand `i`'s subscripts out. Subscripts that only operand `i` has (summed insid
 broadcast back; broadcast size-1 dimensions are summed. The equation is first made explicit:
 `...` becomes letters (shapes are static) and an implicit output is spelled out.
 
-A constant operand is refused: a stored float constant there is a weight, and onnxflow prunes
-weights of Conv, ConvTranspose, Gemm and MatMul only (docs/flow_rules.md); export such a
-layer as MatMul or Gemm. Repeated subscripts within one operand (diagonals) are refused.
+A stored constant operand is refused: a float tensor the model stores there is a weight, and
+onnxflow prunes weights of Conv, ConvTranspose, Gemm and MatMul only (docs/flow_rules.md);
+export such a layer as MatMul or Gemm. A constant that the graph computes from stored tensors
+(MViTv2's relative-position table, gathered by constant indices) is a fixed factor: it enters
+as its |value|, like a constant operand of Mul or a computed one of MatMul, and is not pruned
+(normalization notes it). Repeated subscripts within one operand (diagonals) are refused.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import Counter
 from onnxflow.errors import OnnxflowError
 from onnxflow.flow.builder import Flow, Shape
 from onnxflow.flow.registry import FlowRule, flow_rule
+from onnxflow.flow.rules.linear import const_operand
 
 
 def explicit_equation(name: str, equation: str, shapes: list[Shape]) -> tuple[list[str], str]:
@@ -60,26 +64,39 @@ def explicit_equation(name: str, equation: str, shapes: list[Shape]) -> tuple[li
 class Einsum(FlowRule):
     rescales = True
 
-    def _terms(self, node, inputs, equation: str) -> tuple[list[str], str]:
+    @staticmethod
+    def _operands(g, node, inputs) -> list[Flow]:
+        """The operands as flows: a computed constant as its |value| in unit 1, with no
+        backward flow; a stored one refused."""
+        out = []
         for v in inputs:
-            if not isinstance(v, Flow):
+            if isinstance(v, Flow):
+                out.append(v)
+            elif v.stored:
                 raise OnnxflowError(
                     f"node {node.name!r}: Einsum with a constant operand {v.name!r}: onnxflow "
                     "prunes only Conv, ConvTranspose, Gemm and MatMul weights; export this "
                     "layer as MatMul or Gemm"
                 )
+            else:
+                out.append(Flow(const_operand(g, node, v), g.zero_scale, tuple(v.shape)))
+        return out
+
+    def _terms(self, node, inputs, equation: str) -> tuple[list[str], str]:
         return node.once(
             "terms",
             lambda: explicit_equation(node.name, equation, [tuple(v.shape) for v in inputs]),
         )
 
     def forward(self, g, node, *inputs, equation):
+        inputs = node.once("operands", lambda: self._operands(g, node, inputs))
         terms, out = self._terms(node, inputs, equation)
         y = g.node("Einsum", [v.tensor for v in inputs], equation=",".join(terms) + "->" + out)
         return Flow(y, g.scale_sum(*(v.scale for v in inputs)))
 
     def backward(self, g, node, grads, *inputs, equation):
         (gy,) = grads
+        inputs = node.once("operands", lambda: self._operands(g, node, inputs))
         terms, out = self._terms(node, inputs, equation)
         res: list[Flow | None] = []
         for i, v in enumerate(inputs):

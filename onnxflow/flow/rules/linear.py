@@ -28,7 +28,7 @@ from onnxflow.flow.builder import Const, Flow, FlowBuilder, NodeContext, Shape
 from onnxflow.flow.registry import FlowRule, flow_rule
 
 
-def _operand(g: FlowBuilder, node: NodeContext, v: Flow | Const) -> str:
+def const_operand(g: FlowBuilder, node: NodeContext, v: Flow | Const) -> str:
     """Flow-model name of a weight-layer operand: a flow (incl. |W|*mask) or |constant|. A
     constant the graph computes (a weight behind a view kept out of folding whose layer is
     excluded, a weight computed from stored tensors) is its |value| when the flow model
@@ -110,15 +110,15 @@ class Conv(FlowRule):
         if not keep:
             x, w = _resolved(g, node, x, w)
         if conv.pointwise(k, strides, dilations, pads, group):
-            y = conv.pointwise_forward(g, x.tensor, x.shape, _operand(g, node, w), w.shape)
+            y = conv.pointwise_forward(g, x.tensor, x.shape, const_operand(g, node, w), w.shape)
             return Flow(y, g.scale_sum(x.scale, *_scales(w)))
         plan = _depthwise_plan(node, x, w, group, k, strides, dilations, pads)
         if plan is not None and plan.gathers and plan.fits():
-            y = plan.forward(g, node, x.tensor, _operand(g, node, w))
+            y = plan.forward(g, node, x.tensor, const_operand(g, node, w))
             return Flow(y, g.scale_sum(x.scale, *_scales(w)), unit_shape=x.unit_shape)
         y = g.node(
             "Conv",
-            [x.tensor, _operand(g, node, w)],
+            [x.tensor, const_operand(g, node, w)],
             group=group,
             strides=strides,
             dilations=dilations,
@@ -153,7 +153,7 @@ class Conv(FlowRule):
             x, w = _resolved(g, node, x, w)
         if (raw.per_channel and group == 1) or depthwise:
             x = raw  # the weight's flow per input channel, each in its own unit
-        wt = _operand(g, node, w)
+        wt = const_operand(g, node, w)
         plan = _depthwise_plan(node, x, w, group, k, strides, dilations, pads)
         if plan is not None and not plan.fits():
             plan = None
@@ -265,7 +265,7 @@ class ConvTranspose(FlowRule):
     rescales = True
 
     def forward(self, g, node, x, w, b=None, **attrs):
-        y = g.node("ConvTranspose", [x.tensor, _operand(g, node, w)], **attrs)
+        y = g.node("ConvTranspose", [x.tensor, const_operand(g, node, w)], **attrs)
         return Flow(y, g.scale_sum(x.scale, *_scales(w)))
 
     def backward(
@@ -295,7 +295,7 @@ class ConvTranspose(FlowRule):
         begins = _conv_transpose_begins(
             x.shape, y_shape, w, strides, dilations, pads, auto_pad, output_padding, output_shape
         )
-        wt = _operand(g, node, w)
+        wt = const_operand(g, node, w)
         dx = dw = None
         if x.needs_grad:
             dx = g.like(
@@ -341,7 +341,7 @@ class Gemm(FlowRule):
         a, b, c = _resolved(g, node, a, b, c)
         y = g.node(
             "Gemm",
-            [_operand(g, node, a), _operand(g, node, b)],
+            [const_operand(g, node, a), const_operand(g, node, b)],
             alpha=abs(alpha),
             transA=transA,
             transB=transB,
@@ -363,7 +363,7 @@ class Gemm(FlowRule):
             isinstance(raw, Flow) and raw.per_channel and not transA
         ):  # (N, K): one unit per contracted feature
             a = raw
-        ta, tb = _operand(g, node, a), _operand(g, node, b)
+        ta, tb = const_operand(g, node, a), const_operand(g, node, b)
         alpha = abs(alpha)
         da = db = None
         if _wants(a):
@@ -418,7 +418,7 @@ class MatMul(FlowRule):
         if len(a.shape) < 2 or len(b.shape) < 2:
             raise OnnxflowError(f"node {node.name!r}: MatMul with a 1-D operand is not supported")
         a, b = _resolved(g, node, a, b)
-        y = g.node("MatMul", [_operand(g, node, a), _operand(g, node, b)])
+        y = g.node("MatMul", [const_operand(g, node, a), const_operand(g, node, b)])
         return Flow(y, g.scale_sum(*(v.scale for v in (a, b) if isinstance(v, Flow))))
 
     def backward(self, g, node, grads, a, b):
@@ -428,7 +428,7 @@ class MatMul(FlowRule):
         a, b = _resolved(g, node, a, b)
         # (N, K) @ (K, M): one unit per contracted feature for the weight's flow
         per_feature = isinstance(raw, Flow) and raw.per_channel and len(raw.shape) == 2
-        ta, tb = _operand(g, node, a), _operand(g, node, b)
+        ta, tb = const_operand(g, node, a), const_operand(g, node, b)
         da = db = None
         if _wants(a):
             t = g.node("MatMul", [gy.tensor, _swap_last(g, tb, len(b.shape))])
