@@ -336,7 +336,7 @@ def test_a_join_beyond_float32_along_a_non_channel_axis_is_reported(caplog) -> N
     """Past float32's range the smaller part underflows: the weights reading it score 0
     although their score is positive. That loss is not silent: `score` logs it and `prune`
     notes it (report and CLI warning), naming the node and the gap."""
-    model, w = sequence_concat_with_gap(8)
+    model, _ = sequence_concat_with_gap(8)
     with caplog.at_level("WARNING", logger="onnxflow.api"):
         scores = onnxflow.score(model).log_scores
     (record,) = [r for r in caplog.records if "scores are inexact" in r.getMessage()]

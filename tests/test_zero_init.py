@@ -251,6 +251,8 @@ def three_nodes(op: str, const: np.ndarray, x_shape: list[int], **attrs) -> onnx
         ("Mul", np.zeros(4), [2, 4], ("c",)),  # per-channel layer scale
         ("Mul", np.zeros(()), [2, 4], ("c",)),  # a scalar (ReZero's alpha)
         ("Mul", np.zeros((3, 2, 4)), [2, 4], ()),  # broadcasts the flow to a larger shape
+        ("Mul", np.zeros((1, 1, 4)), [1, 2, 4], ("c",)),  # per channel, as a (1, 1, C) view
+        ("Mul", np.zeros((1, 2, 4)), [1, 2, 4], ()),  # a state (a scan's zeros), no scale
         ("Mul", np.array([0.0, 1.0, 0.0, 0.0]), [2, 4], ()),  # not all zero
         ("Add", np.zeros(4), [2, 4], ()),  # a shift, not a scale
         ("Div", np.zeros(4), [2, 4], ()),

@@ -87,7 +87,10 @@ def _zero_scale(node: gs.Node) -> gs.Constant | None:
 
     Normalizations: gamma (input 1) of a node whose input 0 is computed (a Variable). A layer
     scale: a Mul of a computed tensor by an all-zero constant that does not broadcast it to
-    a larger shape (per-channel or scalar; a Mul that enlarges its input is not a scale).
+    a larger shape, with at most one axis longer than 1 (per-channel or scalar). A Mul that
+    enlarges its input is not a scale, nor is a zero tensor spanning several axes: that is
+    a state or a buffer (a recurrence's initial state, `torch.zeros(...)` in the forward
+    pass: Mamba's scan starts from one), not a parameter that training moves off zero.
     """
     if (node.domain or "") not in ("", "ai.onnx") or len(node.inputs) < 2:
         return None
@@ -102,6 +105,8 @@ def _zero_scale(node: gs.Node) -> gs.Constant | None:
     for x, c in (node.inputs, node.inputs[::-1]):
         if isinstance(x, gs.Variable) and all_zero(c):
             assert isinstance(c, gs.Constant)
+            if sum(int(d) > 1 for d in c.shape) > 1:
+                return None
             y = node.outputs[0]
             if x.shape is None or y.shape is None or list(x.shape) == list(y.shape):
                 return c
