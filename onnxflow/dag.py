@@ -145,6 +145,25 @@ def prunable_operand(node: gs.Node, stored: Container[str]) -> tuple[int, gs.Con
     return None
 
 
+def computed_operand(node: gs.Node, stored: Container[str]) -> gs.Constant | None:
+    """The node's weight operand where the graph computed it from stored tensors (folding
+    made it: weight standardization, weight normalization), beside a data operand; None
+    where the node has none. Such a weight is not prunable: the layer stays dense."""
+    if not _is_default_domain(node):
+        return None
+    for pos in PRUNABLE_OPERANDS.get(node.op, ()):
+        w = node.inputs[pos] if pos < len(node.inputs) else None
+        others = [t for i, t in enumerate(node.inputs[:2]) if i != pos]
+        if (
+            isinstance(w, gs.Constant)
+            and is_float_constant(w)
+            and w.name not in stored
+            and all(isinstance(t, gs.Variable) for t in others)
+        ):
+            return w
+    return None
+
+
 QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
 
 

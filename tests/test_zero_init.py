@@ -224,6 +224,38 @@ def test_a_model_whose_every_weight_is_zero_has_nothing_to_prune() -> None:
         onnxflow.prune(model, sparsity=0.5)
 
 
+def computed_zero_branch() -> onnx.ModelProto:
+    """x -> shortcut s; x -> a -> b -> + s -> c -> y, where b's weight is computed in the
+    graph, `v * gain` with the gain all zero (NFNet's standardized last convolution of each
+    residual branch starts so): b is not prunable and its effective weight is zero."""
+    rng = np.random.default_rng(RNG_SEED)
+    inits = {n: rng.normal(size=(4, 4)) for n in ("s", "a", "v", "c")}
+    inits["gain"] = np.zeros((1, 4))
+    nodes = [
+        helper.make_node("MatMul", ["x", "s"], ["xs"]),
+        helper.make_node("MatMul", ["x", "a"], ["xa"]),
+        helper.make_node("Mul", ["v", "gain"], ["b"]),
+        helper.make_node("MatMul", ["xa", "b"], ["xb"]),
+        helper.make_node("Add", ["xb", "xs"], ["h"]),
+        helper.make_node("MatMul", ["h", "c"], ["y"]),
+    ]
+    return make_model(nodes, inits, [1, 4], [1, 4])
+
+
+def test_an_all_zero_computed_weight_is_read_as_ones() -> None:
+    """Under "ones" the branch behind a zero computed weight carries flow, so its prunable
+    weight scores; "strict" keeps the paper's R, where it scores 0."""
+    model = computed_zero_branch()
+    ones = onnxflow.prune(model, sparsity=0.5)
+    strict = onnxflow.prune(model, sparsity=0.5, zero_init="strict")
+    assert sorted(ones.log_scores) == ["a", "c", "s"]  # b: computed, not prunable
+    assert np.isfinite(ones.log_scores["a"]).all()
+    assert np.isneginf(strict.log_scores["a"]).all()
+    (name,) = ones.report.zero_init.weights
+    assert ones.report.zero_init.scales == ()
+    assert name not in ("v", "gain")  # the folded effective weight, not a stored tensor
+
+
 # -- detection on three-node graphs -------------------------------------------------------
 
 

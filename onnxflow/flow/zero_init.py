@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxflow.dag import is_float_constant, prunable_operand
+from onnxflow.dag import computed_operand, is_float_constant, prunable_operand
 from onnxflow.external import constant_array
 
 # Normalizations whose input 1 is the per-channel scale gamma.
@@ -34,7 +34,9 @@ class ZeroInit:
 
     weights: tuple[str, ...] = ()
     """All-zero weight operands of Conv, ConvTranspose, Gemm and MatMul: not prunable (not
-    in N, not in the masks; they stay zero in the output); flow crosses them as ones."""
+    in N, not in the masks; they stay zero in the output); flow crosses them as ones. Stored
+    weights, and weights the graph computes (NFNet's standardized convolutions, whose gain
+    starts at 0 on each residual branch's last layer: the effective weight is all zero)."""
     scales: tuple[str, ...] = ()
     """All-zero normalization scales (gamma) and layer scales (a Mul's constant operand),
     read as ones."""
@@ -123,6 +125,11 @@ def find_zero_init(graph: gs.Graph, stored: Container[str]) -> ZeroInit:
         if found is not None:
             if all_zero(found[1]):
                 weights[found[1].name] = None
+            continue
+        computed = computed_operand(node, stored)
+        if computed is not None:
+            if all_zero(computed):
+                weights[computed.name] = None
             continue
         scale = _zero_scale(node)
         if scale is not None:

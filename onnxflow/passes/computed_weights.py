@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxflow.dag import PRUNABLE_OPERANDS, WEIGHT_VIEW_OPS, is_float_constant
+from onnxflow.dag import (
+    PRUNABLE_OPERANDS,
+    WEIGHT_VIEW_OPS,
+    computed_operand,
+    is_float_constant,
+)
 
 
 def _chain(t: gs.Tensor | None) -> tuple[list[gs.Node], gs.Tensor | None]:
@@ -55,22 +60,7 @@ def computed_weight_views(graph: gs.Graph) -> set[str]:
 def computed_weight_layers(graph: gs.Graph, stored: set[str]) -> list[str]:
     """Names of the weight-layer nodes of a folded graph whose weight operand is a float
     constant that the graph computed (folding made it), not a tensor the model stores."""
-    found = []
-    for node in graph.nodes:
-        if (node.domain or "") not in ("", "ai.onnx"):
-            continue
-        for pos in PRUNABLE_OPERANDS.get(node.op, ()):
-            w = node.inputs[pos] if pos < len(node.inputs) else None
-            others = [t for i, t in enumerate(node.inputs[:2]) if i != pos]
-            if (
-                is_float_constant(w)
-                and w is not None
-                and w.name not in stored
-                and all(isinstance(t, gs.Variable) for t in others)
-            ):
-                found.append(node.name)
-                break
-    return found
+    return [node.name for node in graph.nodes if computed_operand(node, stored) is not None]
 
 
 def computed_weights_note(graph: gs.Graph, model_stored: set[str]) -> str | None:
