@@ -59,10 +59,6 @@ class WeightDag:
     read_as_ones: frozenset[str] = frozenset()
     """Constants the flow model reads as ones: zero-initialized weights and scales
     (onnxflow/flow/zero_init.py); empty under `zero_init="strict"`."""
-    stored: frozenset[str] = frozenset()
-    """Names of the tensors the model stores (initializers, Constant-node values): a float
-    constant of the analysis graph not among them was computed by folding (a table gathered
-    by constant indices), not a weight."""
 
     @property
     def size(self) -> int:

@@ -62,7 +62,7 @@ def lossy_join_note(joins: dict[str, float]) -> str | None:
     worst = max(joins, key=lambda n: joins[n])
     more = f" and {len(joins) - 1} more" if len(joins) > 1 else ""
     return (
-        f"scores are inexact: {worst!r}{more} joins flows {joins[worst]:.0f} nats apart into "
+        f"scores may be inexact: {worst!r}{more} joins flows {joins[worst]:.0f} nats apart into "
         "one float32 tensor (beyond its ~87), so the smaller parts lose precision or underflow "
         "to 0, and so do the scores computed from them (typical of a recurrence unrolled over "
         "a sequence, each step a product of the ones before, e.g. a selective scan)"

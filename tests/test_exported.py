@@ -67,14 +67,23 @@ def test_all_exports_are_present() -> None:
     }
 
 
+# Scores that float32 loses at a join beyond its range, which the run reports (the selective
+# scan unrolled over the tokens: docs/flow_rules.md, "Scale safety").
+REPORTED_INEXACT = {"hf_mamba_tiny.onnx"}
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_exported_model_prunes_and_deploys(name: str) -> None:
+def test_exported_model_prunes_and_deploys(name: str, caplog) -> None:
     model = onnx.load(HERE / name)
-    dense = onnxflow.score(model)
+    with caplog.at_level("WARNING", logger="onnxflow.api"):
+        dense = onnxflow.score(model)
+    inexact = [r for r in caplog.records if "scores may be inexact" in r.getMessage()]
+    assert bool(inexact) == (name in REPORTED_INEXACT)
     stored = {layer.name: read_stored(model, layer.name) for layer in dense.dag.layers}
     for layer in dense.dag.layers:
         on_path = stored[layer.name] != 0
-        assert np.isfinite(dense.log_scores[layer.name][on_path]).all(), layer.name
+        if name not in REPORTED_INEXACT:
+            assert np.isfinite(dense.log_scores[layer.name][on_path]).all(), layer.name
 
     result = onnxflow.prune(model, sparsity=0.8, iterations=10)
     total = sum(w.size for w in stored.values())

@@ -590,30 +590,33 @@ def test_einsum_with_a_computed_factor_is_that_fixed_linear_map(equation: str) -
     check_linear_op(op)
 
 
-def test_a_computed_einsum_factor_is_noted() -> None:
-    """The computed factor is not pruned, and the report says so."""
+def test_einsum_with_a_stored_constant_is_that_fixed_linear_map() -> None:
+    """A stored constant (a layer's kernel written as an Einsum, a position table that the
+    exporter stored gathered) is a fixed factor too: not a prunable layer."""
+    check_linear_op(
+        lambda net, y: net.op("Einsum", y, net.const(net.signed((6, 4))), equation="bchw,wk->bchk")
+    )
+
+
+@pytest.mark.parametrize("computed", [True, False])
+def test_a_constant_einsum_factor_is_noted(computed: bool) -> None:
+    """The factor is not pruned (a kernel there stays dense), and the report says so."""
     net = Net((1, 2, 6, 6), ref=False)
     y = net.pad_conv("x", 3)
-    factor = net.op("Gather", net.const(net.signed((5, 6))), net.ints([1, 0, 4, 2]), axis=0)
+    factor = net.const(net.signed((4, 6)))
+    if computed:
+        factor = net.op("Gather", net.const(net.signed((5, 6))), net.ints([1, 0, 4, 2]), axis=0)
     model = net.model(net.post(net.op("Einsum", y, factor, equation="bchw,kw->bchk")))
-    report = onnxflow.prune(model, sparsity=0.5, keep_scores=False).report
-    assert any("1 Einsum node with an operand computed" in n for n in report.notes)
+    result = onnxflow.prune(model, sparsity=0.5)
+    assert any("1 Einsum node with a constant operand" in n for n in result.report.notes)
+    assert sorted(result.masks) == sorted(net.weights)  # the factor is none of them
 
 
-@pytest.mark.parametrize(
-    ("equation", "message"),
-    [("bij,jk->bik", "constant operand"), ("bii->bi", "diagonals")],
-)
-def test_einsum_refusals_are_one_line(equation: str, message: str) -> None:
-    """A weight fed to an Einsum is not a prunable layer (refused, not silently kept);
-    diagonals have no rule."""
+def test_einsum_refusals_are_one_line() -> None:
+    """Diagonals (a subscript repeated in one operand) have no rule."""
     net = Net((2, 4, 4), ref=False)
     y = net.op("MatMul", "x", net.weight((4, 4)))
-    if "jk" in equation:
-        z = net.op("Einsum", y, net.const(net.signed((4, 3))), equation=equation)
-    else:
-        z = net.op("Einsum", y, equation=equation)
-    model = net.model(net.post(z))
-    with pytest.raises(onnxflow.OnnxflowError, match=message) as e:
+    model = net.model(net.post(net.op("Einsum", y, equation="bii->bi")))
+    with pytest.raises(onnxflow.OnnxflowError, match="diagonals") as e:
         prune_scores(model)
     assert "\n" not in str(e.value) and "Einsum" in str(e.value)

@@ -18,7 +18,7 @@ Per-op behaviour lives in a registry filled by `@channel_rule(...)`.
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -101,6 +101,11 @@ class ChannelGroups:
     tensors: list[np.ndarray]
     """Group id of each position of each traced tensor: each must keep one position."""
     edits: list[Edit]
+    copies: dict[str, str] = field(default_factory=dict)
+    """Names that the model writes as an Identity of another stored tensor -> that tensor,
+    where the name is a parameter of its own: TorchScript stores equal initializers once
+    (the zero biases of two unrelated layers). Each is claimed and cut on its own, and
+    `materialize` gives it its own initializer where it or its source is cut."""
 
     @property
     def prunable(self) -> list[ChannelGroup]:
@@ -218,7 +223,7 @@ class Tracer:
             self.freeze(Trace(0, slots), "per-channel constant computed in the graph")
             return False
         const, ax = found
-        name = self.aliases.get(const.name, const.name)
+        name = const.name
         key = (name, ax)
         self.shapes[name] = tuple(int(d) for d in const.shape)
         if name in self.excluded:
@@ -288,8 +293,21 @@ class Tracer:
             for e in self.edits
         ]
         return ChannelGroups(
-            groups, claims, dict(self.kinds), set(self.weights), self.shapes, tensors, edits
+            groups,
+            claims,
+            dict(self.kinds),
+            set(self.weights),
+            self.shapes,
+            tensors,
+            edits,
+            self._copies(),
         )
+
+    def _copies(self) -> dict[str, str]:
+        """The aliases that folding made constants of their own (parameters that the
+        exporter stored once for being equal, not views of a weight kept for its layer)."""
+        tensors = self.graph.tensors()
+        return {a: s for a, s in self.aliases.items() if isinstance(tensors.get(a), gs.Constant)}
 
 
 def stored_axis(

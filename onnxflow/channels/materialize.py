@@ -44,10 +44,21 @@ def materialize(
         if len(keep) < len(gids):
             by_tensor.setdefault(name, []).append((axis, keep))
     for name, cuts in by_tensor.items():
-        values = np.asarray(read_stored(compact, name, base_dir))
+        # a copy reads the model as given: its source may have been cut already
+        values = np.asarray(
+            read_stored(
+                model if name in cg.copies else compact, cg.copies.get(name, name), base_dir
+            )
+        )
         for axis, keep in cuts:
             values = np.take(values, keep, axis=axis)
-        rewrite_stored(compact, name, np.ascontiguousarray(values))
+        if name in cg.copies:  # its own initializer now, the copy's Identity gone
+            _uncopy(compact, name, np.ascontiguousarray(values))
+        else:
+            rewrite_stored(compact, name, np.ascontiguousarray(values))
+    for name, source in cg.copies.items():  # uncut copies of a cut tensor keep its values
+        if name not in by_tensor and source in by_tensor:
+            _uncopy(compact, name, np.asarray(read_stored(model, source, base_dir)))
     declared = {vi.name: vi for vi in compact.graph.input}  # IR < 4: initializers are inputs
     for name in by_tensor:
         if name in declared:
@@ -85,6 +96,16 @@ def materialize(
     except Exception as e:  # noqa: BLE001 - onnx raises several types
         raise OnnxflowError(f"the compact model fails onnx.checker: {one_line(e)}") from None
     return compact, kept
+
+
+def _uncopy(model: onnx.ModelProto, name: str, values: np.ndarray) -> None:
+    """Store `values` as initializer `name`, which the model computed as an Identity of
+    another stored tensor (that tensor and its other readers keep their values)."""
+    for i, node in enumerate(model.graph.node):
+        if node.op_type == "Identity" and list(node.output) == [name]:
+            del model.graph.node[i]
+            break
+    model.graph.initializer.append(numpy_helper.from_array(values, name))
 
 
 def _opset(model: onnx.ModelProto) -> int:

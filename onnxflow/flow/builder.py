@@ -64,9 +64,6 @@ class Const:
     name: str
     shape: Shape
     source: Any = None
-    stored: bool = False
-    """A tensor the model stores (an initializer, a Constant node's value), not one that
-    folding computed from stored tensors."""
 
     @property
     def values(self) -> np.ndarray | None:

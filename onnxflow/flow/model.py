@@ -143,8 +143,7 @@ class _Walk:
         if t.name in self.values:
             return self.values[t.name]
         if isinstance(t, gs.Constant):
-            source = ones_if_zero_init(t, self.dag.read_as_ones)
-            return Const(t.name, tuple(t.shape), source, stored=t.name in self.dag.stored)
+            return Const(t.name, tuple(t.shape), ones_if_zero_init(t, self.dag.read_as_ones))
         raise OnnxflowError(f"tensor {t.name!r} is used before it is produced")
 
     # ---- forward ---------------------------------------------------------------------------

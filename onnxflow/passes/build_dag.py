@@ -54,7 +54,6 @@ def prunable_weights(
         )
     copies = tie_lookup_copies(graph, stored)
     dag = build_weight_dag(graph, stored)
-    dag.stored = frozenset(stored)
     dag.copies = {c: v for c, v in copies.items() if any(v[0] == x.name for x in dag.layers)}
     excluded: list[WeightLayer] = []
     unmatched: list[str] = []

@@ -77,30 +77,30 @@ def computed_weights_note(graph: gs.Graph, model_stored: set[str]) -> str | None
     )
 
 
-def computed_factor_nodes(graph: gs.Graph, stored: set[str]) -> list[str]:
-    """Names of the Einsum nodes of a folded graph with a float constant operand that the
-    graph computed (MViTv2's relative-position tables, gathered by constant indices) beside
-    a computed one: the flow reads it as its |value|, a fixed factor, never pruned."""
+def constant_factor_nodes(graph: gs.Graph) -> list[str]:
+    """Names of the Einsum nodes of a folded graph with a float constant operand beside a
+    computed one (MViTv2's relative-position tables, Keras' EinsumDense kernels): the flow
+    reads it as its |value|, a fixed factor, never pruned."""
     return [
         node.name
         for node in graph.nodes
         if node.op == "Einsum"
         and (node.domain or "") in ("", "ai.onnx")
         and any(isinstance(t, gs.Variable) for t in node.inputs)
-        and any(is_float_constant(t) and t.name not in stored for t in node.inputs)
+        and any(is_float_constant(t) for t in node.inputs)
     ]
 
 
-def computed_factors_note(graph: gs.Graph, model_stored: set[str]) -> str | None:
-    """The one-line note naming the Einsum nodes with computed factors, or None."""
-    nodes = computed_factor_nodes(graph, model_stored)
+def constant_factors_note(graph: gs.Graph) -> str | None:
+    """The one-line note naming the Einsum nodes with constant factors, or None."""
+    nodes = constant_factor_nodes(graph)
     if not nodes:
         return None
     shown = ", ".join(repr(n) for n in nodes[:3]) + (
         f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
     )
     return (
-        f"{len(nodes)} Einsum node{'s' if len(nodes) > 1 else ''} with an operand computed "
-        f"from stored tensors (e.g. a gathered position table) read as a fixed factor, not "
-        f"pruned: {shown}"
+        f"{len(nodes)} Einsum node{'s' if len(nodes) > 1 else ''} with a constant operand "
+        "(a position table, or a layer's kernel: export such a layer as MatMul or Gemm to "
+        f"prune it) read as a fixed factor, not pruned: {shown}"
     )

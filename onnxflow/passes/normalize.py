@@ -21,9 +21,9 @@ from onnxflow.errors import OnnxflowError, Opt, one_line
 from onnxflow.external import attach
 from onnxflow.passes.base import GraphPass, PassResult
 from onnxflow.passes.computed_weights import (
-    computed_factors_note,
     computed_weight_views,
     computed_weights_note,
+    constant_factors_note,
 )
 from onnxflow.passes.inline_if import InlineIfPass, refuse_control_flow
 from onnxflow.passes.selection import CutSelectionPass, activations
@@ -219,7 +219,7 @@ class NormalizePass(GraphPass):
         notes = list(CutSelectionPass(self.stored)(graph).notes)
         for note in (
             computed_weights_note(graph, self.stored),
-            computed_factors_note(graph, self.stored),
+            constant_factors_note(graph),
         ):
             if note is not None:
                 notes.append(note)

@@ -6,12 +6,13 @@ operand `i`'s subscripts out. Subscripts that only operand `i` has (summed insid
 broadcast back; broadcast size-1 dimensions are summed. The equation is first made explicit:
 `...` becomes letters (shapes are static) and an implicit output is spelled out.
 
-A stored constant operand is refused: a float tensor the model stores there is a weight, and
-onnxflow prunes weights of Conv, ConvTranspose, Gemm and MatMul only (docs/flow_rules.md);
-export such a layer as MatMul or Gemm. A constant that the graph computes from stored tensors
-(MViTv2's relative-position table, gathered by constant indices) is a fixed factor: it enters
-as its |value|, like a constant operand of Mul or a computed one of MatMul, and is not pruned
-(normalization notes it). Repeated subscripts within one operand (diagonals) are refused.
+A constant operand is a fixed factor: it enters as its |value|, like a constant operand of
+Mul or a computed one of MatMul, and is not pruned, since onnxflow prunes the weights of
+Conv, ConvTranspose, Gemm and MatMul only (docs/flow_rules.md). Such constants are relative-
+position tables (MViTv2's, gathered by constant indices: the dynamo exporter stores the
+gathered table) or the kernel of a layer written as an Einsum (Keras' EinsumDense), which
+stays dense; normalization names these nodes in one note (export such a layer as MatMul or
+Gemm to prune it). Repeated subscripts within one operand (diagonals) are refused.
 """
 
 from __future__ import annotations
@@ -66,21 +67,12 @@ class Einsum(FlowRule):
 
     @staticmethod
     def _operands(g, node, inputs) -> list[Flow]:
-        """The operands as flows: a computed constant as its |value| in unit 1, with no
-        backward flow; a stored one refused."""
-        out = []
-        for v in inputs:
-            if isinstance(v, Flow):
-                out.append(v)
-            elif v.stored:
-                raise OnnxflowError(
-                    f"node {node.name!r}: Einsum with a constant operand {v.name!r}: onnxflow "
-                    "prunes only Conv, ConvTranspose, Gemm and MatMul weights; export this "
-                    "layer as MatMul or Gemm"
-                )
-            else:
-                out.append(Flow(const_operand(g, node, v), g.zero_scale, tuple(v.shape)))
-        return out
+        """The operands as flows: a constant as its |value| in unit 1, with no backward
+        flow (a fixed factor)."""
+        return [
+            v if isinstance(v, Flow) else Flow(const_operand(g, node, v), g.zero_scale, v.shape)
+            for v in inputs
+        ]
 
     def _terms(self, node, inputs, equation: str) -> tuple[list[str], str]:
         return node.once(
