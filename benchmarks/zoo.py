@@ -856,8 +856,9 @@ def render(data: dict[str, Any]) -> str:
     """docs/models.md from the JSON."""
     recs = sorted(data["results"].values(), key=lambda r: (r["family"], r["model"], r["exporter"]))
     m = data["meta"]
+    families = sorted({r["family"] for r in recs})
     out = [
-        "# Coverage benchmark: torchvision models and small transformers",
+        "# Coverage benchmark: " + ", ".join(families),
         "",
         m.get("label", ""),
         "",
