@@ -84,7 +84,10 @@ TRANSFORMERS_MORE = [
     "hf_opt", "hf_bloom", "hf_falcon", "hf_gemma", "hf_gemma2", "hf_gptj", "hf_starcoder2",
     "hf_granite", "hf_mamba", "hf_hubert", "hf_convnext", "hf_convnextv2", "hf_segformer",
     "hf_mobilevit", "hf_dinov2", "hf_beit", "hf_poolformer", "hf_resnet", "hf_regnet",
-    "hf_swinv2",
+    "hf_swinv2", "hf_marian", "hf_pegasus", "hf_mbart", "hf_funnel", "hf_squeezebert",
+    "hf_longformer", "hf_mixtral", "hf_qwen2_moe", "hf_phi3", "hf_olmo", "hf_cohere",
+    "hf_levit", "hf_efficientnet", "hf_mobilenet_v2", "hf_data2vec_vision", "hf_yolos",
+    "hf_dpt", "hf_focalnet", "hf_bit", "hf_pvt", "hf_wav2vec2_conformer", "hf_ast",
 ]  # fmt: skip
 # timm models (num_classes=100; input 64x64 where the model takes it, else 224 or 256).
 TIMM = [
@@ -248,7 +251,12 @@ _CAUSAL_MORE = {
     "hf_gpt_neox", "hf_opt", "hf_bloom", "hf_falcon", "hf_gemma", "hf_gemma2", "hf_gptj",
     "hf_starcoder2", "hf_granite", "hf_mamba",
 }  # fmt: skip
-_TEXT_MORE = {"hf_albert", "hf_electra", "hf_deberta_v2", "hf_mpnet", "hf_mobilebert"}
+_CAUSAL_MORE |= {"hf_mixtral", "hf_qwen2_moe", "hf_phi3", "hf_olmo", "hf_cohere"}
+_TEXT_MORE = {
+    "hf_albert", "hf_electra", "hf_deberta_v2", "hf_mpnet", "hf_mobilebert", "hf_funnel",
+    "hf_squeezebert", "hf_longformer",
+}  # fmt: skip
+_SEQ2SEQ_MORE = {"hf_marian", "hf_pegasus", "hf_mbart"}
 
 
 def _transformer_more(
@@ -267,7 +275,28 @@ def _transformer_more(
         inputs = (torch.randn(1, 1600),), ["input_values"]
     elif name == "hf_mobilevit":
         inputs = (torch.randn(1, 3, 64, 64),), ["pixel_values"]
+    elif name in _SEQ2SEQ_MORE:
+        inputs = (ids, ids), ["input_ids", "decoder_input_ids"]
+    elif name in ("hf_wav2vec2_conformer",):
+        inputs = (torch.randn(1, 1600),), ["input_values"]
+    elif name == "hf_ast":
+        inputs = (torch.randn(1, 64, 16),), ["input_values"]
+    elif name in (
+        "hf_levit",
+        "hf_efficientnet",
+        "hf_mobilenet_v2",
+        "hf_focalnet",
+        "hf_bit",
+        "hf_pvt",
+        "hf_dpt",
+    ):
+        inputs = (torch.randn(1, 3, 64, 64),), ["pixel_values"]
     dec = {**lm, "max_position_embeddings": 64}
+    s2s = {
+        "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
+        "vocab_size": 1000, "max_position_embeddings": 64,
+    }  # fmt: skip
     four = {"hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}
     builders: dict[str, Any] = {
         "hf_albert": lambda: tf.AlbertForSequenceClassification(
@@ -323,6 +352,57 @@ def _transformer_more(
             tf.ResNetConfig(embedding_size=16, **four)),
         "hf_regnet": lambda: tf.RegNetForImageClassification(
             tf.RegNetConfig(embedding_size=16, **four, groups_width=8)),
+        "hf_marian": lambda: tf.MarianMTModel(tf.MarianConfig(**s2s, pad_token_id=0,
+            decoder_start_token_id=0)),
+        "hf_pegasus": lambda: tf.PegasusForConditionalGeneration(tf.PegasusConfig(**s2s)),
+        "hf_mbart": lambda: tf.MBartForConditionalGeneration(tf.MBartConfig(**s2s)),
+        "hf_funnel": lambda: tf.FunnelForSequenceClassification(tf.FunnelConfig(
+            vocab_size=1000, block_sizes=[1, 1], num_decoder_layers=1, d_model=64, n_head=2,
+            d_head=32, d_inner=128)),
+        "hf_squeezebert": lambda: tf.SqueezeBertForSequenceClassification(
+            tf.SqueezeBertConfig(**lm, embedding_size=64, max_position_embeddings=64)),
+        "hf_longformer": lambda: tf.LongformerForSequenceClassification(tf.LongformerConfig(
+            **lm, attention_window=4, max_position_embeddings=64)),
+        "hf_mixtral": lambda: tf.MixtralForCausalLM(tf.MixtralConfig(
+            **dec, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2)),
+        "hf_qwen2_moe": lambda: tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(
+            **dec, num_key_value_heads=1, num_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=32, shared_expert_intermediate_size=32)),
+        "hf_phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**dec, num_key_value_heads=1,
+            pad_token_id=0)),
+        "hf_olmo": lambda: tf.OlmoForCausalLM(tf.OlmoConfig(**dec, num_key_value_heads=1)),
+        "hf_cohere": lambda: tf.CohereForCausalLM(tf.CohereConfig(**dec,
+            num_key_value_heads=1)),
+        "hf_levit": lambda: tf.LevitForImageClassification(tf.LevitConfig(image_size=64)),
+        "hf_efficientnet": lambda: tf.EfficientNetForImageClassification(
+            tf.EfficientNetConfig(image_size=64, width_coefficient=0.25, depth_coefficient=0.25,
+                                  hidden_dim=320)),
+        "hf_mobilenet_v2": lambda: tf.MobileNetV2ForImageClassification(
+            tf.MobileNetV2Config(image_size=64, depth_multiplier=0.35)),
+        "hf_data2vec_vision": lambda: tf.Data2VecVisionForImageClassification(
+            tf.Data2VecVisionConfig(**vis, use_relative_position_bias=True)),
+        "hf_yolos": lambda: tf.YolosForObjectDetection(tf.YolosConfig(
+            **{**vis, "image_size": [32, 32]}, num_detection_tokens=4)),
+        "hf_dpt": lambda: tf.DPTForDepthEstimation(tf.DPTConfig(
+            hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128,
+            image_size=64, patch_size=16, neck_hidden_sizes=[16, 32, 48, 64],
+            fusion_hidden_size=32, backbone_out_indices=[0, 1, 2, 3])),
+        "hf_focalnet": lambda: tf.FocalNetForImageClassification(tf.FocalNetConfig(
+            image_size=64, embed_dim=16, depths=[1, 1], focal_levels=[2, 2],
+            focal_windows=[3, 3])),
+        "hf_bit": lambda: tf.BitForImageClassification(tf.BitConfig(
+            embedding_size=32, hidden_sizes=[32, 64, 96, 128], depths=[1, 1, 1, 1],
+            num_groups=8)),
+        "hf_pvt": lambda: tf.PvtForImageClassification(tf.PvtConfig(
+            image_size=64, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+            num_attention_heads=[1, 2, 2, 4])),
+        "hf_wav2vec2_conformer": lambda: tf.Wav2Vec2ConformerForCTC(tf.Wav2Vec2ConformerConfig(
+            **{**lm, "vocab_size": 32}, conv_dim=(32, 32), conv_kernel=(10, 3),
+            conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+            conv_depthwise_kernel_size=3)),
+        "hf_ast": lambda: tf.ASTForAudioClassification(tf.ASTConfig(
+            **lm, num_mel_bins=16, max_length=64, frequency_stride=4, time_stride=4,
+            patch_size=8)),
         "hf_swinv2": lambda: tf.Swinv2ForImageClassification(tf.Swinv2Config(
             image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
             window_size=4)),
@@ -378,11 +458,17 @@ def _build(name: str) -> tuple[Any, tuple[Any, ...], list[str]]:
                 if self.decoder:
                     kw["use_cache"] = False
                 out = self.inner(**kw, return_dict=True)
-                keys = ("logits", "logits_per_image", "logits_per_text")
+                keys = (
+                    "logits",
+                    "logits_per_image",
+                    "logits_per_text",
+                    "pred_boxes",
+                    "predicted_depth",
+                )
                 return tuple(out[k] for k in keys if k in out)
 
         decoders = ("gpt2", "llama", "mistral", "qwen2", "phi", "t5", "bart", "whisper")
-        decoder = name.removeprefix("hf_") in decoders or name in _CAUSAL_MORE
+        decoder = name.removeprefix("hf_") in decoders or name in _CAUSAL_MORE | _SEQ2SEQ_MORE
         wrapped = Logits(model, decoder)
         return wrapped.eval(), args, names
     if family == "timm":

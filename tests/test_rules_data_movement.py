@@ -154,3 +154,47 @@ def test_index_mapped_op_onnxruntime_cannot_run_is_one_line() -> None:
         onnxflow.score(m)
     assert "\n" not in str(err.value) and "ReverseSequence" in str(err.value), err.value
     assert "index data" in str(err.value)
+
+
+def _with_empty_slice(empty: bool) -> onnx.ModelProto:
+    """x -> MatMul a -> h; h's empty tail slice (phi3's rotary pass-through part at full
+    rotary width) concatenated back onto h; -> MatMul b -> y. Without `empty`, no slice."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {
+        "a": rng.normal(size=(4, 4)).astype(np.float32),
+        "b": rng.normal(size=(4, 3)).astype(np.float32),
+        "lo": np.array([4], np.int64),
+        "hi": np.array([8], np.int64),
+        "ax": np.array([2], np.int64),
+    }
+    nodes = [helper.make_node("MatMul", ["x", "a"], ["h"])]
+    if empty:
+        nodes += [
+            helper.make_node("Slice", ["h", "lo", "hi", "ax"], ["tail"]),
+            helper.make_node("Concat", ["h", "tail"], ["hc"], axis=2),
+            helper.make_node("MatMul", ["hc", "b"], ["y"]),
+        ]
+    else:
+        nodes.append(helper.make_node("MatMul", ["h", "b"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "empty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_empty_slice_carries_no_flow_and_breaks_nothing() -> None:
+    """An empty tensor on the flow path (reshaped on the way: a 0 in Reshape's shape means
+    "copy this dimension") scores as if it were not there."""
+    got = prune_scores(_with_empty_slice(True))
+    want = prune_scores(_with_empty_slice(False))
+    assert sorted(got) == sorted(want) == ["a", "b"]
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5)

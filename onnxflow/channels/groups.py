@@ -25,6 +25,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxflow.dag import is_float_constant
+from onnxflow.tensors import read_stored
 
 IN, OUT, PARAM = "in", "out", "param"
 """Kinds of slices: read by a weight layer, produced by one, or a per-channel constant."""
@@ -337,9 +338,14 @@ def stored_axis(
 
 
 class Aliases(frozenset[str]):
-    """Stored tensor names, plus names that are Identity views of them in the model."""
+    """Stored tensor names, plus names that are Identity views of them in the model, and
+    the Reshapes whose target shape the model computes (`computed_shapes`)."""
 
     aliases: dict[str, str]
+    computed_shapes: dict[str, set[int]]
+    """Reshape output -> the positions of its target shape that the model computes from
+    other tensors (Shape, Gather...): a channel count there cannot be rewritten, and need
+    not follow the channels removed (-1 = every position)."""
 
     @classmethod
     def of(cls, model: onnx.ModelProto, stored: set[str]) -> Aliases:
@@ -350,7 +356,39 @@ class Aliases(frozenset[str]):
                 src = out.aliases.get(node.input[0], node.input[0])
                 if src in stored:
                     out.aliases[node.output[0]] = src
+        out.computed_shapes = _computed_shapes(model, stored)
         return out
+
+
+def _computed_shapes(model: onnx.ModelProto, stored: set[str]) -> dict[str, set[int]]:
+    """`Aliases.computed_shapes`: a shape operand that is not stored is read as a Concat of
+    1-D parts (how exporters write `x.reshape(b, C, -1)`); a stored part's positions can be
+    rewritten (or hold -1/0), an Unsqueeze of a scalar is one computed position, and
+    anything else makes every position from there on computed."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found: dict[str, set[int]] = {}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] in stored:
+            continue
+        concat = producer.get(node.input[1])
+        if concat is None or concat.op_type != "Concat":
+            found[node.output[0]] = {-1}
+            continue
+        computed: set[int] = set()
+        at = 0
+        for part in concat.input:
+            if part in stored:
+                at += int(np.asarray(read_stored(model, part)).size)
+                continue
+            maker = producer.get(part)
+            if maker is not None and maker.op_type == "Unsqueeze":
+                computed.add(at)
+                at += 1
+                continue
+            computed |= {p for p in range(at, at + 8)} | {-1}
+            break
+        found[node.output[0]] = computed
+    return found
 
 
 def no_rule(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:

@@ -162,11 +162,15 @@ def reshape(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | 
     shape = [1] * len(src_dims)
     shape[x.axis] = c
     ch = np.broadcast_to(np.arange(c).reshape(shape), src_dims).reshape(dst_dims)
+    computed = getattr(tr.stored, "computed_shapes", {}).get(node.outputs[0].name, set())
     for b in range(len(dst_dims)):
         first = ch[tuple(slice(None) if i == b else slice(0, 1) for i in range(len(dst_dims)))]
         if dst_dims[b] > 1 and np.array_equal(np.broadcast_to(first, dst_dims), ch):
             v = first.reshape(-1)
             if node.op == "Reshape":
+                if b in computed or -1 in computed:
+                    tr.freeze(x, "Reshape to a channel count computed from other tensors")
+                    return [None]
                 tr.edits.append(Edit("reshape", node.outputs[0].name, (x.slots[v],), b))
             return [Trace(b, x.slots[v])]
     if c == 1:
@@ -186,6 +190,9 @@ def reshape(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | 
         for k in range(1, len(cols)):
             tr.union(cols[0], cols[k])
         if node.op == "Reshape":
+            if a + 1 in computed or a in computed or -1 in computed:
+                tr.freeze(x, "Reshape to a channel count computed from other tensors")
+                return [None]
             tr.edits.append(Edit("reshape", node.outputs[0].name, (cols[0],), a + 1))
         return [Trace(a + 1, cols[0])]
     tr.freeze(x, f"{node.op} whose channel mapping cannot be followed")

@@ -189,6 +189,9 @@ class FlowBuilder:
     def reshape(self, x: str, shape: Sequence[int]) -> str:
         """`x` reshaped; a tensor reshaped alike twice (forward and backward) is one node."""
         key = (x, tuple(shape))
+        if 0 in shape:  # an empty tensor (a slice left empty, e.g. rotary's pass-through
+            # part at full rotary width); Reshape would read the 0 as "copy this dimension"
+            return self.zeros(tuple(shape))
         if key not in self._reshapes:
             self._reshapes[key] = self.node("Reshape", [x, self.i64(list(shape), "shape")])
         return self._reshapes[key]
