@@ -342,10 +342,11 @@ class Aliases(frozenset[str]):
     the Reshapes whose target shape the model computes (`computed_shapes`)."""
 
     aliases: dict[str, str]
-    computed_shapes: dict[str, set[int]]
-    """Reshape output -> the positions of its target shape that the model computes from
-    other tensors (Shape, Gather...): a channel count there cannot be rewritten, and need
-    not follow the channels removed (-1 = every position)."""
+    computed_shapes: dict[str, dict[int, int | None]]
+    """Reshape output -> the positions of its target shape that the model computes, each
+    with the axis of the Reshape's own input whose size it reads (`x.reshape(B, H, W,
+    x.size(2))`: that count follows the cut by itself), or None where it is read off
+    another tensor or computed otherwise (it cannot follow; key -1: every position)."""
 
     @classmethod
     def of(cls, model: onnx.ModelProto, stored: set[str]) -> Aliases:
@@ -360,21 +361,70 @@ class Aliases(frozenset[str]):
         return out
 
 
-def _computed_shapes(model: onnx.ModelProto, stored: set[str]) -> dict[str, set[int]]:
+def _computed_shapes(model: onnx.ModelProto, stored: set[str]) -> dict[str, dict[int, int | None]]:
     """`Aliases.computed_shapes`: a shape operand that is not stored is read as a Concat of
     1-D parts (how exporters write `x.reshape(b, C, -1)`); a stored part's positions can be
-    rewritten (or hold -1/0), an Unsqueeze of a scalar is one computed position, and
-    anything else makes every position from there on computed."""
+    rewritten (or hold -1/0), an Unsqueeze of a scalar is one computed position (of the
+    input's own size where it is `Gather(Shape(input), k)`), and anything else makes every
+    position from there on computed."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    found: dict[str, set[int]] = {}
+
+    def own_axis(part: onnx.NodeProto, data: str) -> int | None:
+        """k where `part` is Unsqueeze(Gather(Shape(data), k)), else None."""
+        gather = producer.get(part.input[0])
+        if gather is None or gather.op_type != "Gather" or gather.input[1] not in stored:
+            return None
+        shape = producer.get(gather.input[0])
+        if shape is None or shape.op_type != "Shape" or shape.input[0] != data:
+            return None
+        if any(a.name in ("start", "end") for a in shape.attribute):
+            return None
+        k = np.asarray(read_stored(model, gather.input[1]))
+        return int(k) if k.size == 1 else None
+
+    ranks: dict[str, int] = {}
+
+    def rank(name: str) -> int | None:
+        if not ranks:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+            for vi in [*inferred.value_info, *inferred.input, *inferred.output]:
+                if vi.type.tensor_type.HasField("shape"):
+                    ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+        return ranks.get(name)
+
+    def own_axes(part: onnx.NodeProto, data: str) -> list[int] | None:
+        """The input axes whose sizes `part` copies where it is Slice(Shape(data), s, e)
+        with stored bounds (`x.flatten(2)`'s leading dimensions), else None."""
+        shape = producer.get(part.input[0])
+        if shape is None or shape.op_type != "Shape" or shape.input[0] != data:
+            return None
+        if len(part.input) < 3 or any(b not in stored for b in part.input[1:3]):
+            return None
+        if (
+            len(part.input) > 3
+            and part.input[3:]
+            and any(
+                b not in stored
+                or np.asarray(read_stored(model, b)).reshape(-1).tolist() not in ([0], [1])
+                for b in part.input[3:]
+            )
+        ):
+            return None
+        r = rank(data)
+        if r is None:
+            return None
+        lo, hi = (int(np.asarray(read_stored(model, b)).reshape(-1)[0]) for b in part.input[1:3])
+        return list(range(r))[lo:hi]
+
+    found: dict[str, dict[int, int | None]] = {}
     for node in model.graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] in stored:
             continue
         concat = producer.get(node.input[1])
         if concat is None or concat.op_type != "Concat":
-            found[node.output[0]] = {-1}
+            found[node.output[0]] = {-1: None}
             continue
-        computed: set[int] = set()
+        computed: dict[int, int | None] = {}
         at = 0
         for part in concat.input:
             if part in stored:
@@ -382,10 +432,16 @@ def _computed_shapes(model: onnx.ModelProto, stored: set[str]) -> dict[str, set[
                 continue
             maker = producer.get(part)
             if maker is not None and maker.op_type == "Unsqueeze":
-                computed.add(at)
+                computed[at] = own_axis(maker, node.input[0])
                 at += 1
                 continue
-            computed |= {p for p in range(at, at + 8)} | {-1}
+            axes = own_axes(maker, node.input[0]) if maker is not None else None
+            if maker is not None and maker.op_type == "Slice" and axes is not None:
+                for k in axes:
+                    computed[at] = k
+                    at += 1
+                continue
+            computed[-1] = None
             break
         found[node.output[0]] = computed
     return found

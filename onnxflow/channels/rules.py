@@ -162,13 +162,21 @@ def reshape(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | 
     shape = [1] * len(src_dims)
     shape[x.axis] = c
     ch = np.broadcast_to(np.arange(c).reshape(shape), src_dims).reshape(dst_dims)
-    computed = getattr(tr.stored, "computed_shapes", {}).get(node.outputs[0].name, set())
+    computed = getattr(tr.stored, "computed_shapes", {}).get(node.outputs[0].name, {})
+
+    def fixed(b: int) -> bool:
+        """Whether the target shape's entry b is computed and does not follow the cut
+        (it follows only where it is the input's own channel count)."""
+        if -1 in computed:
+            return True
+        return b in computed and computed[b] != x.axis
+
     for b in range(len(dst_dims)):
         first = ch[tuple(slice(None) if i == b else slice(0, 1) for i in range(len(dst_dims)))]
         if dst_dims[b] > 1 and np.array_equal(np.broadcast_to(first, dst_dims), ch):
             v = first.reshape(-1)
             if node.op == "Reshape":
-                if b in computed or -1 in computed:
+                if fixed(b):
                     tr.freeze(x, "Reshape to a channel count computed from other tensors")
                     return [None]
                 tr.edits.append(Edit("reshape", node.outputs[0].name, (x.slots[v],), b))
@@ -190,7 +198,7 @@ def reshape(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | 
         for k in range(1, len(cols)):
             tr.union(cols[0], cols[k])
         if node.op == "Reshape":
-            if a + 1 in computed or a in computed or -1 in computed:
+            if -1 in computed or a in computed or a + 1 in computed:
                 tr.freeze(x, "Reshape to a channel count computed from other tensors")
                 return [None]
             tr.edits.append(Edit("reshape", node.outputs[0].name, (cols[0],), a + 1))
