@@ -357,94 +357,120 @@ class Aliases(frozenset[str]):
                 src = out.aliases.get(node.input[0], node.input[0])
                 if src in stored:
                     out.aliases[node.output[0]] = src
-        out.computed_shapes = _computed_shapes(model, stored)
+        shapes = ComputedShapes(model, stored)
+        out.computed_shapes = {}
+        for node in model.graph.node:
+            found = shapes.unfollowed(node) if node.op_type == "Reshape" else None
+            if found is not None:
+                out.computed_shapes[node.output[0]] = found
         return out
 
 
-def _computed_shapes(model: onnx.ModelProto, stored: set[str]) -> dict[str, dict[int, int | None]]:
-    """`Aliases.computed_shapes`: a shape operand that is not stored is read as a Concat of
-    1-D parts (how exporters write `x.reshape(b, C, -1)`); a stored part's positions can be
-    rewritten (or hold -1/0), an Unsqueeze of a scalar is one computed position (of the
-    input's own size where it is `Gather(Shape(input), k)`), and anything else makes every
-    position from there on computed."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+STORED = "stored"
+"""`ComputedShapes.layout`: a position the model stores (a literal, or -1/0)."""
 
-    def own_axis(part: onnx.NodeProto, data: str) -> int | None:
-        """k where `part` is Unsqueeze(Gather(Shape(data), k)), else None."""
-        gather = producer.get(part.input[0])
-        if gather is None or gather.op_type != "Gather" or gather.input[1] not in stored:
+
+class ComputedShapes:
+    """How a model computes the target shapes of its Reshapes, read once per model: a
+    shape operand that is not stored is read as a Concat of 1-D parts (how exporters write
+    `x.reshape(b, C, -1)`). The tracer asks which positions cannot follow a cut; the
+    materializer, which stored part holds a position it must rewrite."""
+
+    def __init__(self, model: onnx.ModelProto, stored: Container[str]) -> None:
+        self.model, self.stored = model, stored
+        self.producer = {o: n for n in model.graph.node for o in n.output}
+        self._ranks: dict[str, int] = {}
+
+    def layout(
+        self, node: onnx.NodeProto, operand: int = 1
+    ) -> tuple[list[tuple[str, int, int | str | None]], bool] | None:
+        """Each position of the target shape (input `operand`: Reshape's shape, Resize's
+        sizes) as (part, index in the part, source), and whether every position is known;
+        None where the shape is stored.
+        The source is `STORED`, the axis of the Reshape's own input whose size the part
+        copies (`Gather` or `Slice` of `Shape(input)`: it follows a cut by itself), or
+        None (an Unsqueeze of some other scalar). A part of any other kind ends the known
+        positions."""
+        if len(node.input) <= operand or node.input[operand] in self.stored:
             return None
-        shape = producer.get(gather.input[0])
+        concat = self.producer.get(node.input[operand])
+        if concat is None or concat.op_type != "Concat":
+            return [], False
+        data = node.input[0]
+        positions: list[tuple[str, int, int | str | None]] = []
+        for part in concat.input:
+            if part in self.stored:
+                size = int(np.asarray(read_stored(self.model, part)).size)
+                positions += [(part, i, STORED) for i in range(size)]
+                continue
+            maker = self.producer.get(part)
+            if maker is not None and maker.op_type == "Unsqueeze":
+                positions.append((part, 0, self._own_axis(maker, data)))
+                continue
+            axes = self._own_axes(maker, data) if maker is not None else None
+            if axes is None:
+                return positions, False
+            positions += [(part, i, k) for i, k in enumerate(axes)]
+        return positions, True
+
+    def unfollowed(self, node: onnx.NodeProto) -> dict[int, int | None] | None:
+        """`Aliases.computed_shapes` of one Reshape (None where its shape is stored)."""
+        found = self.layout(node)
+        if found is None:
+            return None
+        positions, complete = found
+        computed: dict[int, int | None] = {}
+        for at, (_, _, source) in enumerate(positions):
+            if not isinstance(source, str):
+                computed[at] = source
+        if not complete:
+            computed[-1] = None
+        return computed
+
+    def _value(self, name: str) -> np.ndarray:
+        return np.asarray(read_stored(self.model, name)).reshape(-1)
+
+    def _own_axis(self, part: onnx.NodeProto, data: str) -> int | None:
+        """k where `part` is Unsqueeze(Gather(Shape(data), k)), else None."""
+        gather = self.producer.get(part.input[0])
+        if gather is None or gather.op_type != "Gather" or gather.input[1] not in self.stored:
+            return None
+        shape = self.producer.get(gather.input[0])
         if shape is None or shape.op_type != "Shape" or shape.input[0] != data:
             return None
         if any(a.name in ("start", "end") for a in shape.attribute):
             return None
-        k = np.asarray(read_stored(model, gather.input[1]))
-        return int(k) if k.size == 1 else None
+        k = self._value(gather.input[1])
+        return int(k[0]) if k.size == 1 else None
 
-    ranks: dict[str, int] = {}
-
-    def rank(name: str) -> int | None:
-        if not ranks:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
-            for vi in [*inferred.value_info, *inferred.input, *inferred.output]:
-                if vi.type.tensor_type.HasField("shape"):
-                    ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
-        return ranks.get(name)
-
-    def own_axes(part: onnx.NodeProto, data: str) -> list[int] | None:
+    def _own_axes(self, part: onnx.NodeProto, data: str) -> list[int] | None:
         """The input axes whose sizes `part` copies where it is Slice(Shape(data), s, e)
-        with stored bounds (`x.flatten(2)`'s leading dimensions), else None."""
-        shape = producer.get(part.input[0])
-        if shape is None or shape.op_type != "Shape" or shape.input[0] != data:
+        with stored bounds, axes 0 and step 1 (`x.flatten(2)`'s leading dimensions)."""
+        shape = self.producer.get(part.input[0])
+        if part.op_type != "Slice" or shape is None or shape.op_type != "Shape":
             return None
-        if len(part.input) < 3 or any(b not in stored for b in part.input[1:3]):
+        if shape.input[0] != data or len(part.input) < 3:
             return None
-        if (
-            len(part.input) > 3
-            and part.input[3:]
-            and any(
-                b not in stored
-                or np.asarray(read_stored(model, b)).reshape(-1).tolist() not in ([0], [1])
-                for b in part.input[3:]
-            )
+        if any(b not in self.stored for b in part.input[1:3]):
+            return None
+        if any(
+            b and (b not in self.stored or self._value(b).tolist() not in ([0], [1]))
+            for b in part.input[3:]
         ):
             return None
-        r = rank(data)
+        r = self._rank(data)
         if r is None:
             return None
-        lo, hi = (int(np.asarray(read_stored(model, b)).reshape(-1)[0]) for b in part.input[1:3])
+        lo, hi = (int(self._value(b)[0]) for b in part.input[1:3])
         return list(range(r))[lo:hi]
 
-    found: dict[str, dict[int, int | None]] = {}
-    for node in model.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] in stored:
-            continue
-        concat = producer.get(node.input[1])
-        if concat is None or concat.op_type != "Concat":
-            found[node.output[0]] = {-1: None}
-            continue
-        computed: dict[int, int | None] = {}
-        at = 0
-        for part in concat.input:
-            if part in stored:
-                at += int(np.asarray(read_stored(model, part)).size)
-                continue
-            maker = producer.get(part)
-            if maker is not None and maker.op_type == "Unsqueeze":
-                computed[at] = own_axis(maker, node.input[0])
-                at += 1
-                continue
-            axes = own_axes(maker, node.input[0]) if maker is not None else None
-            if maker is not None and maker.op_type == "Slice" and axes is not None:
-                for k in axes:
-                    computed[at] = k
-                    at += 1
-                continue
-            computed[-1] = None
-            break
-        found[node.output[0]] = computed
-    return found
+    def _rank(self, name: str) -> int | None:
+        if not self._ranks:  # inferred once, where a Slice of a Shape asks for it
+            inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False).graph
+            for vi in [*inferred.value_info, *inferred.input, *inferred.output]:
+                if vi.type.tensor_type.HasField("shape"):
+                    self._ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+        return self._ranks.get(name)
 
 
 def no_rule(tr: Tracer, node: gs.Node, ins: list[Trace | None]) -> list[Trace | None]:

@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxflow.channels.groups import ChannelGroups, Edit
+from onnxflow.channels.groups import STORED, ChannelGroups, ComputedShapes, Edit
 from onnxflow.errors import OnnxflowError, one_line
 from onnxflow.passes.apply_masks import MAX_IR_VERSION
-from onnxflow.tensors import read_stored, rewrite_stored
+from onnxflow.tensors import read_stored, rewrite_stored, stored_tensor_names
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _reshape(model: onnx.ModelProto, node: onnx.NodeProto, edit: Edit, counts: l
     try:
         shape = np.array(read_stored(model, node.input[k]), dtype=np.int64)
     except (KeyError, IndexError):
-        _concat_part(model, node.input[k], edit.axis, counts[0])
+        _concat_part(model, node, k, edit.axis, counts[0])
         return
     if shape.ndim != 1 or edit.axis >= len(shape) or shape[edit.axis] in (-1, 0):
         return
@@ -172,35 +172,23 @@ def _reshape(model: onnx.ModelProto, node: onnx.NodeProto, edit: Edit, counts: l
     node.input[k] = _new_constant(model, node.input[k], shape)
 
 
-def _concat_part(model: onnx.ModelProto, name: str, axis: int, count: int) -> None:
-    """A shape computed as a Concat of 1-D parts (`x.reshape(b, C, -1)` exports
-    `Concat(Unsqueeze(Gather(Shape(x), 0)), [C], [-1])`): where entry `axis` comes from a
-    stored part, that part is rewritten; a part computed from the input adapts by itself,
-    and anything else is checked by running the compact model."""
-    node = next((n for n in model.graph.node if name in n.output), None)
-    if node is None or node.op_type != "Concat":
+def _concat_part(
+    model: onnx.ModelProto, node: onnx.NodeProto, operand: int, axis: int, count: int
+) -> None:
+    """A target shape computed as a Concat (`ComputedShapes.layout`): where entry `axis`
+    comes from a stored part, that part is rewritten; an entry copied from the input adapts
+    by itself, and the tracer froze the channels of any other."""
+    found = ComputedShapes(model, stored_tensor_names(model)).layout(node, operand)
+    positions = found[0] if found is not None else []
+    if axis >= len(positions) or positions[axis][2] != STORED:
         return
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    lengths = {
-        vi.name: vi.type.tensor_type.shape.dim[0].dim_value
-        for vi in [*inferred.graph.value_info, *inferred.graph.input]
-        if len(vi.type.tensor_type.shape.dim) == 1
-    }
-    start = 0
-    for i, part in enumerate(node.input):
-        try:
-            values = np.array(read_stored(model, part), dtype=np.int64).reshape(-1)
-        except KeyError:
-            values = None
-        size = values.size if values is not None else lengths.get(part, 0)
-        if not size:
-            return  # a part of unknown length: positions after it are unknown
-        if start <= axis < start + size:
-            if values is not None and values[axis - start] not in (-1, 0):
-                values[axis - start] = count
-                node.input[i] = _new_constant(model, part, values)
-            return
-        start += size
+    part, i, _ = positions[axis]
+    values = np.array(read_stored(model, part), dtype=np.int64)
+    if values.reshape(-1)[i] in (-1, 0):
+        return
+    values.reshape(-1)[i] = count
+    concat = next(n for n in model.graph.node if node.input[operand] in n.output)
+    concat.input[list(concat.input).index(part)] = _new_constant(model, part, values)
 
 
 def _slice(model: onnx.ModelProto, node: onnx.NodeProto, edit: Edit, counts: list[int]) -> None:
