@@ -12,7 +12,7 @@ to flags is one table in cli.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -20,6 +20,12 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     """An exception's message on one line (whitespace collapsed), at most `limit` characters:
     third-party errors (onnx, onnxruntime, protobuf) often span many lines."""
     return " ".join(str(e).split())[:limit] or type(e).__name__
+
+
+def some_names(names: Sequence[str], shown: int = 3) -> str:
+    """The first `shown` names quoted, then how many more: one-line notes name a few."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(n) for n in names[:shown]) + more
 
 
 _NO_VALUE = object()

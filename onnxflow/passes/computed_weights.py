@@ -20,6 +20,7 @@ from onnxflow.dag import (
     computed_operand,
     is_float_constant,
 )
+from onnxflow.errors import some_names
 
 
 def _chain(t: gs.Tensor | None) -> tuple[list[gs.Node], gs.Tensor | None]:
@@ -68,9 +69,7 @@ def computed_weights_note(graph: gs.Graph, model_stored: set[str]) -> str | None
     layers = computed_weight_layers(graph, model_stored)
     if not layers:
         return None
-    shown = ", ".join(repr(n) for n in layers[:3]) + (
-        f" and {len(layers) - 3} more" if len(layers) > 3 else ""
-    )
+    shown = some_names(layers)
     return (
         f"{len(layers)} layer{'s' if len(layers) > 1 else ''} with weights computed in the "
         f"graph (weight standardization or normalization) left dense: {shown}"
@@ -96,9 +95,7 @@ def constant_factors_note(graph: gs.Graph) -> str | None:
     nodes = constant_factor_nodes(graph)
     if not nodes:
         return None
-    shown = ", ".join(repr(n) for n in nodes[:3]) + (
-        f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
-    )
+    shown = some_names(nodes)
     return (
         f"{len(nodes)} Einsum node{'s' if len(nodes) > 1 else ''} with a constant operand "
         "(a position table, or a layer's kernel: export such a layer as MatMul or Gemm to "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxflow.dag import PRUNABLE_OPERANDS, is_float_dtype, weight_source
+from onnxflow.errors import some_names
 from onnxflow.passes.base import GraphPass, PassResult
 
 SELECTION_OPS = frozenset({"NonZero", "TopK", "NonMaxSuppression", "ArgMax", "ArgMin", "Unique"})
@@ -123,11 +124,9 @@ def cut_selection(graph: gs.Graph, stored: set[str]) -> str | None:
         "tensors they read"
     )
     if dense:
-        shown = ", ".join(repr(n) for n in dense[:3]) + (
-            f" and {len(dense) - 3} more" if len(dense) > 3 else ""
-        )
         note += (
-            f"; {len(dense)} weight layer{'s' if len(dense) > 1 else ''} there stay dense: {shown}"
+            f"; {len(dense)} weight layer{'s' if len(dense) > 1 else ''} there stay dense: "
+            f"{some_names(dense)}"
         )
     return note
 
