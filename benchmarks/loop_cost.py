@@ -34,6 +34,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,20 @@ def export(name: str, size: int, path: Path) -> None:
     proto = onnx.load(path)
     proto.ir_version = min(proto.ir_version, 10)  # onnxruntime refuses IR 11+
     onnx.save(proto, path)
+
+
+def cached_models(keys: str, cache: str | None) -> Iterator[tuple[str, Path, int]]:
+    """(key, model file, input size) for each `name@size` of the comma-separated `keys`,
+    exported into `cache` (a temporary folder when None) unless it is there already."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(cache or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for key in keys.split(","):
+            name, size = key.split("@")
+            path = folder / f"{name}_{size}.onnx"
+            if not path.exists():
+                export(name, int(size), path)
+            yield key, path, int(size)
 
 
 def stamp() -> tuple[float, float]:
@@ -134,33 +149,26 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(TARGETS))
     ap.add_argument("--cache", help="folder to keep the exported models in")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.cache or tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        results = {}
-        for key in args.models.split(","):
-            name, size = key.split("@")
-            path = folder / f"{name}_{size}.onnx"
-            if not path.exists():
-                export(name, int(size), path)
-            fwd, steps, between = [], [], []
-            for _ in range(args.repeats):  # alternating, so a slow spell hits both alike
-                fwd += forward_times(path, int(size), args.forwards)
-                its, fwds = iteration_times(path, int(size), args.sparsity, args.iterations)
-                steps += its
-                between += fwds
-            f, s, b = (statistics.median(t[0] for t in x) for x in (fwd, steps, between))
-            fc, sc = (statistics.median(t[1] for t in x) for x in (fwd, steps))
-            results[key] = {
-                "forward_ms": round(f * 1e3, 2),
-                "iteration_ms": round(s * 1e3, 2),
-                "ratio": round(s / f, 2),
-                "cpu_ratio": round(sc / fc, 2),
-                "forward_between_ms": round(b * 1e3, 2),
-                "ratio_between": round(s / b, 2),
-                "target": TARGETS.get(key),
-            }
-            print(key, json.dumps(results[key]), flush=True)
+    results = {}
+    for key, path, size in cached_models(args.models, args.cache):
+        fwd, steps, between = [], [], []
+        for _ in range(args.repeats):  # alternating, so a slow spell hits both alike
+            fwd += forward_times(path, size, args.forwards)
+            its, fwds = iteration_times(path, size, args.sparsity, args.iterations)
+            steps += its
+            between += fwds
+        f, s, b = (statistics.median(t[0] for t in x) for x in (fwd, steps, between))
+        fc, sc = (statistics.median(t[1] for t in x) for x in (fwd, steps))
+        results[key] = {
+            "forward_ms": round(f * 1e3, 2),
+            "iteration_ms": round(s * 1e3, 2),
+            "ratio": round(s / f, 2),
+            "cpu_ratio": round(sc / fc, 2),
+            "forward_between_ms": round(b * 1e3, 2),
+            "ratio_between": round(s / b, 2),
+            "target": TARGETS.get(key),
+        }
+        print(key, json.dumps(results[key]), flush=True)
     print(json.dumps(results, indent=2))
 
 

@@ -32,7 +32,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop_cost import TARGETS, export
+from loop_cost import TARGETS, cached_models
 
 
 def with_weight_inputs(proto: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
@@ -127,7 +126,6 @@ def measure(path: Path, size: int, rounds: int) -> dict[str, float]:
         "inputs_ratio": round(ms["inputs_ms"] / f, 2),
         "flow_ratio": round(ms["flow_ms"] / f, 2),
         "floor": round(floor, 2),
-        "target": TARGETS.get(f"{path.stem.rsplit('_', 1)[0]}@{size}"),
     }
 
 
@@ -137,17 +135,10 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(TARGETS))
     ap.add_argument("--cache", help="folder to keep the exported models in")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.cache or tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        results = {}
-        for key in args.models.split(","):
-            name, size = key.split("@")
-            path = folder / f"{name}_{size}.onnx"
-            if not path.exists():
-                export(name, int(size), path)
-            results[key] = measure(path, int(size), args.rounds)
-            print(key, json.dumps(results[key]), flush=True)
+    results = {}
+    for key, path, size in cached_models(args.models, args.cache):
+        results[key] = {**measure(path, size, args.rounds), "target": TARGETS.get(key)}
+        print(key, json.dumps(results[key]), flush=True)
     print(json.dumps(results, indent=2))
 
 
